@@ -1,0 +1,1 @@
+"""Everything that runs at a hospital: loading, preprocessing, local training, the ClientApp."""

@@ -1,0 +1,1 @@
+"""Loaders turn a dataset on disk into SubjectRecords; they read metadata, never voxels."""

@@ -1,0 +1,203 @@
+"""`fedcmr prepare`: every ED and ES frame of a site through N4, resampling and the crop.
+
+Two cached stages, each keyed by what it depends on: the N4-corrected native frame (source
+files + N4 parameters) and the final crop (N4 key + spacing + crop size). A rerun with the
+same parameters reads no voxel; a changed crop size skips N4. Every file is written under a
+temporary name and renamed, so an interrupted run leaves nothing a rerun would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from fedcmr.client.bias_field import n4_correct
+from fedcmr.client.errors import DataError, DatasetError
+from fedcmr.client.frame_io import read_frame
+from fedcmr.client.loaders.result import LoadResult
+from fedcmr.client.prep_config import PrepConfig, digest
+from fedcmr.client.preprocess import crop_frame, resample_frame
+from fedcmr.common import __version__
+from fedcmr.common.cache_format import (
+    FRAMES_DIR,
+    PREP_INFO,
+    SKIPPED,
+    SKIPPED_COLUMNS,
+    FrameEntry,
+    frame_key,
+    save_frame,
+    write_csv_atomic,
+    write_manifest,
+)
+from fedcmr.common.centres import slug
+from fedcmr.common.frames import PHASES, FrameSource, SubjectRecord
+from tqdm import tqdm
+
+STAGES_DIR = ".stages"
+
+
+@dataclass
+class SubjectOutcome:
+    subject: str
+    entries: list[FrameEntry] = field(default_factory=list)
+    error: DataError | None = None
+    computed: int = 0
+
+
+@dataclass
+class PrepareReport:
+    cache: Path
+    frames: int
+    computed: int
+    skipped: list[DataError]
+    excluded: dict[str, int]
+
+    @property
+    def subjects(self) -> int:
+        return self.frames // 2
+
+
+def source_identity(source: FrameSource) -> str:
+    """What the source files are, without reading them: path, size, modification time."""
+    parts = [str(source.time_index)]
+    for path in (source.image, source.labels):
+        try:
+            st = path.stat()
+            parts.append(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{path}:missing")
+    return "|".join(parts)
+
+
+def _n4_stage(record: SubjectRecord, source: FrameSource, config: PrepConfig, cache: Path,
+              key: str) -> tuple[sitk.Image, sitk.Image, bool]:
+    """The N4-corrected native frame and its labels, from the stage cache when present."""
+    path = cache / STAGES_DIR / "n4" / f"{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as d:
+                image = sitk.GetImageFromArray(d["image"])
+                labels = sitk.GetImageFromArray(d["labels"])
+                for img in (image, labels):
+                    img.SetSpacing(d["spacing"].tolist())
+                    img.SetOrigin(d["origin"].tolist())
+                    img.SetDirection(d["direction"].tolist())
+                return image, labels, False
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            pass  # unreadable stage file: recompute
+    image, labels = read_frame(source, record.label_map)
+    corrected = n4_correct(image, config.n4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, image=sitk.GetArrayFromImage(corrected),
+                        labels=sitk.GetArrayFromImage(labels),
+                        spacing=np.array(corrected.GetSpacing()),
+                        origin=np.array(corrected.GetOrigin()),
+                        direction=np.array(corrected.GetDirection()))
+    tmp.replace(path)
+    return corrected, labels, True
+
+
+def prepare_subject(record: SubjectRecord, config: PrepConfig, cache: Path) -> SubjectOutcome:
+    """Both phases of one subject, or an error that skips the whole subject."""
+    outcome = SubjectOutcome(subject=record.subject)
+    try:
+        for phase in PHASES:
+            source = record.frames[phase]
+            n4_key = digest(source_identity(source), record.label_map.model_dump_json(),
+                            config.n4_part())
+            key = digest(n4_key, config.geometry_part())
+            rel = Path(FRAMES_DIR) / slug(record.centre) / f"{record.subject}_{phase}.npz"
+            if frame_key(cache / rel) != key:
+                image, labels, ran_n4 = _n4_stage(record, source, config, cache, n4_key)
+                image, labels = resample_frame(image, labels, config.spacing_mm)
+                image_arr, label_arr = crop_frame(image, labels, config.crop)
+                save_frame(cache / rel, image_arr, label_arr, key)
+                outcome.computed += 1
+            spacing = "x".join(f"{s:.4g}" for s in _native_spacing(source))
+            outcome.entries.append(FrameEntry(
+                subject=record.subject, centre=record.centre, vendor=record.vendor,
+                label=int(record.diagnosis), phase=phase, file=rel.as_posix(), key=key,
+                source=str(source.image), native_spacing=spacing,
+                time_index="" if source.time_index is None else str(source.time_index)))
+    except DataError as err:
+        outcome.entries.clear()
+        outcome.error = err.for_subject(record.subject)
+    return outcome
+
+
+def _native_spacing(source: FrameSource) -> tuple[float, ...]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(source.image))
+    reader.SetGlobalWarningDisplay(False)
+    reader.ReadImageInformation()
+    return reader.GetSpacing()[:3]
+
+
+def _init_worker(threads: int) -> None:
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def check_out_not_in_root(out: Path, roots: list[Path]) -> None:
+    """Nothing under the input root is ever written."""
+    out_r = out.resolve()
+    for root in roots:
+        root_r = root.resolve()
+        if out_r == root_r or root_r in out_r.parents:
+            raise DatasetError(f"{out}: the cache is inside the input root {root}. Fix: choose "
+                               "an --out folder outside the data folder (inputs stay read-only)")
+
+
+def run_prepare(loaded: LoadResult, config: PrepConfig, cache: Path, workers: int = 1,
+                progress: bool = True) -> PrepareReport:
+    cache.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    outcomes: list[SubjectOutcome] = []
+    bar = tqdm(total=len(loaded.subjects), unit="subject", desc="prepare", disable=not progress)
+    if workers <= 1:
+        _init_worker(threads)
+        for record in loaded.subjects:
+            outcomes.append(prepare_subject(record, config, cache))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = [pool.submit(prepare_subject, r, config, cache) for r in loaded.subjects]
+            try:
+                for future in as_completed(futures):
+                    outcomes.append(future.result())
+                    bar.update()
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    bar.close()
+    return _write_outputs(loaded, outcomes, config, cache)
+
+
+def _write_outputs(loaded: LoadResult, outcomes: list[SubjectOutcome], config: PrepConfig,
+                   cache: Path) -> PrepareReport:
+    entries = [e for o in outcomes for e in o.entries]
+    skipped = loaded.skipped + [o.error for o in outcomes if o.error is not None]
+    write_manifest(cache, entries)
+    write_csv_atomic(cache / SKIPPED, SKIPPED_COLUMNS,
+                     [{"subject": e.subject or "", "file": e.file, "problem": e.problem,
+                       "fix": e.fix} for e in skipped])
+    counts: dict[str, dict[str, int]] = {}
+    for e in entries:
+        if e.phase == "ED":
+            by_label = counts.setdefault(e.centre, {"NOR": 0, "HCM": 0})
+            by_label["HCM" if e.label else "NOR"] += 1
+    info = {"fedcmr_version": __version__, "params": config.model_dump(mode="json"),
+            "subjects_by_centre": counts, "frames": len(entries), "skipped": len(skipped),
+            "excluded": dict(loaded.excluded)}
+    tmp = cache / (PREP_INFO + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(cache / PREP_INFO)
+    return PrepareReport(cache=cache, frames=len(entries),
+                         computed=sum(o.computed for o in outcomes), skipped=skipped,
+                         excluded=dict(loaded.excluded))

@@ -1,0 +1,85 @@
+"""The `fedcmr` command. Parsers live here; each side's handlers are imported on use, so a
+hospital client never imports the coordinator's code and `fedcmr --help` starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from importlib import import_module
+from pathlib import Path
+
+#: Exit codes (also in docs/cli.md).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_SKIPPED = 3
+
+
+def _handler(path: str) -> Callable[[argparse.Namespace], int]:
+    module, _, name = path.rpartition(":")
+
+    def run(args: argparse.Namespace) -> int:
+        return getattr(import_module(module), name)(args)
+
+    return run
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write the synthetic four-centre cohort (M&Ms + ACDC layout)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write mnms/ and acdc/ into")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=float, default=1.0, help="fraction of Table 1's counts")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=_handler("fedcmr.client.commands:cmd_synth"))
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="N4, 1 mm resampling and heart crop of every ED/ES frame")
+    p.add_argument("--dataset", choices=["mnms", "acdc", "folder"], required=True)
+    p.add_argument("--root", type=Path, required=True,
+                   help="dataset root (folder: the site's manifest CSV)")
+    p.add_argument("--out", type=Path, required=True, help="cache folder (outside --root)")
+    p.add_argument("--centre", action="append", default=None,
+                   help="M&Ms centre(s) to keep (repeatable; 'all' for every centre; default: "
+                        "the study's three); folder: the site's centre name")
+    p.add_argument("--csv", type=Path, default=None, help="M&Ms metadata CSV (default: found)")
+    p.add_argument("--centre-map", default=None,
+                   help="M&Ms centre numbers to names, e.g. \"1=Sagrada Familia,2=Vall d'Hebron\"")
+    p.add_argument("--vendor", default="unknown", help="folder: the site's scanner vendor")
+    p.add_argument("--label-numbers", default=None,
+                   help="folder: the site's label numbers, e.g. lv=1,myo=2,rv=3")
+    p.add_argument("--crop", default="10,150,150", help="crop size z,y,x in voxels")
+    p.add_argument("--spacing", default="1,1,1", help="output spacing x,y,z in mm")
+    p.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--strict", action="store_true", help="any skipped subject fails the run")
+    p.set_defaults(func=_handler("fedcmr.client.commands:cmd_prepare"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedcmr", description="Federated HCM diagnosis on cardiac MRI (see README.md).")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_synth, _add_prepare]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("flwr", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

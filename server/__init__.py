@@ -1,0 +1,1 @@
+"""Everything that runs at the coordinator: strategies, the ServerApp, launchers, reports."""

@@ -1,0 +1,167 @@
+"""Every kind of bad input: one clear line naming the file, the subject skipped, the rest
+prepared, the exit code telling, and the input tree left exactly as it was."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fedcmr.common.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_SKIPPED, main
+from mri_factory import MNMS_HEADER, mnms_row, phantom, write_3d, write_4d, write_mnms_subject
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        h.update(str(path.relative_to(root)).encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def make_cohort(root: Path, bad_rows: list[str]) -> Path:
+    """Two good M&Ms subjects plus whatever bad ones a test adds."""
+    write_mnms_subject(root, "GOOD01")
+    write_mnms_subject(root, "GOOD02", part="Testing")
+    csv_path = root / "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv"
+    csv_path.write_text(MNMS_HEADER + mnms_row("GOOD01") + mnms_row("GOOD02", pathology="NOR")
+                        + "".join(bad_rows))
+    return csv_path
+
+
+def prepare(root: Path, out: Path, *extra: str) -> int:
+    return main(["-q", "prepare", "--dataset", "mnms", "--root", str(root), "--out", str(out),
+                 "--no-n4", "--crop", "4,32,32", "--workers", "1", *extra])
+
+
+def skipped_rows(out: Path) -> list[dict[str, str]]:
+    with (out / "skipped.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _truncated(root: Path) -> None:
+    folder = write_mnms_subject(root, "BAD001")
+    data = (folder / "BAD001_sa.nii.gz").read_bytes()
+    (folder / "BAD001_sa.nii.gz").write_bytes(data[: len(data) // 3])
+
+
+def _missing_labels(root: Path) -> None:
+    (write_mnms_subject(root, "BAD001") / "BAD001_sa_gt.nii.gz").unlink()
+
+
+def _empty_mask(root: Path) -> None:
+    folder = write_mnms_subject(root, "BAD001")
+    image, labels = phantom(1, 2, 3)
+    write_4d(folder / "BAD001_sa_gt.nii.gz", [np.zeros_like(labels)] * 4)
+
+
+def _geometry(root: Path) -> None:
+    folder = write_mnms_subject(root, "BAD001")
+    _, labels = phantom(1, 2, 3)
+    write_4d(folder / "BAD001_sa_gt.nii.gz", [labels[:, :40, :40]] * 4)
+
+
+def _unknown_labels(root: Path) -> None:
+    folder = write_mnms_subject(root, "BAD001")
+    _, labels = phantom(1, 2, 3)
+    labels[0, 0, 0] = 7
+    write_4d(folder / "BAD001_sa_gt.nii.gz", [labels] * 4)
+
+
+def _not_nifti(root: Path) -> None:
+    folder = write_mnms_subject(root, "BAD001")
+    (folder / "BAD001_sa.nii.gz").write_text("this is not an image")
+
+
+CASES = {
+    "truncated": (_truncated, mnms_row("BAD001"), "BAD001_sa.nii.gz", "truncated"),
+    "not-nifti": (_not_nifti, mnms_row("BAD001"), "BAD001_sa.nii.gz", "cannot be read"),
+    "missing-labels": (_missing_labels, mnms_row("BAD001"), "BAD001_sa_gt.nii.gz", "missing"),
+    "empty-mask": (_empty_mask, mnms_row("BAD001"), "BAD001_sa_gt.nii.gz", "empty"),
+    "geometry": (_geometry, mnms_row("BAD001"), "BAD001_sa_gt.nii.gz", "geometry"),
+    "unknown-labels": (_unknown_labels, mnms_row("BAD001"), "BAD001_sa_gt.nii.gz",
+                       "unknown label values [7]"),
+    "frame-outside": (lambda r: write_mnms_subject(r, "BAD001"), mnms_row("BAD001", es=9),
+                      "BAD001_sa.nii.gz", "outside the series"),
+    "no-series": (lambda r: None, mnms_row("BAD001"), "BAD001_sa.nii.gz", "no image series"),
+    "listed-twice": (lambda r: write_mnms_subject(r, "BAD001"),
+                     mnms_row("BAD001") + mnms_row("BAD001"), ".csv", "listed 2 times"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_subject_is_skipped_reported_and_the_rest_prepared(case, tmp_path, caplog):
+    make_bad, row, file_part, problem = CASES[case]
+    root, out = tmp_path / "data", tmp_path / "cache"
+    make_bad(root)
+    make_cohort(root, [row])
+    before = tree_digest(root)
+
+    assert prepare(root, out) == EXIT_SKIPPED
+    (skip,) = skipped_rows(out)
+    assert skip["subject"] == "BAD001"
+    assert skip["file"].endswith(file_part) and problem in skip["problem"], skip
+    assert skip["fix"]
+    warning = next(r.getMessage() for r in caplog.records if "BAD001" in r.getMessage())
+    assert file_part in warning and "Fix:" in warning and "\n" not in warning
+    with (out / "manifest.csv").open() as handle:
+        subjects = {row["subject"] for row in csv.DictReader(handle)}
+    assert subjects == {"GOOD01", "GOOD02"}
+    assert tree_digest(root) == before, "the input tree was modified"
+
+
+def test_strict_turns_a_skip_into_failure(tmp_path):
+    root = tmp_path / "data"
+    _empty_mask(root)
+    make_cohort(root, [mnms_row("BAD001")])
+    assert prepare(root, tmp_path / "cache", "--strict") == EXIT_FAILED
+
+
+def test_csv_without_a_needed_column_names_it(tmp_path, caplog):
+    root = tmp_path / "data"
+    write_mnms_subject(root, "GOOD01")
+    (root / "M&Ms Dataset Information.csv").write_text("External code,Vendor,Centre,ED\n"
+                                                       "GOOD01,B,2,0\n")
+    assert prepare(root, tmp_path / "cache") == EXIT_BAD_INPUT
+    assert "missing column es" in caplog.text and "M&Ms Dataset Information.csv" in caplog.text
+    assert "pathology" in caplog.text
+
+
+def test_cache_inside_the_input_root_is_refused(tmp_path, caplog):
+    root = tmp_path / "data"
+    make_cohort(root, [])
+    before = tree_digest(root)
+    assert prepare(root, root / "cache") == EXIT_BAD_INPUT
+    assert "outside the data folder" in caplog.text
+    assert tree_digest(root) == before
+
+
+def test_acdc_frame_number_outside_the_series(tmp_path):
+    from mri_factory import write_acdc_patient
+    write_acdc_patient(tmp_path / "acdc", 21, "HCM", ed=1, es=3, frames=5)
+    folder = write_acdc_patient(tmp_path / "acdc", 22, "HCM")
+    (folder / "Info.cfg").write_text("ED: 1\nES: 31\nGroup: HCM\nNbFrame: 30\n")
+    code = main(["-q", "prepare", "--dataset", "acdc", "--root", str(tmp_path / "acdc"),
+                 "--out", str(tmp_path / "cache"), "--no-n4", "--crop", "4,32,32"])
+    assert code == EXIT_SKIPPED
+    (skip,) = skipped_rows(tmp_path / "cache")
+    assert skip["subject"] == "patient022" and "outside the series" in skip["problem"]
+    assert skip["file"].endswith("Info.cfg")
+
+
+def test_site_folder_geometry_mismatch_is_reported(tmp_path):
+    image, labels = phantom(1, 2, 3)
+    site = tmp_path / "site"
+    write_3d(site / "a.nii.gz", image)
+    write_3d(site / "a_seg.nii.gz", labels, spacing=(1.0, 1.0, 8.0))
+    (site / "manifest.csv").write_text("subject,label,ed_image,ed_labels,es_image,es_labels\n"
+                                       "s1,NOR,a.nii.gz,a_seg.nii.gz,a.nii.gz,a_seg.nii.gz\n")
+    code = main(["-q", "prepare", "--dataset", "folder", "--root", str(site / "manifest.csv"),
+                 "--out", str(tmp_path / "cache"), "--label-numbers", "lv=1,myo=2,rv=3",
+                 "--no-n4", "--crop", "4,32,32"])
+    assert code == EXIT_SKIPPED
+    (skip,) = skipped_rows(tmp_path / "cache")
+    assert "spacing" in skip["problem"] and skip["file"].endswith("a_seg.nii.gz")
