@@ -58,6 +58,32 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_handler("fedcmr.client.commands:cmd_prepare"))
 
 
+def add_study_options(p: argparse.ArgumentParser) -> None:
+    """Options that define a study run; shared by `centralized` and `federate`."""
+    p.add_argument("--cache", type=Path, nargs="+", required=True,
+                   help="prepared cache folder(s), one per dataset or site")
+    p.add_argument("--protocol", choices=["ccv", "lco"], default="ccv")
+    p.add_argument("--fold", default="all", help="fold index, or 'all'")
+    p.add_argument("--seed", type=int, default=0, help="network initialisation seed")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--prior", choices=["baseline", "masked", "structures"], default="structures")
+    p.add_argument("--augment", choices=["none", "basic", "shape", "shape-intensity"],
+                   default="none")
+    p.add_argument("--phases", default="ed,es", help="ed,es or ed")
+    p.add_argument("--profile", choices=["smoke", "quick", "paper"], default="quick")
+    p.add_argument("--pretrained", default="auto",
+                   help="'auto' (torchvision cache), 'none', or a state-dict file")
+    p.add_argument("--min-subjects", type=int, default=5,
+                   help="smallest subject count a site releases a histogram summary for")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+
+
+def _add_centralized(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("centralized", help="the pooled baseline (CDS) on the same splits")
+    add_study_options(p)
+    p.set_defaults(func=_handler("fedcmr.server.commands:cmd_centralized"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedcmr", description="Federated HCM diagnosis on cardiac MRI (see README.md).")
@@ -69,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_synth, _add_prepare]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_synth, _add_prepare, _add_centralized]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

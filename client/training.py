@@ -1,0 +1,123 @@
+"""Local training and scoring of the classifier: the same code trains a hospital's model in
+the federation and the pooled model of the centralised baseline.
+
+BatchNorm is in training mode while training (the original code left it in eval mode, so
+its statistics never adapted to MRI) and in eval mode for scoring. In the federation the
+running statistics are averaged with the weights, like every other entry of the state dict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fedcmr.client.dataset import FrameDataset
+from fedcmr.common.device import Placement
+from fedcmr.common.metrics import auc
+from fedcmr.common.model import InitInfo, parameter_groups
+from fedcmr.common.run_config import Profile
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+@dataclass
+class TrainStats:
+    loss: float
+    n_samples: int
+    n_batches: int
+
+
+@dataclass
+class Scores:
+    loss: float
+    labels: np.ndarray
+    scores: np.ndarray  # P(HCM)
+
+    @property
+    def auc(self) -> float | None:
+        return auc(self.labels, self.scores)
+
+
+def make_optimizer(model: nn.Module, hyper: Profile, init: InitInfo) -> torch.optim.Optimizer:
+    lr_body = hyper.lr_body if init.source != "random" else hyper.lr_body_random_init
+    return torch.optim.Adam(parameter_groups(model, hyper.lr_head, lr_body))
+
+
+def train_loader(dataset: FrameDataset, batch_size: int, generator: torch.Generator
+                 ) -> DataLoader:
+    """Shuffled batches (the original code did not shuffle); a last batch of one sample is
+    dropped only when it would break BatchNorm."""
+    drop_last = len(dataset) % batch_size == 1 and len(dataset) > batch_size
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                      drop_last=drop_last)
+
+
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator,
+                placement: Placement, max_steps: int | None = None) -> TrainStats:
+    """One pass over `batches` (or `max_steps` of them)."""
+    model.train()
+    total, n, steps = 0.0, 0, 0
+    for x, y in batches:
+        x, y = placement.to_device(x), y.to(placement.device)
+        optimizer.zero_grad(set_to_none=True)
+        with placement.autocast():
+            logits = model(x).squeeze(1)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        loss.backward()
+        optimizer.step()
+        total += float(loss) * len(y)
+        n += len(y)
+        steps += 1
+        if max_steps is not None and steps >= max_steps:
+            break
+    return TrainStats(loss=total / max(n, 1), n_samples=n, n_batches=steps)
+
+
+@torch.no_grad()
+def score(model: nn.Module, dataset: FrameDataset, placement: Placement,
+          batch_size: int = 8) -> Scores:
+    model.eval()
+    labels, scores, total = [], [], 0.0
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        with placement.autocast():
+            logits = model(placement.to_device(x)).squeeze(1).float().cpu()
+        total += float(F.binary_cross_entropy_with_logits(logits, y, reduction="sum"))
+        labels.append(y.numpy())
+        scores.append(torch.sigmoid(logits).numpy())
+    if not labels:
+        return Scores(loss=math.nan, labels=np.zeros(0), scores=np.zeros(0))
+    labels_arr, scores_arr = np.concatenate(labels), np.concatenate(scores)
+    return Scores(loss=total / len(labels_arr), labels=labels_arr.astype(int), scores=scores_arr)
+
+
+def federated_batch_size(n_train: int, local_iterations: int) -> int:
+    """The paper's rule: the batch size with which `local_iterations` batches cover the
+    site's training frames."""
+    return max(1, math.ceil(n_train / local_iterations))
+
+
+class EarlyStopping:
+    """Best-by-validation-loss with patience; loss rather than AUC because a validation
+    split of a few subjects gives an AUC too coarse to rank epochs."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = math.inf
+        self.best_step = -1
+        self.bad = 0
+
+    def update(self, value: float, step: int) -> bool:
+        """True when `value` is a new best."""
+        if value < self.best:
+            self.best, self.best_step, self.bad = value, step, 0
+            return True
+        self.bad += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad >= self.patience

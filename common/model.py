@@ -1,0 +1,79 @@
+"""The classifier: torchvision's r3d_18 with a one-logit head (33,166,785 parameters).
+
+Input layout: (batch, 3, depth, height, width) = (B, C, z, y, x). torchvision's video
+networks read (B, C, T, H, W); the short-axis slice axis takes the place of time. The stem
+keeps that axis at full resolution (stride 1), so a 10-slice slab is not halved at once,
+and the Kinetics filters' spatial 7x7 kernels meet the in-plane anatomy they were made for.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+from torchvision.models.video import R3D_18_Weights, r3d_18
+
+log = logging.getLogger(__name__)
+
+HEAD = "fc"
+
+
+class InitInfo(BaseModel):
+    """How the network was initialised; goes into every run's metadata."""
+
+    source: str  # "kinetics400", "file:<path>" or "random"
+    seed: int
+    warning: str = ""
+
+
+def _kinetics_file() -> Path:
+    url = R3D_18_Weights.KINETICS400_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def _load_body(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    body = {k: v for k, v in state.items() if not k.startswith(HEAD + ".")}
+    missing, unexpected = model.load_state_dict(body, strict=False)
+    missing = [k for k in missing if not k.startswith(HEAD + ".")]
+    if missing or unexpected:
+        raise ValueError(f"pretrained weights do not fit r3d_18: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+
+
+def build_model(pretrained: str = "auto", seed: int = 0) -> tuple[nn.Module, InitInfo]:
+    """r3d_18 + Linear(512, 1). Never downloads: "auto" uses torchvision's cached Kinetics
+    file when present; "none" or a missing file means a seeded random init, said loudly."""
+    torch.manual_seed(seed)
+    model = r3d_18(weights=None)
+    model.fc = nn.Linear(model.fc.in_features, 1)
+    if pretrained not in ("auto", "none"):
+        path = Path(pretrained)
+        if not path.is_file():
+            raise FileNotFoundError(f"--pretrained {path}: no such file. Fix: copy the r3d_18 "
+                                    "Kinetics-400 state dict there, or use 'auto'/'none'")
+        _load_body(model, torch.load(path, map_location="cpu", weights_only=True))
+        return model, InitInfo(source=f"file:{path}", seed=seed)
+    cached = _kinetics_file()
+    if pretrained == "auto" and cached.is_file():
+        _load_body(model, torch.load(cached, map_location="cpu", weights_only=True))
+        return model, InitInfo(source="kinetics400", seed=seed)
+    warning = ("NO PRETRAINED WEIGHTS: r3d_18 starts from a seeded random initialisation "
+               f"(seed {seed}); the paper used Kinetics-400. Put the weights at {cached} or "
+               "pass --pretrained PATH.")
+    log.warning(warning)
+    return model, InitInfo(source="random", seed=seed, warning=warning)
+
+
+def parameter_groups(model: nn.Module, lr_head: float, lr_body: float) -> list[dict]:
+    """The new head learns fast, the (pretrained) body slowly."""
+    head = [p for n, p in model.named_parameters() if n.startswith(HEAD + ".")]
+    body = [p for n, p in model.named_parameters() if not n.startswith(HEAD + ".")]
+    return [{"params": head, "lr": lr_head, "name": "head"},
+            {"params": body, "lr": lr_body, "name": "body"}]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

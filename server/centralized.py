@@ -1,0 +1,130 @@
+"""The centralised baseline (CDS): all training data pooled, one model, the same splits,
+harmonisation and outputs as the federation. Resumable: a finished fold is not redone."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import logging
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from fedcmr.client.dataset import CachedFrame, FrameDataset, nyul_summary
+from fedcmr.client.site_split import split_frames
+from fedcmr.client.training import EarlyStopping, make_optimizer, score, train_loader, train_steps
+from fedcmr.common import __version__, nyul
+from fedcmr.common.device import Placement, placement, seed_run
+from fedcmr.common.model import InitInfo, build_model
+from fedcmr.common.results import (
+    metrics_from_predictions,
+    write_json,
+    write_predictions,
+)
+from fedcmr.common.run_config import RunConfig
+from tqdm import tqdm
+
+log = logging.getLogger("fedcmr.centralized")
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """A fold's seed depends on (run seed, fold) only, not on what ran before it."""
+    return zlib.crc32(f"{seed}:{fold}".encode())
+
+
+def config_digest(config: RunConfig) -> str:
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+
+
+def reference_landmarks(train: Sequence[CachedFrame], config: RunConfig):
+    """Pooled landmarks of the training frames; equal to combining per-centre summaries with
+    weights N_k / N (tested in test_nyul), which is what the federation does."""
+    return nyul.combine([nyul_summary(train, config.prior, min_subjects=1)])
+
+
+def _predictions(frames: Sequence[CachedFrame], scores, fold: int) -> list[dict]:
+    return [{"subject": f.subject, "centre": f.entry.centre, "phase": f.entry.phase,
+             "fold": fold, "label": f.entry.label, "score": float(s)}
+            for f, s in zip(frames, scores.scores, strict=True)]
+
+
+def train_fold(frames: Sequence[CachedFrame], config: RunConfig, fold: int, fold_dir: Path,
+               where: Placement, progress: bool = True) -> tuple[list[dict], InitInfo]:
+    parts = split_frames(frames, config, fold)
+    if not parts["train"] or not parts["test"]:
+        raise ValueError(f"fold {fold}: empty train or test split; the cohort is too small")
+    hyper = config.hyper
+    landmarks = reference_landmarks(parts["train"], config)
+    seed = fold_seed(config.seed, fold)
+    generator = seed_run(seed)
+    datasets = {name: FrameDataset(part, config.prior, landmarks, hyper.input_size,
+                                   config.augment if name == "train" else "none", seed)
+                for name, part in parts.items()}
+    model, init = build_model(config.pretrained, seed)
+    model = model.to(where.device, memory_format=where.memory_format)
+    optimizer = make_optimizer(model, hyper, init)
+    stopper = EarlyStopping(hyper.patience)
+    best_state = copy.deepcopy(model.state_dict())
+    history = []
+    bar = tqdm(range(hyper.max_epochs), desc=f"fold {fold}", unit="epoch", disable=not progress)
+    for epoch in bar:
+        datasets["train"].set_epoch(epoch)
+        stats = train_steps(model, optimizer, iter(train_loader(
+            datasets["train"], hyper.batch_size, generator)), where)
+        val = score(model, datasets["val"], where)
+        improved = stopper.update(val.loss, epoch)
+        if improved:
+            best_state = copy.deepcopy(model.state_dict())
+        history.append({"epoch": epoch, "train_loss": stats.loss, "val_loss": val.loss,
+                        "val_auc": val.auc, "best": improved})
+        bar.set_postfix(train=f"{stats.loss:.3f}", val=f"{val.loss:.3f}",
+                        auc="n/a" if val.auc is None else f"{val.auc:.2f}")
+        if stopper.should_stop:
+            break
+    torch.save(best_state, fold_dir / "best_model.pt")
+    model.load_state_dict(best_state)
+    _write_history(fold_dir / "history.csv", history)
+    test = score(model, datasets["test"], where)
+    return _predictions(parts["test"], test, fold), init
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def run_centralized(frames: Sequence[CachedFrame], config: RunConfig, out: Path,
+                    progress: bool = True) -> dict:
+    """Every fold of the protocol (skipping finished ones), then pooled metrics."""
+    out.mkdir(parents=True, exist_ok=True)
+    where = placement()
+    digest = config_digest(config)
+    write_json(out / "config.json", {"mode": "centralized", "config": config.model_dump(),
+                                     "digest": digest, "fedcmr_version": __version__})
+    rows: list[dict] = []
+    inits: dict[int, dict] = {}
+    for fold in config.fold_list():
+        fold_dir = out / f"fold_{fold}"
+        fold_dir.mkdir(exist_ok=True)
+        done = fold_dir / "done.json"
+        if done.exists() and json.loads(done.read_text()).get("digest") == digest:
+            log.info("fold %d already finished; skipping (delete %s to redo)", fold, done)
+            finished = json.loads(done.read_text())
+        else:
+            fold_rows, init = train_fold(frames, config, fold, fold_dir, where, progress)
+            finished = {"digest": digest, "predictions": fold_rows, "init": init.model_dump()}
+            write_json(done, finished)
+        rows.extend(finished["predictions"])
+        inits[fold] = finished["init"]
+    metrics = metrics_from_predictions(rows)
+    metrics["config"] = config.model_dump()
+    metrics["init"] = inits
+    metrics["device"] = str(where.device)
+    write_predictions(out / "predictions.csv", rows)
+    write_json(out / "metrics.json", metrics)
+    return metrics

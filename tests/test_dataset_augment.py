@@ -1,0 +1,97 @@
+"""Inputs at load time: the induced priors, harmonisation to [0, 1], and the augmentation
+set-ups (p = 0.5 each, training only, replayable per seed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchio as tio
+from fedcmr.client.augment import build_augmentation
+from fedcmr.client.dataset import CachedFrame, FrameDataset, harmonise, prior_channels
+from fedcmr.common.cache_format import FrameEntry
+from fedcmr.common.labels import Structure
+
+
+def frame(seed: int = 0, label: int = 1) -> CachedFrame:
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[0:6, 0:32, 0:32]
+    r = np.hypot(x - 16, y - 16)
+    labels = np.zeros(r.shape, np.uint8)
+    labels[r < 5] = Structure.LV
+    labels[(r >= 5) & (r < 8)] = Structure.MYO
+    labels[(np.hypot(x - 6, y - 16) < 3) & (labels == 0)] = Structure.RV
+    image = (50 + 150 * (labels == Structure.LV) + rng.normal(0, 5, r.shape)).astype(np.float32)
+    entry = FrameEntry(subject=f"s{seed}", centre="A", vendor="v", label=label, phase="ED",
+                       file="x", key="k")
+    return CachedFrame(entry, image, labels)
+
+
+def test_structure_prior_splits_lv_rv_myo_into_three_channels():
+    f = frame()
+    image = torch.rand(6, 32, 32) + 0.1
+    labels = torch.from_numpy(f.labels)
+    x = prior_channels(image, labels, "structures")
+    assert x.shape == (3, 6, 32, 32)
+    for channel, structure in enumerate((Structure.LV, Structure.RV, Structure.MYO)):
+        assert torch.equal(x[channel] != 0, labels == structure)
+    masked = prior_channels(image, labels, "masked")
+    assert torch.equal(masked[0], masked[2]) and torch.equal(masked[0] != 0, labels > 0)
+    base = prior_channels(image, labels, "baseline")
+    assert torch.equal(base[1], image)
+
+
+@pytest.mark.parametrize("prior", ["baseline", "masked", "structures"])
+def test_harmonised_inputs_lie_in_unit_range(prior):
+    f = frame()
+    landmarks = np.linspace(0, 100, 13)
+    out = harmonise(f.image * 7 + 300, f.labels, landmarks, prior)
+    assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+    assert out.max() > 0.5
+
+
+def test_every_random_transform_fires_with_probability_one_half():
+    expected = {"none": 0, "basic": 3, "shape": 4, "shape-intensity": 8}
+    for name, count in expected.items():
+        compose = build_augmentation(name)
+        transforms = [] if compose is None else list(compose.transforms)
+        assert len(transforms) == count
+        assert all(t.probability == 0.5 for t in transforms)
+    kinds = {type(t) for t in build_augmentation("shape-intensity").transforms}
+    assert {tio.RandomAffine, tio.RandomFlip, tio.RandomElasticDeformation, tio.RandomSpike,
+            tio.RandomBiasField, tio.RandomNoise, tio.RandomGamma} <= kinds
+    noise = next(t for t in build_augmentation("shape-intensity").transforms
+                 if isinstance(t, tio.RandomNoise))
+    assert noise.mean_range == (0, 0) and noise.std_range == (0, 0.25)
+
+
+@pytest.mark.parametrize("setup", ["basic", "shape", "shape-intensity"])
+def test_augmentation_replays_per_seed_and_varies_across_epochs(setup):
+    frames = [frame(i) for i in range(6)]
+    a = FrameDataset(frames, "structures", None, (6, 32, 32), setup, seed=1)
+    b = FrameDataset(frames, "structures", None, (6, 32, 32), setup, seed=1)
+    plain = FrameDataset(frames, "structures", None, (6, 32, 32), "none", seed=1)
+    changed = 0
+    for epoch in range(4):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        for i in range(len(frames)):
+            xa, _ = a[i]
+            assert torch.equal(xa, b[i][0])  # same seed, epoch, index: same draw
+            changed += not torch.equal(xa, plain[i][0])
+    assert changed > 12  # most samples changed
+    if setup == "basic":  # 3 transforms at p = 0.5: 1 in 8 samples untouched on average
+        assert changed < 24
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a[0]
+    assert torch.equal(torch.rand(1), before)  # the caller's RNG is left alone
+
+
+def test_no_augmentation_is_identity_and_resize_reaches_the_input_size():
+    frames = [frame(0)]
+    ds = FrameDataset(frames, "masked", None, (4, 16, 16), "none")
+    x0, y0 = ds[0]
+    ds.set_epoch(5)
+    assert torch.equal(ds[0][0], x0) and x0.shape == (3, 4, 16, 16) and float(y0) == 1.0

@@ -1,0 +1,75 @@
+"""The classifier: parameter count, learning-rate groups, initialisation without downloads."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from fedcmr.common import model as model_mod
+from fedcmr.common.model import build_model, count_parameters, parameter_groups
+
+
+@pytest.fixture(autouse=True)
+def _no_hub(tmp_path, monkeypatch):
+    """An empty torch hub: nothing cached, and any download attempt fails the test."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to download weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+
+
+def test_r3d18_with_one_logit_head_has_the_papers_parameter_count():
+    model, _ = build_model("none")
+    assert count_parameters(model) == 33_166_785
+    assert model.fc.out_features == 1
+
+
+def test_two_learning_rate_groups_cover_every_parameter_once():
+    model, _ = build_model("none")
+    groups = parameter_groups(model, lr_head=0.01, lr_body=1e-5)
+    assert [g["lr"] for g in groups] == [0.01, 1e-5]
+    assert sum(p.numel() for p in groups[0]["params"]) == 513
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+
+
+def test_without_weights_the_init_is_seeded_random_and_says_so(caplog):
+    with caplog.at_level(logging.WARNING):
+        a, info = build_model("auto", seed=3)
+    b, _ = build_model("none", seed=3)
+    c, _ = build_model("none", seed=4)
+    assert info.source == "random" and "NO PRETRAINED WEIGHTS" in info.warning
+    assert "NO PRETRAINED WEIGHTS" in caplog.text
+    assert torch.equal(a.stem[0].weight, b.stem[0].weight)
+    assert not torch.equal(a.stem[0].weight, c.stem[0].weight)
+
+
+def test_weights_from_a_file_and_from_the_torchvision_cache(tmp_path, monkeypatch):
+    donor, _ = build_model("none", seed=9)
+    path = tmp_path / "r3d18_kinetics.pth"
+    torch.save(donor.state_dict(), path)
+    loaded, info = build_model(str(path), seed=1)
+    assert info.source.startswith("file:")
+    assert torch.equal(loaded.layer4[0].conv1[0].weight, donor.layer4[0].conv1[0].weight)
+    cached = model_mod._kinetics_file()
+    cached.parent.mkdir(parents=True)
+    torch.save(donor.state_dict(), cached)
+    auto, info = build_model("auto", seed=1)
+    assert info.source == "kinetics400" and not info.warning
+    assert torch.equal(auto.stem[0].weight, donor.stem[0].weight)
+
+
+def test_a_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        build_model(str(tmp_path / "absent.pth"))
+
+
+def test_input_layout_batch_channels_depth_height_width():
+    model, _ = build_model("none")
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 4, 24, 24))
+    assert out.shape == (2, 1)

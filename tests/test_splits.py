@@ -1,0 +1,87 @@
+"""Splits: a pure function of one centre's subjects, identical for the federated and the
+centralised views of a fold."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from fedcmr.client.dataset import CachedFrame
+from fedcmr.client.site_split import split_frames
+from fedcmr.common.cache_format import FrameEntry
+from fedcmr.common.run_config import RunConfig
+from fedcmr.common.splits import centre_split
+
+COUNTS = {"A": (21, 25), "B": (33, 37), "C": (14, 10), "D": (20, 20)}
+
+
+def cohort() -> list[CachedFrame]:
+    frames = []
+    empty = np.zeros((1, 1, 1), np.float32)
+    for centre, (nor, hcm) in COUNTS.items():
+        for i in range(nor + hcm):
+            for phase in ("ED", "ES"):
+                entry = FrameEntry(subject=f"{centre}{i:03d}", centre=centre, vendor="v",
+                                   label=int(i >= nor), phase=phase, file="x", key="k")
+                frames.append(CachedFrame(entry, empty, empty.astype(np.uint8)))
+    return frames
+
+
+def keyed(parts):
+    return {name: sorted((f.subject, f.entry.phase) for f in frames)
+            for name, frames in parts.items()}
+
+
+def test_federated_and_centralised_views_of_every_fold_are_identical():
+    frames = cohort()
+    for protocol in ("ccv", "lco"):
+        config = RunConfig(protocol=protocol, centres=tuple(COUNTS))
+        for fold in config.fold_list():
+            pooled = keyed(split_frames(frames, config, fold))
+            per_site = {"train": [], "val": [], "test": []}
+            for centre in COUNTS:  # each site sees only its own frames
+                own = [f for f in frames if f.entry.centre == centre]
+                for name, part in keyed(split_frames(own, config, fold)).items():
+                    per_site[name] += part
+            assert pooled == {k: sorted(v) for k, v in per_site.items()}
+
+
+def test_ccv_test_sets_partition_each_centre_stratified_by_label():
+    config = RunConfig(protocol="ccv", centres=tuple(COUNTS))
+    for centre, (nor, hcm) in COUNTS.items():
+        labels = {f"{centre}{i:03d}": int(i >= nor) for i in range(nor + hcm)}
+        seen: Counter = Counter()
+        for fold in range(5):
+            split = centre_split(labels, centre, config, fold)
+            test = [s for s, part in split.items() if part == "test"]
+            seen.update(test)
+            n_hcm = sum(labels[s] for s in test)
+            assert abs(n_hcm - hcm / 5) <= 1 and abs(len(test) - n_hcm - nor / 5) <= 1
+            rest = [s for s in labels if split[s] != "test"]
+            n_val = sum(split[s] == "val" for s in rest)
+            assert abs(n_val - 0.1 * len(rest)) <= 2 and n_val >= 2
+        assert set(seen) == set(labels) and set(seen.values()) == {1}
+
+
+def test_lco_holds_one_whole_centre_out():
+    config = RunConfig(protocol="lco", centres=tuple(sorted(COUNTS)))
+    frames = cohort()
+    for fold, centre in enumerate(sorted(COUNTS)):
+        parts = split_frames(frames, config, fold)
+        assert {f.entry.centre for f in parts["test"]} == {centre}
+        assert centre not in {f.entry.centre for f in parts["train"] + parts["val"]}
+        assert len(parts["test"]) == 2 * sum(COUNTS[centre])
+
+
+def test_both_frames_of_a_subject_share_a_split_and_seeds_matter():
+    frames = cohort()
+    config = RunConfig(centres=tuple(COUNTS))
+    parts = split_frames(frames, config, 0)
+    where = {}
+    for name, part in parts.items():
+        for f in part:
+            assert where.setdefault(f.subject, name) == name
+    other = keyed(split_frames(frames, RunConfig(centres=tuple(COUNTS), split_seed=1), 0))
+    assert other != keyed(parts)
+    again = keyed(split_frames(list(reversed(frames)), config, 0))
+    assert again == keyed(parts)  # order of input does not matter
