@@ -69,7 +69,7 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
         loss = F.binary_cross_entropy_with_logits(logits.float(), y)
         loss.backward()
         optimizer.step()
-        total += float(loss) * len(y)
+        total += loss.item() * len(y)
         n += len(y)
         steps += 1
         if max_steps is not None and steps >= max_steps:

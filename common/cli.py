@@ -84,6 +84,26 @@ def _add_centralized(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_handler("fedcmr.server.commands:cmd_centralized"))
 
 
+def add_strategy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", choices=["fedavg", "equal-vote", "tempered"], default="fedavg")
+    p.add_argument("--vote-alpha", type=float, default=None,
+                   help="tempered: site weights proportional to n_k ** alpha (0..1)")
+    p.add_argument("--round-timeout", type=float, default=900.0,
+                   help="seconds to wait for the sites' replies to one message")
+
+
+def _add_federate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("federate", help="a local federation: SuperLink + one SuperNode per "
+                                        "cache as separate processes on loopback")
+    add_study_options(p)
+    add_strategy_options(p)
+    p.add_argument("--secure", type=Path, default=None, metavar="CERT_DIR",
+                   help="TLS + SuperNode authentication with the files of "
+                        "deploy/make_certificates.sh in CERT_DIR")
+    p.add_argument("--threads-per-site", type=int, default=1)
+    p.set_defaults(func=_handler("fedcmr.server.commands:cmd_federate"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedcmr", description="Federated HCM diagnosis on cardiac MRI (see README.md).")
@@ -96,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_synth, _add_prepare, _add_centralized]
+    _add_synth, _add_prepare, _add_centralized, _add_federate]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

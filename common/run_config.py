@@ -3,6 +3,7 @@ every ClientApp, so that each site derives the same splits and settings from it 
 
 from __future__ import annotations
 
+import zlib
 from typing import Literal
 
 from fedcmr.common.frames import Phase
@@ -83,6 +84,11 @@ class RunConfig(BaseModel):
         if bad:
             raise ValueError(f"fold(s) {bad} out of range 0..{self.fold_count() - 1}")
         return folds
+
+    def fold_seed(self, fold: int) -> int:
+        """A fold's network seed: a function of (run seed, fold) only, never of what ran
+        before it in the same process."""
+        return zlib.crc32(f"{self.seed}:{fold}".encode())
 
     def test_centre(self, fold: int) -> str | None:
         return self.centres[fold] if self.protocol == "lco" else None

@@ -8,7 +8,6 @@ import csv
 import hashlib
 import json
 import logging
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,11 +27,6 @@ from fedcmr.common.run_config import RunConfig
 from tqdm import tqdm
 
 log = logging.getLogger("fedcmr.centralized")
-
-
-def fold_seed(seed: int, fold: int) -> int:
-    """A fold's seed depends on (run seed, fold) only, not on what ran before it."""
-    return zlib.crc32(f"{seed}:{fold}".encode())
 
 
 def config_digest(config: RunConfig) -> str:
@@ -58,7 +52,7 @@ def train_fold(frames: Sequence[CachedFrame], config: RunConfig, fold: int, fold
         raise ValueError(f"fold {fold}: empty train or test split; the cohort is too small")
     hyper = config.hyper
     landmarks = reference_landmarks(parts["train"], config)
-    seed = fold_seed(config.seed, fold)
+    seed = config.fold_seed(fold)
     generator = seed_run(seed)
     datasets = {name: FrameDataset(part, config.prior, landmarks, hyper.input_size,
                                    config.augment if name == "train" else "none", seed)

@@ -39,3 +39,35 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     print(auc_table(metrics))
     log.info("predictions and metrics in %s", args.out)
     return EXIT_OK
+
+
+def settings_from_args(args: argparse.Namespace, centres: list[str]):
+    from fedcmr.server.settings import FederationSettings
+    from fedcmr.server.strategies import strategy_alpha
+
+    alpha = strategy_alpha(args.strategy, args.vote_alpha)
+    return FederationSettings(strategy=args.strategy, vote_alpha=alpha, out_dir=args.out,
+                              round_timeout=args.round_timeout,
+                              run=run_config_from_args(args, centres))
+
+
+def cmd_federate(args: argparse.Namespace) -> int:
+    from fedcmr.common.results import auc_table
+    from fedcmr.server.local_federation import run_local_federation, sites_from_caches
+    from fedcmr.server.security import security_from_dir
+
+    try:
+        sites = sites_from_caches(args.cache)
+        settings = settings_from_args(args, [])
+        security = security_from_dir(args.secure, [s.name for s in sites]) \
+            if args.secure else None
+    except (FileNotFoundError, ValueError) as err:
+        log.error("%s", err)
+        return EXIT_BAD_INPUT
+    metrics = run_local_federation(args.cache, settings, args.out, security,
+                                   args.threads_per_site,
+                                   echo=(lambda _: None) if args.quiet else print)
+    print(auc_table(metrics))
+    log.info("federated run in %s (%.0f s): metrics.json, predictions.csv, rounds.csv",
+             args.out, metrics.get("elapsed_s", 0))
+    return EXIT_OK

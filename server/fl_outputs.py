@@ -1,0 +1,60 @@
+"""What a federated run leaves in its folder: metrics.json (same schema as the centralised
+baseline, AUC from the sites' binned counts), rounds.csv, the best model per fold."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from fedcmr.common.metrics import auc_from_counts
+from fedcmr.common.results import write_json
+from fedcmr.server.study_runner import FoldOutcome, SiteInfo
+
+ROUND_COLUMNS = ("fold", "round", "site", "n_k", "weight", "train_loss", "batch_size",
+                 "val_loss_received", "val_auc_received", "pooled_val_loss_received")
+
+
+def metrics_from_counts(outcomes: Sequence[FoldOutcome], sites: Sequence[SiteInfo]) -> dict:
+    """AUC per site (named by its centre) and in total, over all folds' test counts."""
+    per_site: dict[str, list[np.ndarray]] = {}
+    for outcome in outcomes:
+        for site, test in outcome.test.items():
+            acc = per_site.setdefault(site, [np.zeros_like(test["neg"]),
+                                             np.zeros_like(test["pos"])])
+            acc[0] = acc[0] + test["neg"]
+            acc[1] = acc[1] + test["pos"]
+    label = {s.name: (s.centres[0] if len(s.centres) == 1 else s.name) for s in sites}
+    out: dict = {"auc": {}, "n": {}}
+    if not per_site:
+        return out
+    total_neg = sum(v[0] for v in per_site.values())
+    total_pos = sum(v[1] for v in per_site.values())
+    for name, (neg, pos) in [("total", (total_neg, total_pos))] + sorted(
+            (label.get(k, k), v) for k, v in per_site.items()):
+        out["auc"][name] = auc_from_counts(neg, pos)
+        out["n"][name] = {"frames": int(neg.sum() + pos.sum()), "HCM": int(pos.sum()),
+                          "NOR": int(neg.sum())}
+    return out
+
+
+def write_rounds(path: Path, outcomes: Sequence[FoldOutcome]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=ROUND_COLUMNS)
+        writer.writeheader()
+        for outcome in outcomes:
+            writer.writerows(outcome.rounds)
+
+
+def write_fold(out: Path, outcome: FoldOutcome) -> None:
+    fold_dir = out / f"fold_{outcome.fold}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    if outcome.best_arrays is not None:
+        torch.save(outcome.best_arrays.to_torch_state_dict(), fold_dir / "best_model.pt")
+    write_json(fold_dir / "summary.json", {
+        "best_round": outcome.best_round, "refused_histogram": outcome.refused,
+        "reference_histogram": outcome.histogram, "bin_edges": outcome.bin_edges,
+        "test": {s: {"auc": auc_from_counts(t["neg"], t["pos"]), "n": t["n"],
+                     "loss": t["loss"]} for s, t in outcome.test.items()}})

@@ -1,0 +1,51 @@
+"""Prepared caches written straight in the cache format: tiny frames in which HCM has a
+thicker myocardial ring, for learning and federation tests that need no preprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from fedcmr.common.cache_format import FrameEntry, save_frame, write_manifest
+from fedcmr.common.labels import Structure
+
+
+def ring_frame(rng: np.random.Generator, hcm: bool, shape=(4, 24, 24), phase: str = "ED"
+               ) -> tuple[np.ndarray, np.ndarray]:
+    z, y, x = np.mgrid[0 : shape[0], 0 : shape[1], 0 : shape[2]]
+    cy, cx = shape[1] / 2 + rng.normal(0, 0.5), shape[2] / 2 + rng.normal(0, 0.5)
+    r = np.hypot(x - cx, y - cy)
+    cavity = (3.5 if phase == "ED" else 2.5) + rng.normal(0, 0.3)
+    wall = (3.2 if hcm else 1.6) + rng.normal(0, 0.35)
+    labels = np.zeros(shape, np.uint8)
+    labels[r < cavity] = Structure.LV
+    labels[(r >= cavity) & (r < cavity + wall)] = Structure.MYO
+    labels[(np.hypot(x - cx + cavity + wall + 2, y - cy) < 2.5) & (labels == 0)] = Structure.RV
+    scale = rng.uniform(80, 120)
+    image = scale * (0.3 + 1.0 * (labels == Structure.LV) + 0.8 * (labels == Structure.RV)
+                     + 0.1 * (labels == Structure.MYO)) + rng.normal(0, 5, shape)
+    return image.astype(np.float32), labels
+
+
+def write_site_cache(cache: Path, centre: str, n_nor: int, n_hcm: int, seed: int = 0,
+                     shape=(4, 24, 24)) -> Path:
+    rng = np.random.default_rng(seed)
+    entries = []
+    for i in range(n_nor + n_hcm):
+        hcm = i >= n_nor
+        subject = f"{centre[:3].upper()}{i:03d}"
+        for phase in ("ED", "ES"):
+            image, labels = ring_frame(rng, hcm, shape, phase)
+            rel = f"frames/{subject}_{phase}.npz"
+            save_frame(cache / rel, image, labels, key="test")
+            entries.append(FrameEntry(subject=subject, centre=centre, vendor="test",
+                                      label=int(hcm), phase=phase, file=rel, key="test"))
+    write_manifest(cache, entries)
+    return cache
+
+
+def write_cohort(root: Path, sizes: dict[str, tuple[int, int]] | None = None,
+                 seed: int = 0) -> list[Path]:
+    sizes = sizes or {"Alpha": (6, 6), "Bravo": (7, 6), "Charlie": (5, 6), "Delta": (6, 7)}
+    return [write_site_cache(root / name.lower(), name, *counts, seed=seed + i)
+            for i, (name, counts) in enumerate(sizes.items())]
