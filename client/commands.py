@@ -77,5 +77,50 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     summary = synthesize(args.out, seed=args.seed, scale=args.scale, workers=args.workers,
                          progress=not args.quiet)
-    log.info("synthetic cohort written to %s: %s", args.out, summary)
+    for c in summary.centres.values():
+        log.info("%-16s %-5s %-8s NOR %3d  HCM %3d  (+%d outside the study)", c.centre,
+                 c.dataset, c.vendor, c.nor, c.hcm, c.other)
+    log.info("synthetic cohort in %s (%.0f MB, %.0f s)", args.out, summary.bytes_written / 1e6,
+             summary.seconds)
+    if args.sites:
+        from fedcmr.client.site_folders import write_site_folders
+
+        for centre, folder in write_site_folders(args.out, args.out / "sites").items():
+            log.info("site folder of %s: %s", centre, folder)
+    return EXIT_OK
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    """Run the hospital's SuperNode in the foreground until the coordinator is done."""
+    import json
+    import os
+    import sys
+
+    from fedcmr.server.local_federation import tool
+
+    missing = [p for p in args.data if not (p / "manifest.csv").exists()]
+    if missing:
+        log.error("%s: no prepared cache (manifest.csv). Fix: fedcmr prepare ... --out %s",
+                  missing[0], missing[0])
+        return EXIT_BAD_INPUT
+    node_config = " ".join([
+        f"site={json.dumps(args.site)}",
+        f"data-path={json.dumps(','.join(str(p.resolve()) for p in args.data))}",
+        f"out-dir={json.dumps(str(args.out.resolve()))}", f"threads={args.threads}"])
+    command = [tool("flower-supernode"), "--superlink", args.superlink, "--port",
+               str(args.port), "--node-config", node_config]
+    if args.root_certificates:
+        command += ["--root-certificates", str(args.root_certificates)]
+        if args.auth_key:
+            command += ["--auth-supernode-private-key", str(args.auth_key)]
+    else:
+        command.append("--insecure")
+    if args.max_wait_time:
+        command += ["--max-wait-time", str(args.max_wait_time)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    log.info("site %s serving %s to %s", args.site, ", ".join(map(str, args.data)),
+             args.superlink)
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    sys.stdout.flush()
+    os.execve(command[0], command, env)  # the SuperNode replaces this process
     return EXIT_OK

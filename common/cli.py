@@ -32,6 +32,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0, help="fraction of Table 1's counts")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--sites", action="store_true",
+                   help="also write OUT/sites/<centre>/: one plain site folder per hospital")
     p.set_defaults(func=_handler("fedcmr.client.commands:cmd_synth"))
 
 
@@ -104,6 +106,56 @@ def _add_federate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_handler("fedcmr.server.commands:cmd_federate"))
 
 
+def _add_server(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("server", help="the coordinator: SuperLink + the study run, for real "
+                                      "hospitals that connect with `fedcmr client`")
+    add_study_options(p)
+    add_strategy_options(p)
+    p.set_defaults(cache=None)
+    for action in p._actions:
+        if action.dest == "cache":
+            action.required = False
+            action.help = argparse.SUPPRESS
+    p.add_argument("--host", default="0.0.0.0", help="address to serve the hospitals on")
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--sites", type=int, required=True, help="hospitals to wait for")
+    p.add_argument("--wait-sites", type=float, default=1800.0,
+                   help="seconds to wait for the hospitals to connect")
+    p.add_argument("--secure", type=Path, default=None, metavar="CERT_DIR",
+                   help="TLS + node authentication (files of deploy/make_certificates.sh)")
+    p.set_defaults(func=_handler("fedcmr.server.commands:cmd_server"))
+
+
+def _add_client(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("client", help="one hospital: a SuperNode serving its prepared cache")
+    p.add_argument("--site", required=True, help="the hospital's name")
+    p.add_argument("--data", type=Path, nargs="+", required=True, help="prepared cache(s)")
+    p.add_argument("--superlink", required=True, help="coordinator HOST:PORT")
+    p.add_argument("--out", type=Path, default=Path("site-output"),
+                   help="private output folder (predictions, audit log)")
+    p.add_argument("--port", type=int, default=9094, help="local port of the SuperNode")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("--root-certificates", type=Path, default=None, help="the federation CA")
+    p.add_argument("--auth-key", type=Path, default=None, help="the site's private key")
+    p.add_argument("--max-wait-time", type=float, default=None,
+                   help="give up after this many seconds without the coordinator "
+                        "(default: wait forever)")
+    p.set_defaults(func=_handler("fedcmr.client.commands:cmd_client"))
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the README's main job: synthesise four hospitals, prepare "
+                                    "each, federate them, print the AUC per centre")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--scale", type=float, default=0.25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fold", default="0")
+    p.add_argument("--profile", choices=["smoke", "quick", "paper"], default="quick")
+    add_strategy_options(p)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=_handler("fedcmr.server.commands:cmd_demo"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedcmr", description="Federated HCM diagnosis on cardiac MRI (see README.md).")
@@ -116,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_synth, _add_prepare, _add_centralized, _add_federate]
+    _add_synth, _add_prepare, _add_centralized, _add_federate, _add_server, _add_client,
+    _add_demo]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

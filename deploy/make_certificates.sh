@@ -16,7 +16,7 @@ out=$1; shift
 mkdir -p "$out/sites"
 cd "$out"
 days=${CERT_DAYS:-365}
-san="DNS:localhost,DNS:superlink,IP:127.0.0.1${SUPERLINK_SAN:+,$SUPERLINK_SAN}"
+san="DNS:localhost,DNS:superlink,DNS:coordinator,IP:127.0.0.1${SUPERLINK_SAN:+,$SUPERLINK_SAN}"
 
 openssl req -x509 -newkey rsa:3072 -nodes -keyout ca.key -out ca.crt -days "$days" \
   -subj "/CN=fedcmr federation CA" 2>/dev/null

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 from fedcmr.common.cli import EXIT_BAD_INPUT, EXIT_OK
@@ -71,3 +72,57 @@ def cmd_federate(args: argparse.Namespace) -> int:
     log.info("federated run in %s (%.0f s): metrics.json, predictions.csv, rounds.csv",
              args.out, metrics.get("elapsed_s", 0))
     return EXIT_OK
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from fedcmr.server.local_federation import LocalFederation, run_to_completion
+    from fedcmr.server.security import security_from_dir
+
+    try:
+        settings = settings_from_args(args, []).model_copy(update={
+            "out_dir": args.out.resolve(), "min_sites": args.sites,
+            "wait_sites_timeout": args.wait_sites})
+        security = security_from_dir(args.secure) if args.secure else None
+    except (FileNotFoundError, ValueError) as err:
+        log.error("%s", err)
+        return EXIT_BAD_INPUT
+    with LocalFederation(args.out.resolve(), [], security=security, port=args.port,
+                         host=args.host) as fed:
+        log.info("SuperLink serving on %s:%d; waiting for %d hospital(s)", args.host,
+                 fed.port, args.sites)
+        run_to_completion(fed, settings, print)
+    from fedcmr.common.results import auc_table
+
+    metrics = json.loads((args.out / "metrics.json").read_text())
+    print(auc_table(metrics))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """synth -> prepare (one cache per hospital) -> federate -> AUC table."""
+    from fedcmr.common.centres import STUDY_MNMS_CENTRES, slug
+    from fedcmr.common.cli import main as fedcmr
+
+    quiet = ["-q"] if args.quiet else []
+    data, caches = args.out / "data", args.out / "cache"
+    log.info("1/3 synthesising a four-centre cohort (scale %s) in %s", args.scale, data)
+    if fedcmr([*quiet, "synth", "--out", str(data), "--scale", str(args.scale), "--seed",
+               str(args.seed), "--workers", str(args.workers)]) != EXIT_OK:
+        return EXIT_BAD_INPUT
+    log.info("2/3 preparing each hospital's data (N4, 1 mm, crop)")
+    jobs = [("mnms", data / "mnms", centre) for centre in STUDY_MNMS_CENTRES]
+    jobs.append(("acdc", data / "acdc", "ACDC"))
+    for dataset, root, centre in jobs:
+        extra = ["--centre", centre] if dataset == "mnms" else []
+        code = fedcmr([*quiet, "prepare", "--dataset", dataset, "--root", str(root), "--out",
+                       str(caches / slug(centre)), "--workers", str(args.workers), *extra])
+        if code not in (EXIT_OK, 3):
+            return code
+    log.info("3/3 federating four hospitals (%s, profile %s, fold %s)", args.strategy,
+             args.profile, args.fold)
+    argv = [*quiet, "federate", "--cache", *(str(caches / slug(c)) for *_, c in jobs),
+            "--strategy", args.strategy, "--profile", args.profile, "--fold", args.fold,
+            "--out", str(args.out / "federated"), "--round-timeout", str(args.round_timeout)]
+    if args.vote_alpha is not None:
+        argv += ["--vote-alpha", str(args.vote_alpha)]
+    return fedcmr(argv)

@@ -92,6 +92,9 @@ class LocalFederation(AbstractContextManager):
     threads_per_site: int = 1
     security: Security | None = None
     port: int = 0
+    #: Address the SuperLink binds to (0.0.0.0 to serve other machines); local tools
+    #: always reach it on 127.0.0.1.
+    host: str = "127.0.0.1"
     processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
 
     @property
@@ -132,7 +135,7 @@ class LocalFederation(AbstractContextManager):
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self._write_connection()
-        link = [tool("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+        link = [tool("flower-superlink"), "--host", self.host, "--port", str(self.port),
                 "--disable-runtime-dependency-installation", *self._link_security()]
         self._spawn("superlink", link)
         self._wait_healthy()
@@ -191,14 +194,12 @@ class LocalFederation(AbstractContextManager):
         return args
 
     def _register_sites(self) -> None:
+        """Every site key of the certificate folder may join (and no other)."""
         if not self.security:
             return
-        for site in self.sites:
-            key = self.security.site_keys.get(site.name)
-            if key is None:
-                continue
+        for name, key in self.security.site_keys.items():
             self.flwr("supernode", "register", str(key.with_suffix(".pub")), CONNECTION,
-                      "--name", _slug(site.name), check=True)
+                      "--name", _slug(name), check=True)
 
     def _wait_healthy(self, timeout: float = 60) -> None:
         scheme = "https" if self.security else "http"
@@ -276,6 +277,30 @@ def _follow_logs(fed: LocalFederation, run_id: str, echo) -> subprocess.Popen:
     return proc
 
 
+def run_to_completion(fed: LocalFederation, settings: FederationSettings, echo,
+                      timeout: float | None = None) -> str:
+    """Submit the run, relay its progress, wait for its end; returns the run id."""
+    started = time.monotonic()
+    run_id = fed.submit(settings)
+    echo(f"run {run_id} submitted; logs in {fed.run_dir / 'logs'}")
+    _follow_logs(fed, run_id, echo)
+    status = "unknown"
+    while not status.startswith("finished"):
+        time.sleep(3)
+        status = fed.status(run_id)
+        dead = [n for n in fed.dead_processes() if n != "log-stream"]
+        if dead:
+            raise RuntimeError(f"{', '.join(dead)} stopped during the run; see "
+                               f"{fed.run_dir / 'logs'}")
+        if timeout is not None and time.monotonic() - started > timeout:
+            fed.flwr("stop", run_id, CONNECTION)
+            raise TimeoutError(f"run {run_id} still {status} after {timeout:.0f} s")
+    (fed.run_dir / "logs" / "run.log").write_text(fed.run_logs(run_id))
+    if status != "finished:completed":
+        raise RuntimeError(f"run {run_id} ended {status}; see {fed.run_dir / 'logs' / 'run.log'}")
+    return run_id
+
+
 def run_local_federation(caches: list[Path], settings: FederationSettings, run_dir: Path,
                          security: Security | None = None, threads_per_site: int = 1,
                          echo=print, timeout: float | None = None) -> dict:
@@ -290,22 +315,7 @@ def run_local_federation(caches: list[Path], settings: FederationSettings, run_d
     with LocalFederation(run_dir, sites, threads_per_site, security) as fed:
         echo(f"SuperLink on 127.0.0.1:{fed.port}; {len(sites)} hospitals: "
              + ", ".join(s.name for s in sites))
-        run_id = fed.submit(settings)
-        _follow_logs(fed, run_id, echo)
-        status = "unknown"
-        while not status.startswith("finished"):
-            time.sleep(3)
-            status = fed.status(run_id)
-            dead = [n for n in fed.dead_processes() if n != "log-stream"]
-            if dead:
-                raise RuntimeError(f"{', '.join(dead)} stopped during the run; see "
-                                   f"{run_dir / 'logs'}")
-            if timeout is not None and time.monotonic() - started > timeout:
-                fed.flwr("stop", run_id, CONNECTION)
-                raise TimeoutError(f"run {run_id} still {status} after {timeout:.0f} s")
-        (run_dir / "logs" / "run.log").write_text(fed.run_logs(run_id))
-    if status != "finished:completed":
-        raise RuntimeError(f"run {run_id} ended {status}; see {run_dir / 'logs' / 'run.log'}")
+        run_to_completion(fed, settings, echo, timeout)
     rows = [r for site in sites for r in read_site_predictions(fed.site_dir(site))]
     write_predictions(run_dir / "predictions.csv", rows)
     metrics = json.loads((run_dir / "metrics.json").read_text())

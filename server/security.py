@@ -1,4 +1,4 @@
-"""The certificate folder made by deploy/make_certificates.sh, as the launcher uses it."""
+"""The certificate folder made by deploy/make_certificates.sh, as the launchers use it."""
 
 from __future__ import annotations
 
@@ -8,13 +8,24 @@ from fedcmr.common.centres import slug
 from fedcmr.server.local_federation import Security
 
 
-def security_from_dir(cert_dir: Path, site_names: list[str]) -> Security:
-    """CA, SuperLink certificate and one key per site; a clear error names what is missing."""
+def security_from_dir(cert_dir: Path, site_names: list[str] | None = None) -> Security:
+    """CA, SuperLink certificate and the sites' keys; a clear error names what is missing.
+
+    With site names (the local launcher starts those SuperNodes) each site's private key
+    must be there; without (the coordinator) only the public keys are read, every one
+    under sites/ being registered.
+    """
     need = [cert_dir / n for n in ("ca.crt", "superlink.crt", "superlink.key")]
-    keys = {name: cert_dir / "sites" / slug(name) for name in site_names}
-    missing = [p for p in need + list(keys.values()) if not p.is_file()]
-    if missing:
-        names = " ".join(f'"{n}"' for n in site_names)
-        raise FileNotFoundError(f"{missing[0]}: missing. Fix: deploy/make_certificates.sh "
+    if site_names is None:
+        keys = {p.stem: p.with_suffix("") for p in sorted((cert_dir / "sites").glob("*.pub"))}
+        need += [k.with_suffix(".pub") for k in keys.values()]
+    else:
+        keys = {name: cert_dir / "sites" / slug(name) for name in site_names}
+        need += [p for k in keys.values() for p in (k, k.with_suffix(".pub"))]
+    missing = [p for p in need if not p.is_file()]
+    if missing or not keys:
+        names = " ".join(f'"{n}"' for n in site_names or ["SITE", "..."])
+        what = missing[0] if missing else cert_dir / "sites" / "*.pub"
+        raise FileNotFoundError(f"{what}: missing. Fix: deploy/make_certificates.sh "
                                 f"{cert_dir} {names}")
     return Security(ca=need[0], server_cert=need[1], server_key=need[2], site_keys=keys)

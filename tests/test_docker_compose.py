@@ -1,0 +1,62 @@
+"""`docker-compose up` of the real compose file: four hospital containers and a coordinator
+to a finished run. Needs a Docker engine: .ci/run starts one (deploy/docker_engine.sh);
+elsewhere the test is skipped with the reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+REPO = Path(__file__).resolve().parent.parent
+HOSPITALS = ["hospital-vall-d-hebron", "hospital-sagrada-familia", "hospital-santpau",
+             "hospital-acdc"]
+
+
+def engine_or_skip() -> None:
+    if shutil.which("docker") is None or shutil.which("docker-compose") is None:
+        pytest.skip("no docker / docker-compose client (deploy/docker_engine.sh installs them)")
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.skip("no Docker engine reachable (DOCKER_HOST unset or engine down); "
+                    ".ci/run starts one with deploy/docker_engine.sh")
+    base = os.environ.get("FEDCMR_BASE_IMAGE", "python:3.11-slim")
+    if subprocess.run(["docker", "image", "inspect", base], capture_output=True).returncode:
+        pytest.skip(f"base image {base} is not present and no registry may be reachable; "
+                    "deploy/docker_engine.sh builds fedcmr-base")
+
+
+def compose(env: dict, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker-compose", "-p", "fedcmrtest", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_compose_runs_four_hospitals_to_a_finished_federated_run(tmp_path):
+    engine_or_skip()
+    env = {**os.environ, "FEDCMR_DATA": str(tmp_path / "data"),
+           "FEDCMR_RUNS": str(tmp_path / "runs"), "FEDCMR_SCALE": "0.1",
+           "FEDCMR_PROFILE": "smoke", "FEDCMR_MIN_SUBJECTS": "2", "FEDCMR_WORKERS": "2"}
+    build = compose(env, "build", timeout=3600)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    try:
+        cohort = compose(env, "run", "--rm", "cohort", timeout=900)
+        assert cohort.returncode == 0, cohort.stdout[-2000:] + cohort.stderr[-2000:]
+        assert sorted(p.name for p in (tmp_path / "data" / "sites").iterdir()) == sorted(
+            h.removeprefix("hospital-") for h in HOSPITALS)
+        up = compose(env, "up", "--no-deps", "--abort-on-container-exit", "--exit-code-from",
+                     "coordinator", "coordinator", *HOSPITALS, timeout=2400)
+        assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-2000:]
+    finally:
+        compose(env, "down", "--volumes", "--remove-orphans", timeout=300)
+    metrics = json.loads((tmp_path / "runs" / "federated" / "metrics.json").read_text())
+    assert set(metrics["auc"]) == {"total", "Vall d'Hebron", "Sagrada Familia", "SantPau",
+                                   "ACDC"}
+    for hospital in HOSPITALS:
+        site = tmp_path / "runs" / "sites" / hospital.removeprefix("hospital-")
+        assert (site / "cache" / "manifest.csv").exists()
+        assert (site / "output" / "audit.jsonl").exists()
+        assert list((site / "output").glob("fold_*/predictions.csv"))

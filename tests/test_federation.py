@@ -1,0 +1,130 @@
+"""End to end: four hospitals as separate SuperNode processes on loopback, a SuperLink, the
+run submitted with `flwr run`; every strategy; TLS + node authentication; nothing left."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cache_factory import write_cohort
+from fedcmr.common.protocol import REPLY_ALLOWED
+from fedcmr.common.run_config import RunConfig
+from fedcmr.server.local_federation import (
+    LocalFederation,
+    free_port,
+    port_is_free,
+    run_local_federation,
+    sites_from_caches,
+    tool,
+)
+from fedcmr.server.security import security_from_dir
+from fedcmr.server.settings import FederationSettings
+
+pytestmark = pytest.mark.slow
+SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (5, 6), "Delta": (8, 8)}
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory) -> list[Path]:
+    return write_cohort(tmp_path_factory.mktemp("caches"), SIZES)
+
+
+def settings(strategy: str, alpha: float = 1.0) -> FederationSettings:
+    run = RunConfig(profile="smoke", folds=(0,), min_subjects=3)
+    return FederationSettings(strategy=strategy, vote_alpha=alpha, round_timeout=300, run=run)
+
+
+def our_processes(marker: Path) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if str(marker) in line and "ps -eo" not in line]
+
+
+def check_run(run_dir: Path, alpha: float) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["auc"]) == {"total", *SIZES}
+    assert metrics["n"]["total"]["frames"] == sum(m["frames"] for c, m in metrics["n"].items()
+                                                  if c != "total")
+    with (run_dir / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == metrics["n"]["total"]["frames"]
+    assert set(rows[0]) == {"subject", "centre", "phase", "fold", "label", "score"}
+    with (run_dir / "rounds.csv").open() as handle:
+        rounds = list(csv.DictReader(handle))
+    for rnd in {r["round"] for r in rounds}:
+        this = {r["site"]: r for r in rounds if r["round"] == rnd}
+        assert set(this) == set(SIZES)
+        votes = {s: int(r["n_k"]) ** alpha for s, r in this.items()}
+        for site, row in this.items():
+            assert float(row["weight"]) == pytest.approx(votes[site] / sum(votes.values()),
+                                                         abs=1e-5)
+    check_audit(run_dir)
+
+
+def check_audit(run_dir: Path) -> None:
+    """Every reply every hospital sent: only the protocol's allowed records and keys."""
+    seen = set()
+    for log in (run_dir / "sites").glob("*/audit.jsonl"):
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            seen.add(entry["type"])
+            assert entry["blocked"] == []
+            allowed = REPLY_ALLOWED[entry["type"]]
+            for name, record in entry["records"].items():
+                keys = record["keys"]
+                if "*" not in allowed[name]:
+                    assert set(keys) <= allowed[name], (entry["type"], name, keys)
+                else:
+                    assert record["type"] == "arrays"
+    assert seen == {"query.describe", "query.nyul", "train", "query.test"} | (
+        seen & {"query.validate"})
+
+
+def test_four_hospitals_fedavg_and_equal_vote_leave_nothing_running(caches, tmp_path):
+    for strategy, alpha in (("fedavg", 1.0), ("equal-vote", 0.0)):
+        run_dir = tmp_path / strategy
+        run_local_federation(caches, settings(strategy, alpha), run_dir, echo=lambda _: None)
+        check_run(run_dir, alpha)
+        assert our_processes(run_dir) == []
+    # every port our processes used is free again
+    for log in (tmp_path / "fedavg" / "logs").glob("*.log"):
+        for word in log.read_text().split():
+            if word.startswith("127.0.0.1:") and word[10:].isdigit():
+                assert port_is_free(int(word[10:]))
+
+
+def test_secure_federation_with_tempered_votes_and_refused_nodes(caches, tmp_path):
+    names = [s.name for s in sites_from_caches(caches)]
+    certs = tmp_path / "certs"
+    subprocess.run([str(REPO / "deploy" / "make_certificates.sh"), str(certs), *names,
+                    "Intruder"], check=True, capture_output=True)
+    security = security_from_dir(certs, names)
+    run_dir = tmp_path / "secure"
+    run_local_federation(caches, settings("tempered", 0.5), run_dir, security=security,
+                         echo=lambda _: None)
+    check_run(run_dir, 0.5)
+    assert our_processes(run_dir) == []
+
+    with LocalFederation(tmp_path / "refusals", sites_from_caches(caches)[:1],
+                         security=security) as fed:
+        base = [tool("flower-supernode"), "--superlink", f"127.0.0.1:{fed.port}",
+                "--max-retries", "1", "--max-wait-time", "20", "--node-config",
+                'site="x" data-path="/nonexistent" out-dir="/tmp/x"']
+        intruder_key = str(certs / "sites" / "intruder")
+        unregistered = fed._spawn("intruder", [
+            *base, "--port", str(free_port()), "--root-certificates", str(security.ca),
+            "--auth-supernode-private-key", intruder_key])
+        no_ca = fed._spawn("no-ca", [*base, "--port", str(free_port())])
+        for proc in (unregistered, no_ca):
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(1)
+            assert proc.returncode not in (None, 0)
+        logs = fed.run_dir / "logs"
+        assert "Failed to activate SuperNode" in (logs / "intruder.log").read_text()
+        assert "CERTIFICATE_VERIFY_FAILED" in (logs / "no-ca.log").read_text()
+    assert our_processes(tmp_path / "refusals") == []
