@@ -11,8 +11,9 @@ import json
 import time
 from pathlib import Path
 
-from fedcmr.common.protocol import REPLY_ALLOWED
 from flwr.app import Context, Message
+
+from fedcmr.common.protocol import REPLY_ALLOWED
 
 AUDIT_FILE = "audit.jsonl"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torchio as tio
+
 from fedcmr.common.run_config import Augment
 
 P = 0.5

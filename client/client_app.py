@@ -11,11 +11,12 @@ import logging
 from pathlib import Path
 
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
 from fedcmr.client import site_work
 from fedcmr.client.audit import audit_mod
 from fedcmr.common.protocol import ARRAYS, CONFIG, METRICS, SITE, Order
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 
 log = logging.getLogger("fedcmr.client")
 

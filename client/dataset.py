@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
+
 from fedcmr.client.augment import augment, build_augmentation
 from fedcmr.common import nyul
 from fedcmr.common.cache_format import FrameEntry, load_frame, read_manifest
 from fedcmr.common.labels import Structure
 from fedcmr.common.run_config import Augment, Prior
-from torch.utils.data import Dataset
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
 from fedcmr.client.errors import DataError
 from fedcmr.common.frames import FrameSource
 from fedcmr.common.labels import LabelMap

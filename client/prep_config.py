@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from fedcmr.client.bias_field import N4Params
 from pydantic import BaseModel, ConfigDict, Field
+
+from fedcmr.client.bias_field import N4Params
 
 #: Bump when the code of a stage changes what it writes.
 N4_STAGE_VERSION = 1

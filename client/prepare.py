@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from tqdm import tqdm
+
 from fedcmr.client.bias_field import n4_correct
 from fedcmr.client.errors import DataError, DatasetError
 from fedcmr.client.frame_io import read_frame
@@ -37,7 +39,6 @@ from fedcmr.common.cache_format import (
 )
 from fedcmr.common.centres import slug
 from fedcmr.common.frames import PHASES, FrameSource, SubjectRecord
-from tqdm import tqdm
 
 STAGES_DIR = ".stages"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from fedcmr.client.dataset import CachedFrame, FrameDataset, load_cache, nyul_summary
 from fedcmr.client.site_split import split_frames
 from fedcmr.client.training import (

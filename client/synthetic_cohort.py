@@ -28,6 +28,9 @@ from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
+from pydantic import BaseModel
+from tqdm import tqdm
+
 from fedcmr.common.centres import (
     ACDC_CENTRE,
     MNMS_DEFAULT_CENTRES,
@@ -35,8 +38,6 @@ from fedcmr.common.centres import (
     TABLE1_COUNTS,
 )
 from fedcmr.common.labels import ACDC_LABELS, MNMS_LABELS, LabelMap, Structure
-from pydantic import BaseModel
-from tqdm import tqdm
 
 Dataset = Literal["mnms", "acdc"]
 

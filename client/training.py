@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
 from fedcmr.client.dataset import FrameDataset
 from fedcmr.common.device import Placement
 from fedcmr.common.metrics import auc
 from fedcmr.common.model import InitInfo, parameter_groups
 from fedcmr.common.run_config import Profile
-from torch import nn
-from torch.utils.data import DataLoader
 
 
 @dataclass
@@ -98,26 +99,3 @@ def federated_batch_size(n_train: int, local_iterations: int) -> int:
     """The paper's rule: the batch size with which `local_iterations` batches cover the
     site's training frames."""
     return max(1, math.ceil(n_train / local_iterations))
-
-
-class EarlyStopping:
-    """Best-by-validation-loss with patience; loss rather than AUC because a validation
-    split of a few subjects gives an AUC too coarse to rank epochs."""
-
-    def __init__(self, patience: int):
-        self.patience = patience
-        self.best = math.inf
-        self.best_step = -1
-        self.bad = 0
-
-    def update(self, value: float, step: int) -> bool:
-        """True when `value` is a new best."""
-        if value < self.best:
-            self.best, self.best_step, self.bad = value, step, 0
-            return True
-        self.bad += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.bad >= self.patience

@@ -13,8 +13,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from fedcmr.common.frames import Phase
 from pydantic import BaseModel, ConfigDict
+
+from fedcmr.common.frames import Phase
 
 MANIFEST = "manifest.csv"
 PREP_INFO = "prep.json"

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from fedcmr.common.labels import Diagnosis, LabelMap
 from pydantic import BaseModel, ConfigDict
+
+from fedcmr.common.labels import Diagnosis, LabelMap
 
 Phase = Literal["ED", "ES"]
 PHASES: tuple[Phase, Phase] = ("ED", "ES")

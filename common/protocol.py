@@ -5,9 +5,10 @@ reply against REPLY_ALLOWED, so nothing else can leave a site unnoticed.
 
 from __future__ import annotations
 
-from fedcmr.common.run_config import RunConfig
 from flwr.app import ConfigRecord, MessageType
 from pydantic import BaseModel, ConfigDict
+
+from fedcmr.common.run_config import RunConfig
 
 DESCRIBE = "query.describe"  # who are you: site name, centres, frame counts
 NYUL = "query.nyul"  # the site's histogram summary of its training frames

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
 from fedcmr.common.metrics import auc
 
 PREDICTION_COLUMNS = ("subject", "centre", "phase", "fold", "label", "score")

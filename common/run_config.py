@@ -6,8 +6,9 @@ from __future__ import annotations
 import zlib
 from typing import Literal
 
-from fedcmr.common.frames import Phase
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fedcmr.common.frames import Phase
 
 Prior = Literal["baseline", "masked", "structures"]
 Augment = Literal["none", "basic", "shape", "shape-intensity"]
@@ -36,7 +37,7 @@ class Profile(BaseModel):
 
 PROFILES: dict[str, Profile] = {
     "paper": Profile(input_size=(10, 150, 150), max_epochs=100, patience=10, batch_size=8),
-    "quick": Profile(input_size=(10, 64, 64), max_epochs=8, patience=4, batch_size=8),
+    "quick": Profile(input_size=(6, 64, 64), max_epochs=8, patience=4, batch_size=8),
     "smoke": Profile(input_size=(4, 24, 24), max_epochs=2, patience=1, batch_size=4),
 }
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
+
 from fedcmr.common.run_config import RunConfig
 
 Split = Literal["train", "val", "test"]

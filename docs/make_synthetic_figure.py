@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
 from fedcmr.client.synthetic_cohort import (  # noqa: E402
     CENTRE_ORDER,
     SCANNERS,

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+
 from fedcmr.client.dataset import CachedFrame, FrameDataset, nyul_summary
 from fedcmr.client.site_split import split_frames
-from fedcmr.client.training import EarlyStopping, make_optimizer, score, train_loader, train_steps
+from fedcmr.client.training import make_optimizer, score, train_loader, train_steps
 from fedcmr.common import __version__, nyul
 from fedcmr.common.device import Placement, placement, seed_run
 from fedcmr.common.model import InitInfo, build_model
@@ -24,7 +26,7 @@ from fedcmr.common.results import (
     write_predictions,
 )
 from fedcmr.common.run_config import RunConfig
-from tqdm import tqdm
+from fedcmr.server.early_stopping import EarlyStopping
 
 log = logging.getLogger("fedcmr.centralized")
 
@@ -69,7 +71,7 @@ def train_fold(frames: Sequence[CachedFrame], config: RunConfig, fold: int, fold
         stats = train_steps(model, optimizer, iter(train_loader(
             datasets["train"], hyper.batch_size, generator)), where)
         val = score(model, datasets["val"], where)
-        improved = stopper.update(val.loss, epoch)
+        improved = stopper.update(val.auc, val.loss, epoch)
         if improved:
             best_state = copy.deepcopy(model.state_dict())
         history.append({"epoch": epoch, "train_loss": stats.loss, "val_loss": val.loss,

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from fedcmr.common.metrics import auc_from_counts
 from fedcmr.common.results import write_json
 from fedcmr.server.study_runner import FoldOutcome, SiteInfo
 
 ROUND_COLUMNS = ("fold", "round", "site", "n_k", "weight", "train_loss", "batch_size",
-                 "val_loss_received", "val_auc_received", "pooled_val_loss_received")
+                 "val_loss_received", "val_auc_received", "pooled_val_loss_received",
+                 "pooled_val_auc_received")
 
 
 def metrics_from_counts(outcomes: Sequence[FoldOutcome], sites: Sequence[SiteInfo]) -> dict:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
 from fedcmr.common import __version__
 from fedcmr.common.results import write_json
 from fedcmr.server.fl_outputs import metrics_from_counts, write_fold, write_rounds
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.study_runner import StudyRunner
-from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
 
 log = logging.getLogger("fedcmr.server")
 

@@ -7,8 +7,9 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedcmr.common.run_config import RunConfig
 from pydantic import BaseModel, ConfigDict
+
+from fedcmr.common.run_config import RunConfig
 
 
 class FederationSettings(BaseModel):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from fedcmr.common.protocol import METRICS, NUM_EXAMPLES
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+
+from fedcmr.common.protocol import METRICS, NUM_EXAMPLES
 
 VOTE = "vote-weight"
 STRATEGY_ALPHA = {"fedavg": 1.0, "equal-vote": 0.0}

@@ -12,6 +12,9 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
 from fedcmr.common import nyul
 from fedcmr.common.metrics import auc_from_counts
 from fedcmr.common.model import build_model
@@ -28,10 +31,9 @@ from fedcmr.common.protocol import (
     Order,
 )
 from fedcmr.common.run_config import RunConfig
+from fedcmr.server.early_stopping import EarlyStopping
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.strategies import make_strategy
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.serverapp import Grid
 
 log = logging.getLogger("fedcmr.server")
 
@@ -146,8 +148,8 @@ class StudyRunner:
         strategy = make_strategy(self.settings.strategy, self.settings.vote_alpha)
         strategy.train_nodes = self.training_nodes(fold)
         hyper = self.run.hyper
-        best = (np.inf, arrays, 0)
-        bad = 0
+        stopper = EarlyStopping(hyper.patience)
+        best_arrays, best_round = arrays, 0
         for rnd in range(1, hyper.max_epochs + 1):
             order = Order(run=self.run, fold=fold, server_round=rnd, landmarks=landmarks,
                           init_source=init.source).to_record()
@@ -157,27 +159,25 @@ class StudyRunner:
             ok = [r for r in replies if not r.has_error()]
             if not ok:
                 raise SiteFailure(f"round {rnd}: no training site replied")
-            val = self._pooled_val(ok)
+            val_auc, val_loss = self._pooled_val(ok)
             new_arrays, _ = strategy.aggregate_train(rnd, replies)
-            self._log_round(outcome, rnd, ok, strategy.weights.get(rnd, {}), val)
-            if val < best[0]:  # the model these replies validated is the previous global
-                best, bad = (val, arrays, rnd - 1), 0
-            else:
-                bad += 1
+            self._log_round(outcome, rnd, ok, strategy.weights.get(rnd, {}), val_auc, val_loss)
+            # the model these replies validated is the previous round's global model
+            if stopper.update(val_auc, val_loss, rnd - 1):
+                best_arrays, best_round = arrays, rnd - 1
             arrays = new_arrays if new_arrays is not None else arrays
-            if bad >= hyper.patience:
+            if stopper.should_stop:
                 log.info("fold %d: early stop after round %d (best: round %d)", fold, rnd,
-                         best[2])
+                         best_round)
                 break
         else:
             final = self._exchange(VALIDATE, self.training_nodes(fold), RecordDict(
                 {ARRAYS: arrays, CONFIG: Order(run=self.run, fold=fold, landmarks=landmarks
                                                ).to_record()}))
-            val = self._pooled_val(final)
-            if val < best[0]:
-                best = (val, arrays, hyper.max_epochs)
-        outcome.best_round, outcome.best_arrays = best[2], best[1]
-        self.test_round(fold, landmarks, best[1], outcome)
+            if stopper.update(*self._pooled_val(final), hyper.max_epochs):
+                best_arrays, best_round = arrays, hyper.max_epochs
+        outcome.best_round, outcome.best_arrays = best_round, best_arrays
+        self.test_round(fold, landmarks, best_arrays, outcome)
         return outcome
 
     def test_round(self, fold: int, landmarks, arrays: ArrayRecord, outcome: FoldOutcome) -> None:
@@ -190,17 +190,22 @@ class StudyRunner:
                 "loss": float(metrics["test-loss"]), "n": int(metrics["test-examples"])}
 
     @staticmethod
-    def _pooled_val(replies: list[Message]) -> float:
-        """Validation loss of the received model, pooled over sites' validation frames."""
+    def _pooled_val(replies: list[Message]) -> tuple[float | None, float]:
+        """AUC (from the summed binned counts) and loss of the received model over every
+        site's validation frames."""
         total = n = 0.0
+        neg = pos = 0
         for r in replies:
             m = r.content.metric_records[METRICS]
             total += float(m["val-loss"]) * float(m["val-examples"])
             n += float(m["val-examples"])
-        return total / n if n else np.inf
+            neg = neg + np.asarray(m["val-neg"])
+            pos = pos + np.asarray(m["val-pos"])
+        return auc_from_counts(neg, pos), (total / n if n else np.inf)
 
     def _log_round(self, outcome: FoldOutcome, rnd: int, replies: list[Message],
-                   weights: dict[int, float], pooled_val: float) -> None:
+                   weights: dict[int, float], pooled_auc: float | None,
+                   pooled_val: float) -> None:
         for r in replies:
             m = r.content.metric_records[METRICS]
             node = r.metadata.src_node_id
@@ -211,8 +216,10 @@ class StudyRunner:
                 "val_loss_received": float(m["val-loss"]),
                 "val_auc_received": auc_from_counts(np.asarray(m["val-neg"]),
                                                     np.asarray(m["val-pos"])),
-                "pooled_val_loss_received": pooled_val})
+                "pooled_val_loss_received": pooled_val,
+                "pooled_val_auc_received": pooled_auc})
         shown = ", ".join(f"{row['site']} {row['weight']:.3f}" for row in outcome.rounds
                           if row["round"] == rnd)
-        log.info("fold %d round %d: pooled val loss of the received model %.4f; weights: %s",
-                 outcome.fold, rnd, pooled_val, shown)
+        auc_text = "n/a" if pooled_auc is None else f"{pooled_auc:.3f}"
+        log.info("fold %d round %d: received model pooled val AUC %s, loss %.4f; weights: %s",
+                 outcome.fold, rnd, auc_text, pooled_val, shown)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from fedcmr.common.cache_format import FrameEntry, save_frame, write_manifest
 from fedcmr.common.labels import Structure
 

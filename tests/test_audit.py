@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from fedcmr.client.audit import DisallowedContent, audit_mod
 from flwr.app import ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
+
+from fedcmr.client.audit import DisallowedContent, audit_mod
 
 
 def message(message_type: str, content: RecordDict) -> Message:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fedcmr.common.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_SKIPPED, main
 from mri_factory import MNMS_HEADER, mnms_row, phantom, write_3d, write_4d, write_mnms_subject
+
+from fedcmr.common.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_SKIPPED, main
 
 
 def tree_digest(root: Path) -> str:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torchio as tio
+
 from fedcmr.client.augment import build_augmentation
 from fedcmr.client.dataset import CachedFrame, FrameDataset, harmonise, prior_channels
 from fedcmr.common.cache_format import FrameEntry

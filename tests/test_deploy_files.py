@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from fedcmr.server.security import security_from_dir
 
 REPO = Path(__file__).resolve().parent.parent

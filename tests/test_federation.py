@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from cache_factory import write_cohort
+
 from fedcmr.common.protocol import REPLY_ALLOWED
 from fedcmr.common.run_config import RunConfig
 from fedcmr.server.local_federation import (

@@ -6,14 +6,15 @@ import logging
 
 import numpy as np
 import SimpleITK as sitk
+from mri_factory import MNMS_HEADER, mnms_row, write_3d, write_acdc_patient, write_mnms_subject
+from mri_factory import phantom as make_phantom
+from scipy import ndimage
+
 from fedcmr.client.frame_io import read_frame
 from fedcmr.client.loaders.acdc import load_acdc
 from fedcmr.client.loaders.mnms import load_mnms
 from fedcmr.client.loaders.site_folder import load_site_folder
 from fedcmr.common.labels import MNMS_LABELS, Diagnosis, Structure
-from mri_factory import MNMS_HEADER, mnms_row, write_3d, write_acdc_patient, write_mnms_subject
-from mri_factory import phantom as make_phantom
-from scipy import ndimage
 
 IN_PLANE = np.zeros((3, 3, 3), bool)
 IN_PLANE[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]

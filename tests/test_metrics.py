@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
+
 from fedcmr.common.metrics import auc, auc_from_counts, binned_counts
 from fedcmr.common.results import metrics_from_predictions
-from sklearn.metrics import roc_auc_score
 
 
 def test_binned_auc_matches_sklearn_within_1e3():

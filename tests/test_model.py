@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+
 from fedcmr.common import model as model_mod
 from fedcmr.common.model import build_model, count_parameters, parameter_groups
 

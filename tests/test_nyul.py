@@ -10,6 +10,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 import torchio as tio
+from torchio.transforms.preprocessing.intensity.histogram_standardization import (
+    _get_percentiles,
+)
+
 from fedcmr.common.nyul import (
     PERCENTILES,
     NyulSummary,
@@ -19,9 +23,6 @@ from fedcmr.common.nyul import (
     image_landmarks,
     site_summary,
     standardize,
-)
-from torchio.transforms.preprocessing.intensity.histogram_standardization import (
-    _get_percentiles,
 )
 
 SHAPE = (10, 32, 32)  # z, y, x

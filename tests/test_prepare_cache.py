@@ -6,9 +6,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import fedcmr.client.prepare as prepare_mod
 import numpy as np
 import pytest
+from mri_factory import write_acdc_patient
+
+import fedcmr.client.prepare as prepare_mod
 from fedcmr.client.bias_field import N4Params
 from fedcmr.client.loaders.acdc import load_acdc
 from fedcmr.client.prep_config import PrepConfig
@@ -16,7 +18,6 @@ from fedcmr.client.prepare import run_prepare
 from fedcmr.client.preprocess import crop_around, label_centre
 from fedcmr.common.cache_format import MANIFEST_COLUMNS, load_frame, read_manifest
 from fedcmr.common.labels import Structure
-from mri_factory import write_acdc_patient
 
 
 @pytest.fixture

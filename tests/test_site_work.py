@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cache_factory import write_site_cache
+
 from fedcmr.client import site_work
 from fedcmr.common.metrics import binned_counts
 from fedcmr.common.model import build_model

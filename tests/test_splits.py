@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+
 from fedcmr.client.dataset import CachedFrame
 from fedcmr.client.site_split import split_frames
 from fedcmr.common.cache_format import FrameEntry

@@ -6,10 +6,11 @@ import copy
 
 import numpy as np
 import pytest
-from fedcmr.common.protocol import ARRAYS, METRICS, NUM_EXAMPLES
-from fedcmr.server.strategies import make_strategy, strategy_alpha
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
+
+from fedcmr.common.protocol import ARRAYS, METRICS, NUM_EXAMPLES
+from fedcmr.server.strategies import make_strategy, strategy_alpha
 
 SIZES = {11: 12, 22: 30, 33: 7, 44: 51}  # node id -> n_k
 

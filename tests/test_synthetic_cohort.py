@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from sklearn.metrics import roc_auc_score
+
 from fedcmr.client import synthetic_cohort as sc
 from fedcmr.common.centres import MNMS_DEFAULT_CENTRES, MNMS_VENDORS, TABLE1_COUNTS
 from fedcmr.common.labels import ACDC_LABELS, MNMS_LABELS, LabelMap
-from sklearn.metrics import roc_auc_score
 
 SCALE = 0.05  # two subjects per centre and class, plus the skipped pathologies
 
