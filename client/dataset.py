@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from fedcmr.client.augment import augment, build_augmentation
 from fedcmr.common import nyul
 from fedcmr.common.cache_format import FrameEntry, load_frame, read_manifest
 from fedcmr.common.labels import Structure
@@ -94,7 +93,11 @@ class FrameDataset(Dataset):
         self.prior = prior
         self.seed = seed
         self.epoch = 0
-        self.transform = build_augmentation(augmentation)
+        self.transform = None
+        if augmentation != "none":  # torchio is slow to import; load it only when used
+            from fedcmr.client.augment import build_augmentation
+
+            self.transform = build_augmentation(augmentation)
         self._ready = [
             _resize(torch.from_numpy(harmonise(f.image, f.labels, landmarks, prior)),
                     torch.from_numpy(f.labels), input_size) for f in self.frames]
@@ -112,6 +115,8 @@ class FrameDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, labels = self._ready[index]
         if self.transform is not None:
+            from fedcmr.client.augment import augment
+
             image, labels = augment(self.transform, image, labels, self.sample_seed(index))
         return prior_channels(image, labels, self.prior), self.targets[index]
 

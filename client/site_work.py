@@ -81,8 +81,11 @@ def _dataset(site: Site, order: Order, part: str, seed: int = 0) -> FrameDataset
 
 
 def _model(state: StateDict):
-    model, _ = build_model("none")
-    model.load_state_dict(state)
+    """The received model, built without a random initialisation it would overwrite."""
+    with torch.device("meta"):
+        model, _ = build_model("none", quiet=True)
+    # assign=True adopts the tensors themselves: clone, or training would change the caller's
+    model.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
     where = placement()
     return model.to(where.device, memory_format=where.memory_format), where
 

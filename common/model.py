@@ -43,9 +43,11 @@ def _load_body(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                          f"unexpected {unexpected[:3]}")
 
 
-def build_model(pretrained: str = "auto", seed: int = 0) -> tuple[nn.Module, InitInfo]:
+def build_model(pretrained: str = "auto", seed: int = 0, quiet: bool = False
+                ) -> tuple[nn.Module, InitInfo]:
     """r3d_18 + Linear(512, 1). Never downloads: "auto" uses torchvision's cached Kinetics
-    file when present; "none" or a missing file means a seeded random init, said loudly."""
+    file when present; "none" or a missing file means a seeded random init, said loudly
+    (`quiet` when the weights are about to be replaced by received ones)."""
     torch.manual_seed(seed)
     model = r3d_18(weights=None)
     model.fc = nn.Linear(model.fc.in_features, 1)
@@ -63,7 +65,8 @@ def build_model(pretrained: str = "auto", seed: int = 0) -> tuple[nn.Module, Ini
     warning = ("NO PRETRAINED WEIGHTS: r3d_18 starts from a seeded random initialisation "
                f"(seed {seed}); the paper used Kinetics-400. Put the weights at {cached} or "
                "pass --pretrained PATH.")
-    log.warning(warning)
+    if not quiet:
+        log.warning(warning)
     return model, InitInfo(source="random", seed=seed, warning=warning)
 
 

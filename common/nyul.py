@@ -22,9 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
-from torchio.transforms.preprocessing.intensity.histogram_standardization import (
-    _normalize as _torchio_normalize,
-)
 
 #: torchio's landmark percentiles for its default cutoff (0.01, 0.99): the deciles, the
 #: quartiles 25 and 75 (torchio adds them; its transform then skips them as knots) and the
@@ -240,5 +237,11 @@ def standardize(image: np.ndarray, landmarks: np.ndarray, mask: np.ndarray | Non
         mask_array = np.asarray(mask) > 0
         if mask_array.shape != array.shape:
             raise ValueError(f"mask shape {mask_array.shape} differs from image {array.shape}")
-    result = _torchio_normalize(torch.as_tensor(array), landmarks, mask=mask_array)
+    # Imported here: torchio costs seconds to import, and a ClientApp is a fresh process per
+    # message that only needs this one function of it.
+    from torchio.transforms.preprocessing.intensity.histogram_standardization import (
+        _normalize as torchio_normalize,
+    )
+
+    result = torchio_normalize(torch.as_tensor(array), landmarks, mask=mask_array)
     return result.numpy()

@@ -26,6 +26,7 @@ from fedcmr.server.settings import FederationSettings, to_run_config_text
 
 log = logging.getLogger("fedcmr.federate")
 CONNECTION = "fedcmr-local"
+STATUS_EVERY = 30.0
 
 
 def free_port() -> int:
@@ -283,15 +284,18 @@ def run_to_completion(fed: LocalFederation, settings: FederationSettings, echo,
     started = time.monotonic()
     run_id = fed.submit(settings)
     echo(f"run {run_id} submitted; logs in {fed.run_dir / 'logs'}")
-    _follow_logs(fed, run_id, echo)
-    status = "unknown"
+    stream = _follow_logs(fed, run_id, echo)
+    # The log stream ends with the run; `flwr ls` (a whole CLI process) is asked only then,
+    # or every STATUS_EVERY seconds should the stream have died early.
+    status, last_check = "unknown", time.monotonic()
     while not status.startswith("finished"):
-        time.sleep(3)
-        status = fed.status(run_id)
+        time.sleep(1)
         dead = [n for n in fed.dead_processes() if n != "log-stream"]
         if dead:
             raise RuntimeError(f"{', '.join(dead)} stopped during the run; see "
                                f"{fed.run_dir / 'logs'}")
+        if stream.poll() is not None or time.monotonic() - last_check > STATUS_EVERY:
+            status, last_check = fed.status(run_id), time.monotonic()
         if timeout is not None and time.monotonic() - started > timeout:
             fed.flwr("stop", run_id, CONNECTION)
             raise TimeoutError(f"run {run_id} still {status} after {timeout:.0f} s")

@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedcmr.common.protocol import METRICS, NUM_EXAMPLES
+from fedcmr.common.protocol import METRICS, NUM_EXAMPLES, SITE
 
 VOTE = "vote-weight"
 STRATEGY_ALPHA = {"fedavg": 1.0, "equal-vote": 0.0}
@@ -49,8 +49,12 @@ class WeightedVote(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Attach each site's vote n_k ** alpha to its reply, then FedAvg's weighted mean."""
-        replies = list(replies)
+        """Attach each site's vote n_k ** alpha to its reply, then FedAvg's weighted mean.
+
+        Replies are summed in a fixed order (by site name, then node id), not in their order
+        of arrival: float addition is not associative, and a run must replay exactly.
+        """
+        replies = sorted(replies, key=_reply_order)
         valid = [m for m in replies if not m.has_error()]
         votes = {}
         for msg in valid:
@@ -60,6 +64,11 @@ class WeightedVote(FedAvg):
         total = sum(votes.values())
         self.weights[server_round] = {k: v / total for k, v in votes.items()} if total else {}
         return super().aggregate_train(server_round, replies)
+
+
+def _reply_order(msg: Message) -> tuple[str, int]:
+    site = "" if msg.has_error() else str(msg.content.config_records.get(SITE, {}).get("name", ""))
+    return site, msg.metadata.src_node_id
 
 
 def strategy_alpha(name: str, vote_alpha: float | None = None) -> float:

@@ -99,3 +99,10 @@ def test_strategy_names_and_alpha_checks():
         strategy_alpha("tempered")
     with pytest.raises(ValueError, match="unknown strategy"):
         strategy_alpha("krum")
+
+
+def test_aggregate_does_not_depend_on_the_order_replies_arrive_in():
+    forward, _ = make_strategy("tempered", 0.5).aggregate_train(1, replies())
+    backward, _ = make_strategy("tempered", 0.5).aggregate_train(1, replies()[::-1])
+    for key, value in as_numpy(forward).items():
+        assert np.array_equal(as_numpy(backward)[key], value)  # bit for bit
