@@ -59,10 +59,25 @@ def train_loader(dataset: FrameDataset, batch_size: int, generator: torch.Genera
                       drop_last=drop_last)
 
 
+def restart_batchnorm_statistics(model: nn.Module) -> None:
+    """Make BatchNorm's running statistics the plain average over the coming pass.
+
+    With a few batches per epoch (7 per federated round), the default exponential average
+    (momentum 0.1) lags the weights by several epochs: eval-mode outputs drift, validation
+    loss explodes while the ranking improves, and each fold's scores land on a different
+    scale. A cumulative average restarted each pass describes the current weights.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = None
+            module.reset_running_stats()
+
+
 def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator,
                 placement: Placement, max_steps: int | None = None) -> TrainStats:
-    """One pass over `batches` (or `max_steps` of them)."""
+    """One pass over `batches` (or `max_steps` of them), BatchNorm statistics restarted."""
     model.train()
+    restart_batchnorm_statistics(model)
     total, n, steps = 0.0, 0, 0
     for x, y in batches:
         x, y = placement.to_device(x), y.to(placement.device)

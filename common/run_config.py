@@ -39,7 +39,7 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(input_size=(10, 150, 150), max_epochs=100, patience=10, batch_size=8),
     # quick and smoke keep the best of all their epochs: with a validation split of a few
     # subjects the AUC is too noisy for a patience shorter than the whole run.
-    "quick": Profile(input_size=(6, 64, 64), max_epochs=8, patience=8, batch_size=8),
+    "quick": Profile(input_size=(6, 64, 64), max_epochs=12, patience=12, batch_size=8),
     "smoke": Profile(input_size=(4, 24, 24), max_epochs=2, patience=2, batch_size=4),
 }
 
@@ -60,6 +60,8 @@ class RunConfig(BaseModel):
     augment: Augment = "none"
     phases: tuple[Phase, ...] = ("ED", "ES")
     profile: ProfileName = "quick"
+    #: At most this many epochs (federated: rounds) instead of the profile's; None: profile.
+    epochs: int | None = Field(None, ge=1)
     #: Pretrained weights: "auto" (torchvision cache if present), "none", or a file path.
     pretrained: str = "auto"
     #: A site refuses to release a histogram summary of fewer subjects than this.
@@ -76,7 +78,11 @@ class RunConfig(BaseModel):
 
     @property
     def hyper(self) -> Profile:
-        return PROFILES[self.profile]
+        profile = PROFILES[self.profile]
+        if self.epochs is None:
+            return profile
+        return profile.model_copy(update={"max_epochs": self.epochs,
+                                          "patience": min(profile.patience, self.epochs)})
 
     def fold_count(self) -> int:
         return self.n_folds_ccv if self.protocol == "ccv" else len(self.centres)

@@ -17,7 +17,8 @@ def run_config_from_args(args: argparse.Namespace, centres: list[str]) -> RunCon
     phases = tuple(p.strip().upper() for p in args.phases.split(",") if p.strip())
     return RunConfig(protocol=args.protocol, folds=folds, seed=args.seed,
                      split_seed=args.split_seed, prior=args.prior, augment=args.augment,
-                     phases=phases, profile=args.profile, pretrained=args.pretrained,
+                     phases=phases, profile=args.profile, epochs=args.epochs,
+                     pretrained=args.pretrained,
                      min_subjects=args.min_subjects, centres=tuple(sorted(centres)))
 
 
@@ -122,6 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
              args.profile, args.fold)
     argv = [*quiet, "federate", "--cache", *(str(caches / slug(c)) for *_, c in jobs),
             "--strategy", args.strategy, "--profile", args.profile, "--fold", args.fold,
+            "--epochs", str(args.epochs),
             "--out", str(args.out / "federated"), "--round-timeout", str(args.round_timeout)]
     if args.vote_alpha is not None:
         argv += ["--vote-alpha", str(args.vote_alpha)]

@@ -36,7 +36,8 @@ class FederationSettings(BaseModel):
             seed=int(v.get("seed", 0)), split_seed=int(v.get("split-seed", 0)),
             prior=v.get("prior", "structures"), augment=v.get("augment", "none"),
             phases=tuple(p.strip().upper() for p in str(v.get("phases", "ed,es")).split(",")),
-            profile=v.get("profile", "quick"), pretrained=str(v.get("pretrained", "auto")),
+            profile=v.get("profile", "quick"), epochs=int(v.get("epochs", 0)) or None,
+            pretrained=str(v.get("pretrained", "auto")),
             min_subjects=int(v.get("min-subjects", 5)))
         return cls(strategy=str(v.get("strategy", "fedavg")),
                    vote_alpha=float(v.get("vote-alpha", 1.0)),
@@ -56,6 +57,7 @@ def to_run_config_text(settings: FederationSettings) -> str:
         "min-sites": settings.min_sites, "wait-sites-timeout": settings.wait_sites_timeout,
         "protocol": run.protocol, "fold": fold, "seed": run.seed, "split-seed": run.split_seed,
         "prior": run.prior, "augment": run.augment, "phases": ",".join(run.phases).lower(),
-        "profile": run.profile, "pretrained": run.pretrained, "min-subjects": run.min_subjects,
+        "profile": run.profile, "epochs": run.epochs or 0, "pretrained": run.pretrained,
+        "min-subjects": run.min_subjects,
     }
     return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())

@@ -3,8 +3,11 @@ run submitted with `flwr run`; every strategy; TLS + node authentication; nothin
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -129,3 +132,37 @@ def test_secure_federation_with_tempered_votes_and_refused_nodes(caches, tmp_pat
         assert "Failed to activate SuperNode" in (logs / "intruder.log").read_text()
         assert "CERTIFICATE_VERIFY_FAILED" in (logs / "no-ca.log").read_text()
     assert our_processes(tmp_path / "refusals") == []
+
+
+def test_production_commands_server_and_two_clients(caches, tmp_path):
+    """`fedcmr server` and one `fedcmr client` per hospital, as an operator starts them."""
+    port = free_port()
+    fedcmr = [str(Path(tool("fedcmr")))]
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    server = subprocess.Popen(
+        [*fedcmr, "-q", "server", "--sites", "2", "--host", "127.0.0.1", "--port", str(port),
+         "--profile", "smoke", "--fold", "0", "--min-subjects", "3", "--strategy",
+         "equal-vote", "--out", str(tmp_path / "run")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True)
+    clients = [subprocess.Popen(
+        [*fedcmr, "client", "--site", f"site-{i}", "--data", str(cache), "--superlink",
+         f"127.0.0.1:{port}", "--port", str(free_port()), "--threads", "1",
+         "--max-wait-time", "60", "--out", str(tmp_path / f"site-{i}")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        start_new_session=True) for i, cache in enumerate(caches[:2])]
+    try:
+        out, _ = server.communicate(timeout=900)
+        assert server.returncode == 0, out[-3000:]
+        assert "total" in out and "AUC" in out  # the table is printed
+    finally:
+        for proc in (server, *clients):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics["auc"]) == {"total", "Alpha", "Bravo"}
+    for i in range(2):
+        assert list((tmp_path / f"site-{i}").glob("fold_0/predictions.csv"))
+    assert our_processes(tmp_path) == []
+    assert port_is_free(port)  # the server stopped its SuperLink
