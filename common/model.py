@@ -19,6 +19,8 @@ from torchvision.models.video import R3D_18_Weights, r3d_18
 log = logging.getLogger(__name__)
 
 HEAD = "fc"
+#: The missing-weights warning is said once per process (every run records it anyway).
+_warned: list[bool] = []
 
 
 class InitInfo(BaseModel):
@@ -65,8 +67,9 @@ def build_model(pretrained: str = "auto", seed: int = 0, quiet: bool = False
     warning = ("NO PRETRAINED WEIGHTS: r3d_18 starts from a seeded random initialisation "
                f"(seed {seed}); the paper used Kinetics-400. Put the weights at {cached} or "
                "pass --pretrained PATH.")
-    if not quiet:
+    if not quiet and not _warned:
         log.warning(warning)
+        _warned.append(True)
     return model, InitInfo(source="random", seed=seed, warning=warning)
 
 

@@ -111,6 +111,7 @@ class LocalFederation(AbstractContextManager):
 
     # -- lifecycle -------------------------------------------------------------------
     def __enter__(self) -> LocalFederation:
+        _exit_on_termination()
         try:
             self.start()
         except BaseException:
@@ -155,16 +156,24 @@ class LocalFederation(AbstractContextManager):
         return self.run_dir / "sites" / _slug(site.name)
 
     def stop(self) -> None:
-        """SIGTERM every process group we started, then SIGKILL what is left."""
+        """SIGTERM everything we started and every descendant (Flower's superexec starts a
+        session of its own, so process groups alone miss it), then SIGKILL what is left."""
+        pids = {proc.pid for _, proc in self.processes}
+        pids |= _descendants(pids)
         for _, proc in reversed(self.processes):
             _signal_group(proc, signal.SIGTERM)
+        for pid in pids:
+            _signal_pid(pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
         for name, proc in reversed(self.processes):
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop on SIGTERM; killing it", name)
-            _signal_group(proc, signal.SIGKILL)  # children (superexec, apps) too
+            _signal_group(proc, signal.SIGKILL)
+        for pid in pids | _descendants(pids):
+            _signal_pid(pid, signal.SIGKILL)
+        for _, proc in self.processes:
             proc.wait()
         self.processes.clear()
 
@@ -249,6 +258,43 @@ class LocalFederation(AbstractContextManager):
 
     def dead_processes(self) -> list[str]:
         return [name for name, proc in self.processes if proc.poll() is not None]
+
+
+def _exit_on_termination() -> None:
+    """SIGTERM/SIGHUP (`timeout`, `kill`, a closed terminal) end Python without running any
+    cleanup: turn them into SystemExit so the context manager stops what it started."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def leave(signum: int, _frame) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, leave)
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    """Every live descendant of `roots`, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -166,3 +166,30 @@ def test_production_commands_server_and_two_clients(caches, tmp_path):
         assert list((tmp_path / f"site-{i}").glob("fold_0/predictions.csv"))
     assert our_processes(tmp_path) == []
     assert port_is_free(port)  # the server stopped its SuperLink
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_kill_stops_every_process_it_started(caches, tmp_path, sig):
+    run_dir = tmp_path / "interrupted"
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    proc = subprocess.Popen(
+        [tool("fedcmr"), "-q", "federate", "--cache", *map(str, caches), "--profile", "smoke",
+         "--fold", "0", "--min-subjects", "3", "--out", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(our_processes(run_dir)) < len(caches):
+            time.sleep(1)  # the SuperNodes are up (their node config names run_dir)
+        assert len(our_processes(run_dir)) >= len(caches)
+        time.sleep(5)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    time.sleep(2)
+    assert our_processes(run_dir) == [], out[-2000:]
+    config = (run_dir / ".flwr" / "config.toml").read_text()
+    port = int(config.split("127.0.0.1:")[1].split('"')[0])
+    assert port_is_free(port)

@@ -37,7 +37,8 @@ def test_two_learning_rate_groups_cover_every_parameter_once():
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
 
 
-def test_without_weights_the_init_is_seeded_random_and_says_so(caplog):
+def test_without_weights_the_init_is_seeded_random_and_says_so(caplog, monkeypatch):
+    monkeypatch.setattr(model_mod, "_warned", [])  # said once per process
     with caplog.at_level(logging.WARNING):
         a, info = build_model("auto", seed=3)
     b, _ = build_model("none", seed=3)
