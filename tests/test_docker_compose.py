@@ -14,6 +14,9 @@ import pytest
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
+#: Build failures that say the package registry was out of reach (not our Dockerfile).
+NETWORK_ERRORS = ("Temporary failure in name resolution", "Read timed out",
+                  "Connection reset by peer", "Could not fetch URL", "Max retries exceeded")
 HOSPITALS = ["hospital-vall-d-hebron", "hospital-sagrada-familia", "hospital-santpau",
              "hospital-acdc"]
 
@@ -41,7 +44,10 @@ def test_compose_runs_four_hospitals_to_a_finished_federated_run(tmp_path):
            "FEDCMR_RUNS": str(tmp_path / "runs"), "FEDCMR_SCALE": "0.1",
            "FEDCMR_PROFILE": "smoke", "FEDCMR_MIN_SUBJECTS": "2", "FEDCMR_WORKERS": "2"}
     build = compose(env, "build", timeout=3600)
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    log = build.stdout[-3000:] + build.stderr[-3000:]
+    if build.returncode != 0 and any(m in log for m in NETWORK_ERRORS):
+        pytest.skip(f"the image build could not reach the package registry:\n{log[-800:]}")
+    assert build.returncode == 0, log
     try:
         cohort = compose(env, "run", "--rm", "cohort", timeout=900)
         assert cohort.returncode == 0, cohort.stdout[-2000:] + cohort.stderr[-2000:]
