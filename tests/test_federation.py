@@ -38,6 +38,15 @@ def caches(tmp_path_factory) -> list[Path]:
     return write_cohort(tmp_path_factory.mktemp("caches"), SIZES)
 
 
+def listening(port: int) -> bool:
+    """Something accepts connections on the port (connecting never races a server's bind)."""
+    import socket
+
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        return True
+    return False
+
+
 def settings(strategy: str, alpha: float = 1.0) -> FederationSettings:
     run = RunConfig(profile="smoke", folds=(0,), min_subjects=3)
     return FederationSettings(strategy=strategy, vote_alpha=alpha, round_timeout=300, run=run)
@@ -145,10 +154,13 @@ def test_production_commands_server_and_two_clients(caches, tmp_path):
          "equal-vote", "--out", str(tmp_path / "run")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         start_new_session=True)
+    deadline = time.monotonic() + 180  # the coordinator first, as an operator starts it
+    while time.monotonic() < deadline and not listening(port) and server.poll() is None:
+        time.sleep(1)
     clients = [subprocess.Popen(
         [*fedcmr, "client", "--site", f"site-{i}", "--data", str(cache), "--superlink",
          f"127.0.0.1:{port}", "--port", str(free_port()), "--threads", "1",
-         "--max-wait-time", "60", "--out", str(tmp_path / f"site-{i}")],
+         "--max-wait-time", "300", "--out", str(tmp_path / f"site-{i}")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         start_new_session=True) for i, cache in enumerate(caches[:2])]
     try:
