@@ -53,8 +53,20 @@ def settings(strategy: str, alpha: float = 1.0) -> FederationSettings:
 
 
 def our_processes(marker: Path) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if str(marker) in line and "ps -eo" not in line]
+    """Live processes that belong to a run: its folder is in their command line or is
+    their working directory (the launcher starts everything there). Read from /proc: no
+    truncated `ps` columns."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(proc / "cwd")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and (str(marker) in cmdline or cwd.startswith(str(marker))):
+            found.append(cmdline)
+    return found
 
 
 def check_run(run_dir: Path, alpha: float) -> None:
