@@ -120,7 +120,11 @@ def cmd_client(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log.info("site %s serving %s to %s", args.site, ", ".join(map(str, args.data)),
              args.superlink)
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    # The SuperNode starts flower-superexec by name: this environment's bin must be on PATH
+    # even when fedcmr was called by its full path without activating the environment.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "PATH": path}
     sys.stdout.flush()
     os.execve(command[0], command, env)  # the SuperNode replaces this process
     return EXIT_OK
