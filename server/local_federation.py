@@ -36,7 +36,10 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """No server listens on the port (connections in TIME_WAIT do not count: a server
+    restarted with SO_REUSEADDR, as uvicorn does, binds over them)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
