@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flwr.app import Context, Message
 
+from fedcmr.client.simulated_nodes import node_config
 from fedcmr.common.protocol import REPLY_ALLOWED
 
 AUDIT_FILE = "audit.jsonl"
@@ -54,7 +55,7 @@ def audit_mod(message: Message, context: Context, call_next) -> Message:
         return reply
     records = describe_reply(reply)
     bad = violations(message.metadata.message_type, records)
-    out_dir = context.node_config.get("out-dir")
+    out_dir = node_config(context.node_config, context.run_config).get("out-dir")
     if out_dir:
         path = Path(str(out_dir)) / AUDIT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 Node config (per SuperNode, `--node-config`): site = display name; data-path = the site's
 prepared cache folder(s), comma-separated; out-dir = the site's private output folder
-(predictions, audit log); threads = CPU threads for torch (optional).
+(predictions, audit log); threads = CPU threads for torch (optional). Under Flower's
+simulation runtime the same keys come from the run's node table (client/simulated_nodes.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from fedcmr.client import site_work
 from fedcmr.client.audit import audit_mod
+from fedcmr.client.simulated_nodes import node_config
 from fedcmr.common.protocol import ARRAYS, CONFIG, METRICS, SITE, Order
 
 log = logging.getLogger("fedcmr.client")
@@ -24,7 +26,7 @@ app = ClientApp(mods=[audit_mod])
 
 
 def open_site(context: Context) -> site_work.Site:
-    cfg = context.node_config
+    cfg = node_config(context.node_config, context.run_config)
     missing = [k for k in ("site", "data-path", "out-dir") if k not in cfg]
     if missing:
         raise ValueError(f"SuperNode --node-config lacks {missing}. Fix: start it with "

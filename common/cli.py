@@ -105,6 +105,10 @@ def _add_federate(sub: argparse._SubParsersAction) -> None:
                    help="TLS + SuperNode authentication with the files of "
                         "deploy/make_certificates.sh in CERT_DIR")
     p.add_argument("--threads-per-site", type=int, default=1)
+    p.add_argument("--runtime", choices=["deployment", "simulation"], default="deployment",
+                   help="deployment: one SuperNode process per hospital over gRPC/HTTP (as "
+                        "in production); simulation: Flower's Ray runtime, far less overhead "
+                        "per round, for large studies (needs fedcmr[simulation])")
     p.set_defaults(func=_handler("fedcmr.server.commands:cmd_federate"))
 
 

@@ -63,12 +63,16 @@ def cmd_federate(args: argparse.Namespace) -> int:
         settings = settings_from_args(args, [])
         security = security_from_dir(args.secure, [s.name for s in sites]) \
             if args.secure else None
+        if security and args.runtime == "simulation":
+            raise ValueError("--secure protects SuperNode connections; the simulation "
+                             "runtime has none. Fix: drop --secure or use --runtime deployment")
     except (FileNotFoundError, ValueError) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
     metrics = run_local_federation(args.cache, settings, args.out, security,
                                    args.threads_per_site,
-                                   echo=(lambda _: None) if args.quiet else print)
+                                   echo=(lambda _: None) if args.quiet else print,
+                                   runtime=args.runtime)
     print(auc_table(metrics))
     log.info("federated run in %s (%.0f s): metrics.json, predictions.csv, rounds.csv",
              args.out, metrics.get("elapsed_s", 0))

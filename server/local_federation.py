@@ -1,6 +1,10 @@
 """`fedcmr federate`: a whole federation on one machine, as separate OS processes talking
 over loopback exactly like the containers do (SuperLink, one SuperNode per hospital, the run
 submitted with `flwr run`). Everything started is stopped again, also on Ctrl-C or failure.
+
+`runtime="simulation"` runs the same app on Flower's simulation runtime instead: a SuperLink
+in simulation mode whose Ray actors stand in for the hospitals (no SuperNodes, no per-message
+process start), for large studies and sweeps on one machine or a Ray cluster.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedcmr.client.simulated_nodes import write_simulated_nodes
 from fedcmr.common.cache_format import read_manifest
 from fedcmr.server.settings import FederationSettings, to_run_config_text
 
 log = logging.getLogger("fedcmr.federate")
 CONNECTION = "fedcmr-local"
+RUNTIMES = ("deployment", "simulation")
 STATUS_EVERY = 30.0
 
 
@@ -99,6 +105,8 @@ class LocalFederation(AbstractContextManager):
     #: Address the SuperLink binds to (0.0.0.0 to serve other machines); local tools
     #: always reach it on 127.0.0.1.
     host: str = "127.0.0.1"
+    #: "deployment": one SuperNode process per hospital; "simulation": Ray actors.
+    runtime: str = "deployment"
     processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
 
     @property
@@ -138,18 +146,25 @@ class LocalFederation(AbstractContextManager):
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime {self.runtime!r}: use one of {RUNTIMES}")
+        if self.runtime == "simulation":
+            _require_ray()
         self.port = self.port or free_port()
         self._write_connection()
         link = [tool("flower-superlink"), "--host", self.host, "--port", str(self.port),
                 "--disable-runtime-dependency-installation", *self._link_security()]
+        if self.runtime == "simulation":
+            link.append("--simulation")
         self._spawn("superlink", link)
         self._wait_healthy()
+        if self.runtime == "simulation":
+            write_simulated_nodes(self.node_table, [self.node_config(s) for s in self.sites])
+            return
         self._register_sites()
         for site in self.sites:
-            node_config = (f'site={json.dumps(site.name)} '
-                           f'data-path={json.dumps(",".join(map(str, site.caches)))} '
-                           f'out-dir={json.dumps(str(self.site_dir(site)))} '
-                           f'threads={self.threads_per_site}')
+            node_config = " ".join(f"{k}={json.dumps(v)}"
+                                   for k, v in self.node_config(site).items())
             self._spawn(f"supernode-{_slug(site.name)}", [
                 tool("flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
                 "--port", str(free_port()), "--node-config", node_config,
@@ -157,6 +172,15 @@ class LocalFederation(AbstractContextManager):
 
     def site_dir(self, site: SiteSpec) -> Path:
         return self.run_dir / "sites" / _slug(site.name)
+
+    def node_config(self, site: SiteSpec) -> dict[str, object]:
+        return {"site": site.name, "data-path": ",".join(map(str, site.caches)),
+                "out-dir": str(self.site_dir(site)), "threads": self.threads_per_site}
+
+    @property
+    def node_table(self) -> Path:
+        """Simulation runtime: the node configs simulated nodes read (by partition id)."""
+        return self.run_dir / "simulated_nodes.json"
 
     def stop(self) -> None:
         """SIGTERM everything we started and every descendant (Flower's superexec starts a
@@ -241,8 +265,16 @@ class LocalFederation(AbstractContextManager):
         return result
 
     def submit(self, settings: FederationSettings) -> str:
+        extra: list[str] = []
+        if self.runtime == "simulation":
+            settings = settings.model_copy(update={"sim_sites": str(self.node_table)})
+            # One Ray actor per hospital, each with the CPU threads a SuperNode would get.
+            extra = ["--federation-config",
+                     f"num-supernodes={len(self.sites)} "
+                     f"client-resources-num-cpus={self.threads_per_site}"]
         result = self.flwr("run", str(app_dir()), CONNECTION, "--run-config",
-                           to_run_config_text(settings), "--format", "json", check=True)
+                           to_run_config_text(settings), *extra, "--format", "json",
+                           check=True)
         data = json.loads(result.stdout[result.stdout.index("{"):])
         if not data.get("success"):
             raise RuntimeError(f"flwr run refused the run: {data}")
@@ -261,6 +293,15 @@ class LocalFederation(AbstractContextManager):
 
     def dead_processes(self) -> list[str]:
         return [name for name, proc in self.processes if proc.poll() is not None]
+
+
+def _require_ray() -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError("the simulation runtime needs Ray, which is not installed. Fix: "
+                           "pip install 'fedcmr[simulation]' (or 'flwr[simulation]==1.42.0'), "
+                           "or use --runtime deployment") from err
 
 
 def _exit_on_termination() -> None:
@@ -356,7 +397,8 @@ def run_to_completion(fed: LocalFederation, settings: FederationSettings, echo,
 
 def run_local_federation(caches: list[Path], settings: FederationSettings, run_dir: Path,
                          security: Security | None = None, threads_per_site: int = 1,
-                         echo=print, timeout: float | None = None) -> dict:
+                         echo=print, timeout: float | None = None,
+                         runtime: str = "deployment") -> dict:
     """Start everything, run, gather, stop everything; returns metrics.json's content."""
     from fedcmr.client.site_work import read_site_predictions
     from fedcmr.common.results import write_json, write_predictions
@@ -365,8 +407,9 @@ def run_local_federation(caches: list[Path], settings: FederationSettings, run_d
     sites = sites_from_caches(caches)
     settings = settings.model_copy(update={"out_dir": run_dir, "min_sites": len(sites)})
     started = time.monotonic()
-    with LocalFederation(run_dir, sites, threads_per_site, security) as fed:
-        echo(f"SuperLink on 127.0.0.1:{fed.port}; {len(sites)} hospitals: "
+    with LocalFederation(run_dir, sites, threads_per_site, security,
+                         runtime=runtime) as fed:
+        echo(f"SuperLink ({runtime}) on 127.0.0.1:{fed.port}; {len(sites)} hospitals: "
              + ", ".join(s.name for s in sites))
         run_to_completion(fed, settings, echo, timeout)
     rows = [r for site in sites for r in read_site_predictions(fed.site_dir(site))]

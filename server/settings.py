@@ -24,6 +24,9 @@ class FederationSettings(BaseModel):
     #: How many sites must have connected before the run starts, and how long to wait.
     min_sites: int = 1
     wait_sites_timeout: float = 300.0
+    #: Simulation runtime only: the JSON node table simulated nodes read their site from
+    #: (client/simulated_nodes.py); empty for SuperNodes, which have their own node config.
+    sim_sites: str = ""
     run: RunConfig = RunConfig()
 
     @classmethod
@@ -44,7 +47,8 @@ class FederationSettings(BaseModel):
                    out_dir=Path(str(v.get("out-dir", "runs/federated"))),
                    round_timeout=float(v.get("round-timeout", 900.0)),
                    min_sites=int(v.get("min-sites", 1)),
-                   wait_sites_timeout=float(v.get("wait-sites-timeout", 300.0)), run=run)
+                   wait_sites_timeout=float(v.get("wait-sites-timeout", 300.0)),
+                   sim_sites=str(v.get("sim-sites", "")), run=run)
 
 
 def to_run_config_text(settings: FederationSettings) -> str:
@@ -58,6 +62,6 @@ def to_run_config_text(settings: FederationSettings) -> str:
         "protocol": run.protocol, "fold": fold, "seed": run.seed, "split-seed": run.split_seed,
         "prior": run.prior, "augment": run.augment, "phases": ",".join(run.phases).lower(),
         "profile": run.profile, "epochs": run.epochs or 0, "pretrained": run.pretrained,
-        "min-subjects": run.min_subjects,
+        "min-subjects": run.min_subjects, "sim-sites": settings.sim_sites,
     }
     return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())

@@ -109,17 +109,61 @@ def check_audit(run_dir: Path) -> None:
         seen & {"query.validate"})
 
 
-def test_four_hospitals_fedavg_and_equal_vote_leave_nothing_running(caches, tmp_path):
-    for strategy, alpha in (("fedavg", 1.0), ("equal-vote", 0.0)):
-        run_dir = tmp_path / strategy
-        run_local_federation(caches, settings(strategy, alpha), run_dir, echo=lambda _: None)
-        check_run(run_dir, alpha)
-        assert our_processes(run_dir) == []
+@pytest.fixture(scope="module")
+def fedavg_run(caches, tmp_path_factory) -> Path:
+    """One FedAvg run on the deployment runtime, shared by the tests that compare with it."""
+    run_dir = tmp_path_factory.mktemp("deployment") / "fedavg"
+    run_local_federation(caches, settings("fedavg"), run_dir, echo=lambda _: None)
+    return run_dir
+
+
+def test_four_hospitals_fedavg_and_equal_vote_leave_nothing_running(caches, fedavg_run,
+                                                                     tmp_path):
+    check_run(fedavg_run, 1.0)
+    assert our_processes(fedavg_run) == []
+    run_dir = tmp_path / "equal-vote"
+    run_local_federation(caches, settings("equal-vote", 0.0), run_dir, echo=lambda _: None)
+    check_run(run_dir, 0.0)
+    assert our_processes(run_dir) == []
     # every port our processes used is free again
-    for log in (tmp_path / "fedavg" / "logs").glob("*.log"):
+    for log in (fedavg_run / "logs").glob("*.log"):
         for word in log.read_text().split():
             if word.startswith("127.0.0.1:") and word[10:].isdigit():
                 assert port_is_free(int(word[10:]))
+
+
+def ray_processes() -> set[int]:
+    names = {"raylet", "gcs_server"}
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if (proc / "comm").read_text().strip() in names:
+                found.add(int(proc.name))
+    return found
+
+
+def test_simulation_runtime_gives_the_deployment_results(caches, fedavg_run, tmp_path):
+    """The same app on Flower's Ray runtime: the same predictions as four SuperNode
+    processes (same seeds, one thread per site), the same audit, and no Ray left behind."""
+    ray_before = ray_processes()
+    run_dir = tmp_path / "simulation"
+    echoed: list[str] = []
+    run_local_federation(caches, settings("fedavg"), run_dir, echo=echoed.append,
+                         runtime="simulation")
+    check_run(run_dir, 1.0)
+    assert any("round 1" in line for line in echoed)  # progress reaches the console
+    assert our_processes(run_dir) == []
+    assert ray_processes() <= ray_before
+
+    def scores(run: Path) -> dict[tuple[str, str], float]:
+        with (run / "predictions.csv").open() as handle:
+            return {(r["subject"], r["phase"]): float(r["score"])
+                    for r in csv.DictReader(handle)}
+
+    simulated, deployed = scores(run_dir), scores(fedavg_run)
+    assert simulated.keys() == deployed.keys()
+    for key, value in simulated.items():
+        assert value == pytest.approx(deployed[key], abs=1e-5), key
 
 
 def test_secure_federation_with_tempered_votes_and_refused_nodes(caches, tmp_path):

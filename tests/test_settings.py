@@ -19,7 +19,8 @@ def test_settings_survive_the_run_config_round_trip_through_flowers_parser():
                     pretrained="/weights/r3d 18.pth", min_subjects=7)
     settings = FederationSettings(strategy="tempered", vote_alpha=0.25,
                                   out_dir=Path("/runs/a b/c'd"), round_timeout=60.0,
-                                  min_sites=3, wait_sites_timeout=30.0, run=run)
+                                  min_sites=3, wait_sites_timeout=30.0,
+                                  sim_sites="/runs/a b/simulated_nodes.json", run=run)
     parsed = parse_config_args([to_run_config_text(settings)])
     assert FederationSettings.from_run_config(parsed) == settings
 
