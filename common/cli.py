@@ -153,13 +153,18 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the README's main job: synthesise four hospitals, prepare "
                                     "each, federate them, print the AUC per centre")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--scale", type=float, default=0.2,
-                   help="cohort size (0.2: 36 subjects; keeps the demo under 10 minutes)")
+    p.add_argument("--scale", type=float, default=0.25,
+                   help="cohort size (0.25: 44 subjects; smaller sites are too small for the "
+                        "paper's 7-batch rule: batches of 1-3 frames, and no learning)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fold", default="0")
     p.add_argument("--profile", choices=["smoke", "quick", "paper"], default="quick")
-    p.add_argument("--epochs", type=int, default=8,
-                   help="federated rounds (8 keeps the demo under 10 minutes on 2 cores)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="federated rounds (default: the profile's, 12 for quick)")
+    p.add_argument("--runtime", choices=["simulation", "deployment"], default="simulation",
+                   help="simulation (default): Flower's Ray runtime, about 5 minutes on 2 "
+                        "cores; deployment: one SuperNode process per hospital over gRPC/HTTP "
+                        "as in production, about 4 times slower per round on one machine")
     add_strategy_options(p)
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=_handler("fedcmr.server.commands:cmd_demo"))

@@ -108,6 +108,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fedcmr.common.centres import STUDY_MNMS_CENTRES, slug
     from fedcmr.common.cli import main as fedcmr
 
+    if args.runtime == "simulation":  # say so now, not after preparing the data
+        from fedcmr.server.local_federation import require_ray
+
+        try:
+            require_ray()
+        except RuntimeError as err:
+            log.error("%s", err)
+            return EXIT_BAD_INPUT
     quiet = ["-q"] if args.quiet else []
     data, caches = args.out / "data", args.out / "cache"
     log.info("1/3 synthesising a four-centre cohort (scale %s) in %s", args.scale, data)
@@ -123,12 +131,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
                        str(caches / slug(centre)), "--workers", str(args.workers), *extra])
         if code not in (EXIT_OK, 3):
             return code
-    log.info("3/3 federating four hospitals (%s, profile %s, fold %s)", args.strategy,
-             args.profile, args.fold)
+    log.info("3/3 federating four hospitals (%s runtime, %s, profile %s, fold %s)",
+             args.runtime, args.strategy, args.profile, args.fold)
     argv = [*quiet, "federate", "--cache", *(str(caches / slug(c)) for *_, c in jobs),
             "--strategy", args.strategy, "--profile", args.profile, "--fold", args.fold,
-            "--epochs", str(args.epochs),
+            "--runtime", args.runtime,
             "--out", str(args.out / "federated"), "--round-timeout", str(args.round_timeout)]
+    if args.epochs is not None:
+        argv += ["--epochs", str(args.epochs)]
     if args.vote_alpha is not None:
         argv += ["--vote-alpha", str(args.vote_alpha)]
     return fedcmr(argv)

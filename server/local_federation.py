@@ -149,7 +149,7 @@ class LocalFederation(AbstractContextManager):
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime {self.runtime!r}: use one of {RUNTIMES}")
         if self.runtime == "simulation":
-            _require_ray()
+            require_ray()
         self.port = self.port or free_port()
         self._write_connection()
         link = [tool("flower-superlink"), "--host", self.host, "--port", str(self.port),
@@ -295,7 +295,7 @@ class LocalFederation(AbstractContextManager):
         return [name for name, proc in self.processes if proc.poll() is not None]
 
 
-def _require_ray() -> None:
+def require_ray() -> None:
     try:
         import ray  # noqa: F401
     except ImportError as err:
