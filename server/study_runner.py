@@ -162,8 +162,11 @@ class StudyRunner:
             val_auc, val_loss = self._pooled_val(ok)
             new_arrays, _ = strategy.aggregate_train(rnd, replies)
             self._log_round(outcome, rnd, ok, strategy.weights.get(rnd, {}), val_auc, val_loss)
-            # the model these replies validated is the previous round's global model
-            if stopper.update(val_auc, val_loss, rnd - 1):
+            # The model these replies validated is the previous round's global model. Round
+            # 1's is the untrained initialisation: never a candidate (the centralised loop
+            # never scores its untrained model either), though its loss of ln 2 can beat
+            # overconfident trained models on a validation split of a few frames.
+            if rnd > 1 and stopper.update(val_auc, val_loss, rnd - 1):
                 best_arrays, best_round = arrays, rnd - 1
             arrays = new_arrays if new_arrays is not None else arrays
             if stopper.should_stop:
