@@ -13,8 +13,8 @@ from pathlib import Path
 
 from flwr.app import Context, Message
 
-from fedcmr.client.simulated_nodes import node_config
 from fedcmr.common.protocol import REPLY_ALLOWED
+from fedcmr.common.simulated_nodes import node_config
 
 AUDIT_FILE = "audit.jsonl"
 

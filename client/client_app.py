@@ -3,7 +3,7 @@
 Node config (per SuperNode, `--node-config`): site = display name; data-path = the site's
 prepared cache folder(s), comma-separated; out-dir = the site's private output folder
 (predictions, audit log); threads = CPU threads for torch (optional). Under Flower's
-simulation runtime the same keys come from the run's node table (client/simulated_nodes.py).
+simulation runtime the same keys come from the run's node table (common/simulated_nodes.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from flwr.clientapp import ClientApp
 
 from fedcmr.client import site_work
 from fedcmr.client.audit import audit_mod
-from fedcmr.client.simulated_nodes import node_config
 from fedcmr.common.protocol import ARRAYS, CONFIG, METRICS, SITE, Order
+from fedcmr.common.simulated_nodes import node_config
 
 log = logging.getLogger("fedcmr.client")
 

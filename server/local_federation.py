@@ -25,8 +25,8 @@ from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedcmr.client.simulated_nodes import write_simulated_nodes
 from fedcmr.common.cache_format import read_manifest
+from fedcmr.common.simulated_nodes import write_simulated_nodes
 from fedcmr.server.settings import FederationSettings, to_run_config_text
 
 log = logging.getLogger("fedcmr.federate")

@@ -25,7 +25,7 @@ class FederationSettings(BaseModel):
     min_sites: int = 1
     wait_sites_timeout: float = 300.0
     #: Simulation runtime only: the JSON node table simulated nodes read their site from
-    #: (client/simulated_nodes.py); empty for SuperNodes, which have their own node config.
+    #: (common/simulated_nodes.py); empty for SuperNodes, which have their own node config.
     sim_sites: str = ""
     run: RunConfig = RunConfig()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedcmr.client.simulated_nodes import node_config, write_simulated_nodes
+from fedcmr.common.simulated_nodes import node_config, write_simulated_nodes
 
 NODES = [{"site": "Alpha", "data-path": "/data/a", "out-dir": "/out/a", "threads": 1},
          {"site": "Bravo", "data-path": "/data/b", "out-dir": "/out/b", "threads": 1}]
