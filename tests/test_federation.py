@@ -245,7 +245,10 @@ def test_ctrl_c_or_kill_stops_every_process_it_started(caches, tmp_path, sig):
     proc = subprocess.Popen(
         [tool("fedcmr"), "-q", "federate", "--cache", *map(str, caches), "--profile", "smoke",
          "--fold", "0", "--min-subjects", "3", "--out", str(run_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        # As from a terminal: a shell script's background job (`cmd &`) starts with SIGINT
+        # ignored, the launcher would inherit that, and Ctrl-C would not reach it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and len(our_processes(run_dir)) < len(caches):
