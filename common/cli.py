@@ -162,7 +162,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None,
                    help="federated rounds (default: the profile's, 12 for quick)")
     p.add_argument("--runtime", choices=["simulation", "deployment"], default="simulation",
-                   help="simulation (default): Flower's Ray runtime, about 5 minutes on 2 "
+                   help="simulation (default): Flower's Ray runtime, about 6 minutes on 2 "
                         "cores; deployment: one SuperNode process per hospital over gRPC/HTTP "
                         "as in production, about 4 times slower per round on one machine")
     add_strategy_options(p)
