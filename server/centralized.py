@@ -32,7 +32,10 @@ log = logging.getLogger("fedcmr.centralized")
 
 
 def config_digest(config: RunConfig) -> str:
-    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+    """The run's settings, the profile's values included: a profile is looked up by name,
+    so a changed profile must not let a rerun keep folds trained under the old one."""
+    text = config.model_dump_json() + config.hyper.model_dump_json()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def reference_landmarks(train: Sequence[CachedFrame], config: RunConfig):
@@ -69,7 +72,8 @@ def train_fold(frames: Sequence[CachedFrame], config: RunConfig, fold: int, fold
     for epoch in bar:
         datasets["train"].set_epoch(epoch)
         stats = train_steps(model, optimizer, iter(train_loader(
-            datasets["train"], hyper.batch_size, generator)), where)
+            datasets["train"], hyper.batch_size, generator)), where,
+            label_smoothing=hyper.label_smoothing)
         val = score(model, datasets["val"], where)
         improved = stopper.update(val.auc, val.loss, epoch)
         if improved:
@@ -101,6 +105,7 @@ def run_centralized(frames: Sequence[CachedFrame], config: RunConfig, out: Path,
     where = placement()
     digest = config_digest(config)
     write_json(out / "config.json", {"mode": "centralized", "config": config.model_dump(),
+                                     "profile": config.hyper.model_dump(),
                                      "digest": digest, "fedcmr_version": __version__})
     rows: list[dict] = []
     inits: dict[int, dict] = {}

@@ -13,6 +13,7 @@ from cache_factory import write_cohort
 from fedcmr.client.dataset import FrameDataset, load_cache
 from fedcmr.client.site_split import split_frames
 from fedcmr.client.training import score
+from fedcmr.common import run_config
 from fedcmr.common.device import placement
 from fedcmr.common.model import build_model
 from fedcmr.common.results import read_predictions
@@ -32,7 +33,7 @@ def config(**kw) -> RunConfig:
     return RunConfig(profile="smoke", folds=(0,), centres=centres, **kw)
 
 
-def test_outputs_best_model_and_resume(frames, tmp_path, caplog):
+def test_outputs_best_model_and_resume(frames, tmp_path, caplog, monkeypatch):
     cfg = config()
     metrics = run_centralized(frames, cfg, tmp_path, progress=False)
     assert set(metrics["auc"]) == {"total", "Alpha", "Bravo", "Charlie", "Delta"}
@@ -60,6 +61,14 @@ def test_outputs_best_model_and_resume(frames, tmp_path, caplog):
     assert "already finished" in caplog.text
     assert again["auc"] == metrics["auc"]
     assert json.loads((tmp_path / "metrics.json").read_text())["auc"] == metrics["auc"]
+    # a changed profile (looked up by name) invalidates the finished fold
+    smoke = run_config.PROFILES["smoke"]
+    monkeypatch.setitem(run_config.PROFILES, "smoke",
+                        smoke.model_copy(update={"label_smoothing": 0.0}))
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run_centralized(frames, cfg, tmp_path, progress=False)
+    assert "already finished" not in caplog.text
 
 
 def test_ed_only_uses_only_end_diastole(frames, tmp_path):
