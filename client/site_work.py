@@ -114,8 +114,7 @@ def train(site: Site, order: Order, state: StateDict) -> tuple[StateDict, dict]:
     batch = federated_batch_size(len(data), hyper.local_iterations)
     optimizer = make_optimizer(model, hyper, InitInfo(source=order.init_source, seed=0))
     stats = train_steps(model, optimizer, iter(train_loader(data, batch, generator)), where,
-                        max_steps=hyper.local_iterations,
-                        label_smoothing=hyper.label_smoothing)
+                        max_steps=hyper.local_iterations)
     metrics.update({NUM_EXAMPLES: len(data), "train-loss": stats.loss,
                     "train-batches": stats.n_batches, "batch-size": batch})
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics

@@ -73,17 +73,9 @@ def restart_batchnorm_statistics(model: nn.Module) -> None:
             module.reset_running_stats()
 
 
-def smooth_labels(y: torch.Tensor, eps: float) -> torch.Tensor:
-    """Binary label smoothing: 0 -> eps/2, 1 -> 1 - eps/2, so the loss stops rewarding ever
-    larger logits once a training frame is right."""
-    return y * (1.0 - eps) + eps / 2.0
-
-
 def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator,
-                placement: Placement, max_steps: int | None = None,
-                label_smoothing: float = 0.0) -> TrainStats:
-    """One pass over `batches` (or `max_steps` of them), BatchNorm statistics restarted.
-    The reported loss is against the (smoothed) training targets."""
+                placement: Placement, max_steps: int | None = None) -> TrainStats:
+    """One pass over `batches` (or `max_steps` of them), BatchNorm statistics restarted."""
     model.train()
     restart_batchnorm_statistics(model)
     total, n, steps = 0.0, 0, 0
@@ -92,8 +84,7 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
         optimizer.zero_grad(set_to_none=True)
         with placement.autocast():
             logits = model(x).squeeze(1)
-        loss = F.binary_cross_entropy_with_logits(logits.float(),
-                                                  smooth_labels(y, label_smoothing))
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
         loss.backward()
         optimizer.step()
         total += loss.item() * len(y)

@@ -33,19 +33,14 @@ class Profile(BaseModel):
     lr_body_random_init: float = 1e-4
     #: Federated: local iterations (batches) per round.
     local_iterations: int = 7
-    #: Training targets become eps/2 and 1 - eps/2 (validation and test losses stay plain
-    #: BCE). 0 is the paper's loss; see docs/learning.md for why quick and smoke use 0.1.
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 PROFILES: dict[str, Profile] = {
     "paper": Profile(input_size=(10, 150, 150), max_epochs=100, patience=10, batch_size=8),
     # quick and smoke keep the best of all their epochs: with a validation split of a few
     # subjects the AUC is too noisy for a patience shorter than the whole run.
-    "quick": Profile(input_size=(6, 64, 64), max_epochs=12, patience=12, batch_size=8,
-                     label_smoothing=0.1),
-    "smoke": Profile(input_size=(4, 24, 24), max_epochs=2, patience=2, batch_size=4,
-                     label_smoothing=0.1),
+    "quick": Profile(input_size=(6, 64, 64), max_epochs=12, patience=12, batch_size=8),
+    "smoke": Profile(input_size=(4, 24, 24), max_epochs=2, patience=2, batch_size=4),
 }
 
 

@@ -72,8 +72,7 @@ def train_fold(frames: Sequence[CachedFrame], config: RunConfig, fold: int, fold
     for epoch in bar:
         datasets["train"].set_epoch(epoch)
         stats = train_steps(model, optimizer, iter(train_loader(
-            datasets["train"], hyper.batch_size, generator)), where,
-            label_smoothing=hyper.label_smoothing)
+            datasets["train"], hyper.batch_size, generator)), where)
         val = score(model, datasets["val"], where)
         improved = stopper.update(val.auc, val.loss, epoch)
         if improved:

@@ -64,7 +64,7 @@ def test_outputs_best_model_and_resume(frames, tmp_path, caplog, monkeypatch):
     # a changed profile (looked up by name) invalidates the finished fold
     smoke = run_config.PROFILES["smoke"]
     monkeypatch.setitem(run_config.PROFILES, "smoke",
-                        smoke.model_copy(update={"label_smoothing": 0.0}))
+                        smoke.model_copy(update={"lr_head": smoke.lr_head / 2}))
     caplog.clear()
     with caplog.at_level("INFO"):
         run_centralized(frames, cfg, tmp_path, progress=False)
