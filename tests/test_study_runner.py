@@ -6,11 +6,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import torch
 from cache_factory import write_site_cache
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedcmr.client import client_app
+from fedcmr.common.protocol import ARRAYS
 from fedcmr.common.run_config import RunConfig
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.study_runner import StudyRunner
@@ -27,12 +29,15 @@ class InProcessGrid:
         self.contexts = contexts
         self.ids = itertools.count(1)
         self.sent: list[str] = []
+        self.trained: list[ArrayRecord] = []  # the global model each train exchange sent
 
     def get_node_ids(self) -> list[int]:
         return sorted(self.contexts)
 
     def send_and_receive(self, messages, timeout=None) -> list[Message]:
         replies = []
+        if messages and messages[0].metadata.message_type == "train":
+            self.trained.append(messages[0].content.array_records[ARRAYS])
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = f"m{next(self.ids)}"
             msg.metadata.__dict__["_src_node_id"] = 0
@@ -64,6 +69,11 @@ def grid(tmp_path_factory) -> InProcessGrid:
     return InProcessGrid(contexts)
 
 
+def same_weights(a: ArrayRecord, b: ArrayRecord) -> bool:
+    x, y = a.to_torch_state_dict(), b.to_torch_state_dict()
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
 def runner(grid: InProcessGrid, epochs: int) -> StudyRunner:
     run = RunConfig(profile="smoke", epochs=epochs, min_subjects=5)
     study = StudyRunner(grid, FederationSettings(min_sites=2, wait_sites_timeout=5, run=run))
@@ -81,8 +91,12 @@ def test_the_untrained_model_is_never_selected_even_with_the_lowest_loss(grid, m
                      (0.7, 0.50)])  # after the last round: model of round 4
     monkeypatch.setattr(StudyRunner, "_pooled_val", staticmethod(lambda replies: next(scripted)))
     study = runner(grid, epochs=4)
+    sent_before = len(grid.trained)
     outcome = study.run_fold(0)
     assert outcome.best_round == 2
+    # the kept weights are the global model after round 2, which round 3 sent out
+    assert same_weights(outcome.best_arrays, grid.trained[sent_before + 2])
+    assert not same_weights(outcome.best_arrays, grid.trained[sent_before + 1])
     assert next(scripted, None) is None  # every round and the final validation were scored
     rounds = sorted({r["round"] for r in outcome.rounds})
     assert rounds == [1, 2, 3, 4]
