@@ -1,5 +1,6 @@
 """The ServerApp's protocol (StudyRunner) against in-process sites: real ClientApp handlers
-and real training, no Flower runtime. Fast enough to pin down the model-selection rule."""
+behind the site's audit gate and real training, no Flower runtime. Fast enough to pin down
+the model-selection rule."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedcmr.client import client_app
+from fedcmr.client.audit import audit_mod
 from fedcmr.common.protocol import ARRAYS
 from fedcmr.common.run_config import RunConfig
 from fedcmr.server.settings import FederationSettings
@@ -23,7 +25,9 @@ HANDLERS = {"query.describe": client_app.describe, "query.nyul": client_app.nyul
 
 
 class InProcessGrid:
-    """Delivers each message to the ClientApp handler of its node, as a SuperNode would."""
+    """Delivers each message to the ClientApp handler of its node, through the audit mod, as
+    a SuperNode would. Flower's Metadata has no setters for the ids the SuperLink assigns, so
+    they are written where Metadata keeps them."""
 
     def __init__(self, contexts: dict[int, Context]):
         self.contexts = contexts
@@ -43,7 +47,7 @@ class InProcessGrid:
             msg.metadata.__dict__["_src_node_id"] = 0
             self.sent.append(msg.metadata.message_type)
             node = msg.metadata.dst_node_id
-            reply = HANDLERS[msg.metadata.message_type](msg, self.contexts[node])
+            reply = audit_mod(msg, self.contexts[node], HANDLERS[msg.metadata.message_type])
             reply.metadata.__dict__["_src_node_id"] = node
             replies.append(reply)
         return replies
