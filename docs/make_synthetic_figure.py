@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fedcmr.client.synthetic_cohort import (  # noqa: E402
+from fedcmr.lab.synthetic import (  # noqa: E402
     CENTRE_ORDER,
     SCANNERS,
     SubjectPlan,

@@ -10,9 +10,10 @@ import pytest
 import SimpleITK as sitk
 from sklearn.metrics import roc_auc_score
 
-from fedcmr.client import synthetic_cohort as sc
 from fedcmr.common.centres import MNMS_DEFAULT_CENTRES, MNMS_VENDORS, TABLE1_COUNTS
 from fedcmr.common.labels import ACDC_LABELS, MNMS_LABELS, LabelMap
+from fedcmr.lab import synthetic as sc
+from fedcmr.lab.synthetic.layouts import _prepare
 
 SCALE = 0.05  # two subjects per centre and class, plus the skipped pathologies
 
@@ -288,6 +289,6 @@ def test_never_clears_foreign_data_but_replaces_its_own(tmp_path: Path) -> None:
     stale = tmp_path / "acdc" / "training" / "patient099" / "Info.cfg"
     stale.parent.mkdir(parents=True)
     stale.write_text("Group: NOR\n")
-    sc._prepare(tmp_path)
+    _prepare(tmp_path)
     assert not foreign.exists() and not stale.exists()
     assert (tmp_path / "acdc" / "training").is_dir()
