@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import time
@@ -23,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from fedcmr.client.bias_field import N4Params, foreground_mask, n4_log_bias_field
+from fedcmr.client.bias_field import foreground_mask, n4_log_bias_field
+from fedcmr.client.prep_config import N4Params
+from fedcmr.common.atomic import write_json
 
 DEFAULT_DATA = Path("/work/shared/data/acdc-sample")
 DEFAULT_OUT = Path(__file__).parent / "results" / "n4.json"
@@ -224,8 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summary,
         "per_frame": per_frame,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

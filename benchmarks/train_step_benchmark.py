@@ -9,7 +9,6 @@ Prints a table and writes benchmarks/results/train_step.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fedcmr.common.atomic import write_json
 from fedcmr.common.device import placement
 from fedcmr.common.model import build_model, parameter_groups
 from fedcmr.common.run_config import PROFILES
@@ -82,11 +82,9 @@ def main() -> None:
         print(f"{r['profile']:<8} {'x'.join(map(str, r['input'])):<14} {r['device']:<6} "
               f"{r['train_s_per_sample']:>15.4f} {r['score_s_per_sample']:>15.4f} "
               f"{r['peak_memory_mib']:>9.0f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                                   "cpus": os.cpu_count(), "torch": torch.__version__,
-                                   "threads": torch.get_num_threads(), "rows": rows},
-                                  indent=2) + "\n")
+    write_json(RESULTS, {"machine": platform.processor() or platform.machine(),
+                         "cpus": os.cpu_count(), "torch": torch.__version__,
+                         "threads": torch.get_num_threads(), "rows": rows})
     print(f"written to {RESULTS}")
 
 

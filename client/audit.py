@@ -2,19 +2,19 @@
 
 It writes a line per reply to the site's audit log (what records and keys, array shapes,
 never values) and refuses to send a reply that holds anything outside
-common.protocol.REPLY_ALLOWED. Hospital IT can read the log to see what left the site.
+common.replies.REPLY_ALLOWED (derived from the reply models). Hospital IT can read the log
+to see what left the site.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from flwr.app import Context, Message
 
-from fedcmr.common.protocol import REPLY_ALLOWED
-from fedcmr.common.simulated_nodes import node_config
+from fedcmr.common.node_config import NodeConfig
+from fedcmr.common.replies import ANY_KEY, REPLY_ALLOWED
 
 AUDIT_FILE = "audit.jsonl"
 
@@ -44,7 +44,7 @@ def violations(message_type: str, records: dict[str, dict]) -> list[str]:
         keys = allowed.get(name)
         if keys is None:
             found.append(f"record {name!r}")
-        elif "*" not in keys:
+        elif ANY_KEY not in keys:
             found += [f"{name}.{k}" for k in info["keys"] if k not in keys]
     return found
 
@@ -55,9 +55,9 @@ def audit_mod(message: Message, context: Context, call_next) -> Message:
         return reply
     records = describe_reply(reply)
     bad = violations(message.metadata.message_type, records)
-    out_dir = node_config(context.node_config, context.run_config).get("out-dir")
+    out_dir = NodeConfig.out_dir_of(context.node_config, context.run_config)
     if out_dir:
-        path = Path(str(out_dir)) / AUDIT_FILE
+        path = out_dir / AUDIT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         line = {"time": time.time(), "type": message.metadata.message_type,
                 "records": records, "blocked": bad}

@@ -14,37 +14,14 @@ from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
-from pydantic import BaseModel, ConfigDict, Field
+
+from fedcmr.client.prep_config import N4Params
 
 #: Fewest voxels an in-plane axis keeps after shrinking: below this the mesh of the last
 #: fitting level has more control points than the shrunk image has voxels.
 MIN_SHRUNK_SIZE = 32
 #: Fewest fit voxels worth fitting a field on; smaller images are returned uncorrected.
 MIN_FIT_VOXELS = 64
-
-
-class N4Params(BaseModel):
-    """N4 settings; frozen and JSON-serialisable so that a cache keyed on them redoes a
-    frame whenever any of them changes."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: bool = True
-    #: In-plane (x, y) shrink of the image the field is fitted on; z is never shrunk.
-    shrink_factor: int = Field(default=4, ge=1)
-    #: Maximum iterations per fitting level; each level doubles the B-spline mesh, so the
-    #: number of levels sets how fine the field may get (SimpleITK's default is 4 levels).
-    #: On cine frames N4 never meets the threshold below, so every iteration runs and
-    #: fewer iterations give a less sharpened field, not the same field sooner.
-    iterations: tuple[int, ...] = Field(default=(50, 50, 50, 50), min_length=1)
-    convergence_threshold: float = Field(default=1e-3, gt=0)
-    #: "otsu": fit on the log-intensity Otsu foreground (air holds no bias information);
-    #: "none": fit on every positive voxel.
-    mask: Literal["otsu", "none"] = "otsu"
-    #: Control points per axis at the first level (SimpleITK default 4; >= spline order + 1).
-    control_points: int = Field(default=4, ge=4)
-    histogram_bins: int = Field(default=200, ge=16)
-    bias_field_fwhm: float = Field(default=0.15, gt=0)
 
 
 def n4_correct(image: sitk.Image, params: N4Params, threads: int | None = None) -> sitk.Image:

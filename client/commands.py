@@ -1,4 +1,4 @@
-"""Handlers of the hospital-side commands (`synth`, `prepare`)."""
+"""Handlers of the hospital-side commands (`prepare`, `client`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 from fedcmr.client.errors import DatasetError
 from fedcmr.client.loaders.result import LoadResult
-from fedcmr.common.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
+from fedcmr.client.prep_config import PrepConfig
+from fedcmr.common.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
 
 log = logging.getLogger("fedcmr.prepare")
 
@@ -39,10 +40,28 @@ def load_dataset(args: argparse.Namespace) -> tuple[LoadResult, list[Path]]:
     return load_site_folder(args.root, centre, args.vendor, labels), [args.root.parent]
 
 
+def prepare_loaded(loaded: LoadResult, config: PrepConfig, out: Path, workers: int,
+                   progress: bool = True):
+    """Prepare what a loader found into the cache `out`, saying what was done; returns the
+    PrepareReport (its `skipped` lists the subjects that could not be prepared)."""
+    from fedcmr.client.prepare import run_prepare
+
+    for reason, n in sorted(loaded.excluded.items()):
+        log.info("not in the study: %d subject(s) with %s", n, reason)
+    log.info("%d subjects to prepare into %s", len(loaded.subjects), out)
+    report = run_prepare(loaded, config, out, workers=workers, progress=progress)
+    for err in report.skipped:
+        log.warning("skipped %s", err.line())
+    log.info("%d frames of %d subjects ready in %s (%d computed, %d reused)", report.frames,
+             report.subjects, out, report.computed, report.frames - report.computed)
+    if report.skipped:
+        log.warning("%d subject(s) skipped; see %s", len(report.skipped), out / "skipped.csv")
+    return report
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from fedcmr.client.bias_field import N4Params
-    from fedcmr.client.prep_config import PrepConfig
-    from fedcmr.client.prepare import check_out_not_in_root, run_prepare
+    from fedcmr.client.prep_config import N4Params
+    from fedcmr.client.prepare import check_out_not_in_root
 
     try:
         config = PrepConfig(n4=N4Params(enabled=not args.no_n4),
@@ -56,59 +75,29 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     except DatasetError as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
-    for reason, n in sorted(loaded.excluded.items()):
-        log.info("not in the study: %d subject(s) with %s", n, reason)
-    log.info("%d subjects to prepare into %s", len(loaded.subjects), args.out)
-    report = run_prepare(loaded, config, args.out, workers=args.workers,
-                         progress=not args.quiet)
-    for err in report.skipped:
-        log.warning("skipped %s", err.line())
-    log.info("%d frames of %d subjects ready in %s (%d computed, %d reused)", report.frames,
-             report.subjects, args.out, report.computed, report.frames - report.computed)
+    report = prepare_loaded(loaded, config, args.out, args.workers, progress=not args.quiet)
     if report.skipped:
-        log.warning("%d subject(s) skipped; see %s", len(report.skipped),
-                    args.out / "skipped.csv")
         return EXIT_FAILED if args.strict else EXIT_SKIPPED
-    return EXIT_OK
-
-
-def cmd_synth(args: argparse.Namespace) -> int:
-    from fedcmr.client.synthetic_cohort import synthesize
-
-    summary = synthesize(args.out, seed=args.seed, scale=args.scale, workers=args.workers,
-                         progress=not args.quiet)
-    for c in summary.centres.values():
-        log.info("%-16s %-5s %-8s NOR %3d  HCM %3d  (+%d outside the study)", c.centre,
-                 c.dataset, c.vendor, c.nor, c.hcm, c.other)
-    log.info("synthetic cohort in %s (%.0f MB, %.0f s)", args.out, summary.bytes_written / 1e6,
-             summary.seconds)
-    if args.sites:
-        from fedcmr.client.site_folders import write_site_folders
-
-        for centre, folder in write_site_folders(args.out, args.out / "sites").items():
-            log.info("site folder of %s: %s", centre, folder)
     return EXIT_OK
 
 
 def cmd_client(args: argparse.Namespace) -> int:
     """Run the hospital's SuperNode in the foreground until the coordinator is done."""
-    import json
     import os
     import sys
 
-    from fedcmr.server.local_federation import tool
+    from fedcmr.common.flower_env import flower_env, tool
+    from fedcmr.common.node_config import NodeConfig
 
     missing = [p for p in args.data if not (p / "manifest.csv").exists()]
     if missing:
         log.error("%s: no prepared cache (manifest.csv). Fix: fedcmr prepare ... --out %s",
                   missing[0], missing[0])
         return EXIT_BAD_INPUT
-    node_config = " ".join([
-        f"site={json.dumps(args.site)}",
-        f"data-path={json.dumps(','.join(str(p.resolve()) for p in args.data))}",
-        f"out-dir={json.dumps(str(args.out.resolve()))}", f"threads={args.threads}"])
+    node = NodeConfig(site=args.site, data_path=tuple(p.resolve() for p in args.data),
+                      out_dir=args.out.resolve(), threads=args.threads)
     command = [tool("flower-supernode"), "--superlink", args.superlink, "--port",
-               str(args.port), "--node-config", node_config]
+               str(args.port), "--node-config", node.to_text()]
     if args.root_certificates:
         command += ["--root-certificates", str(args.root_certificates)]
         if args.auth_key:
@@ -120,11 +109,6 @@ def cmd_client(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log.info("site %s serving %s to %s", args.site, ", ".join(map(str, args.data)),
              args.superlink)
-    # The SuperNode starts flower-superexec by name: this environment's bin must be on PATH
-    # even when fedcmr was called by its full path without activating the environment.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "PATH": path}
     sys.stdout.flush()
-    os.execve(command[0], command, env)  # the SuperNode replaces this process
+    os.execve(command[0], command, flower_env())  # the SuperNode replaces this process
     return EXIT_OK

@@ -8,7 +8,6 @@ temporary name and renamed, so an interrupted run leaves nothing a rerun would t
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -26,6 +25,7 @@ from fedcmr.client.loaders.result import LoadResult
 from fedcmr.client.prep_config import PrepConfig, digest
 from fedcmr.client.preprocess import crop_frame, resample_frame
 from fedcmr.common import __version__
+from fedcmr.common.atomic import atomic_path, write_csv, write_json
 from fedcmr.common.cache_format import (
     FRAMES_DIR,
     PREP_INFO,
@@ -34,7 +34,6 @@ from fedcmr.common.cache_format import (
     FrameEntry,
     frame_key,
     save_frame,
-    write_csv_atomic,
     write_manifest,
 )
 from fedcmr.common.centres import slug
@@ -94,14 +93,12 @@ def _n4_stage(record: SubjectRecord, source: FrameSource, config: PrepConfig, ca
             pass  # unreadable stage file: recompute
     image, labels = read_frame(source, record.label_map)
     corrected = n4_correct(image, config.n4)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, image=sitk.GetArrayFromImage(corrected),
-                        labels=sitk.GetArrayFromImage(labels),
-                        spacing=np.array(corrected.GetSpacing()),
-                        origin=np.array(corrected.GetOrigin()),
-                        direction=np.array(corrected.GetDirection()))
-    tmp.replace(path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, image=sitk.GetArrayFromImage(corrected),
+                            labels=sitk.GetArrayFromImage(labels),
+                            spacing=np.array(corrected.GetSpacing()),
+                            origin=np.array(corrected.GetOrigin()),
+                            direction=np.array(corrected.GetDirection()))
     return corrected, labels, True
 
 
@@ -185,7 +182,7 @@ def _write_outputs(loaded: LoadResult, outcomes: list[SubjectOutcome], config: P
     entries = [e for o in outcomes for e in o.entries]
     skipped = loaded.skipped + [o.error for o in outcomes if o.error is not None]
     write_manifest(cache, entries)
-    write_csv_atomic(cache / SKIPPED, SKIPPED_COLUMNS,
+    write_csv(cache / SKIPPED, SKIPPED_COLUMNS,
                      [{"subject": e.subject or "", "file": e.file, "problem": e.problem,
                        "fix": e.fix} for e in skipped])
     counts: dict[str, dict[str, int]] = {}
@@ -196,9 +193,7 @@ def _write_outputs(loaded: LoadResult, outcomes: list[SubjectOutcome], config: P
     info = {"fedcmr_version": __version__, "params": config.model_dump(mode="json"),
             "subjects_by_centre": counts, "frames": len(entries), "skipped": len(skipped),
             "excluded": dict(loaded.excluded)}
-    tmp = cache / (PREP_INFO + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(cache / PREP_INFO)
+    write_json(cache / PREP_INFO, info)
     return PrepareReport(cache=cache, frames=len(entries),
                          computed=sum(o.computed for o in outcomes), skipped=skipped,
                          excluded=dict(loaded.excluded))

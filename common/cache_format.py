@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from fedcmr.common.atomic import atomic_path, write_csv
 from fedcmr.common.frames import Phase
 
 MANIFEST = "manifest.csv"
@@ -43,18 +44,9 @@ class FrameEntry(BaseModel):
     native_spacing: str = ""
 
 
-def write_csv_atomic(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
 def write_manifest(cache: Path, entries: list[FrameEntry]) -> None:
     ordered = sorted(entries, key=lambda e: (e.centre, e.subject, e.phase))
-    write_csv_atomic(cache / MANIFEST, MANIFEST_COLUMNS, [e.model_dump() for e in ordered])
+    write_csv(cache / MANIFEST, MANIFEST_COLUMNS, [e.model_dump() for e in ordered])
 
 
 def read_manifest(cache: Path) -> list[FrameEntry]:
@@ -68,11 +60,9 @@ def read_manifest(cache: Path) -> list[FrameEntry]:
 
 def save_frame(path: Path, image: np.ndarray, labels: np.ndarray, key: str) -> None:
     """Write-then-rename, so a crash never leaves a file a rerun would trust."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, image=image.astype(np.float32), labels=labels.astype(np.uint8),
-                        key=np.array(key))
-    tmp.replace(path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, image=image.astype(np.float32),
+                            labels=labels.astype(np.uint8), key=np.array(key))
 
 
 def frame_key(path: Path) -> str | None:

@@ -1,12 +1,10 @@
-"""Where and in what precision a model runs, and per-run seeding."""
+"""Where and in what precision a model runs."""
 
 from __future__ import annotations
 
 import contextlib
-import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 
@@ -31,14 +29,3 @@ def placement(prefer: str = "auto") -> Placement:
     if prefer in ("auto", "cuda") and torch.cuda.is_available():
         return Placement(torch.device("cuda"), torch.bfloat16, torch.channels_last_3d)
     return Placement(torch.device("cpu"), None, torch.contiguous_format)
-
-
-def seed_run(seed: int) -> torch.Generator:
-    """Seed every RNG from the run's seed (not the process's history), and return a
-    generator for data order."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return generator

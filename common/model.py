@@ -80,6 +80,3 @@ def parameter_groups(model: nn.Module, lr_head: float, lr_body: float) -> list[d
     return [{"params": head, "lr": lr_head, "name": "head"},
             {"params": body, "lr": lr_body, "name": "body"}]
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -16,8 +16,7 @@ images it computes its percentiles in float32 (differences of about 1e-6 relativ
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -70,28 +69,6 @@ class NyulSummary(BaseModel):
                 f"need 1 <= n_subjects <= n_images, got {self.n_subjects} and {self.n_images}"
             )
         return self
-
-    def to_record_dict(self) -> dict[str, list[float] | int]:
-        """Plain lists and ints, as a Flower MetricRecord or ConfigRecord carries them."""
-        return {
-            "landmark_sum": list(self.landmark_sum),
-            "n_images": self.n_images,
-            "n_subjects": self.n_subjects,
-            "histogram": list(self.histogram),
-            "bin_edges": list(self.bin_edges),
-        }
-
-    @classmethod
-    def from_record_dict(cls, record: Mapping[str, Any]) -> NyulSummary:
-        """Inverse of `to_record_dict`; also accepts NumPy arrays (an ArrayRecord's content)."""
-        return cls.model_validate({key: _plain(value) for key, value in record.items()})
-
-
-def _plain(value: Any) -> Any:
-    """NumPy arrays and scalars -> Python lists and numbers, so pydantic accepts them."""
-    if isinstance(value, np.ndarray | np.generic):
-        return value.tolist()
-    return value
 
 
 def _masked_values(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -237,8 +214,11 @@ def standardize(image: np.ndarray, landmarks: np.ndarray, mask: np.ndarray | Non
         mask_array = np.asarray(mask) > 0
         if mask_array.shape != array.shape:
             raise ValueError(f"mask shape {mask_array.shape} differs from image {array.shape}")
-    # Imported here: torchio costs seconds to import, and a ClientApp is a fresh process per
-    # message that only needs this one function of it.
+    # torchio's private `_normalize` is what its public HistogramStandardization transform
+    # applies, without building a Subject per image; this is the one place fedcmr calls it,
+    # and test_nyul.py::test_standardize_matches_torchio_transform fails loudly should a
+    # torchio release change it. Imported here: torchio costs seconds to import, and a
+    # ClientApp is a fresh process per message that only needs this one function of it.
     from torchio.transforms.preprocessing.intensity.histogram_standardization import (
         _normalize as torchio_normalize,
     )

@@ -1,40 +1,37 @@
-"""The messages between coordinator and hospitals: types, record keys, and the complete list
-of what a hospital may send back. The audit mod (client/audit.py) and its test check every
-reply against REPLY_ALLOWED, so nothing else can leave a site unnoticed.
+"""The messages between coordinator and hospitals: their kinds, record names and the request.
+
+Every kind is spelled once, here (`Kind`); the ClientApp registers its handlers with
+`Kind.X.action` and the server sends `Kind.X`. What a site may send back is typed in
+common/replies.py, whose models also give the audit gate its allow-list.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 from flwr.app import ConfigRecord, MessageType
 from pydantic import BaseModel, ConfigDict
 
 from fedcmr.common.run_config import RunConfig
 
-DESCRIBE = "query.describe"  # who are you: site name, centres, frame counts
-NYUL = "query.nyul"  # the site's histogram summary of its training frames
-TRAIN = MessageType.TRAIN  # local training (+ validation of the received model)
-VALIDATE = "query.validate"  # validation of a global model (after the last round)
-TEST = "query.test"  # scoring of the best model on the site's test split
 
+class Kind(StrEnum):
+    """A message's type as Flower carries it (`<category>` or `<category>.<action>`)."""
+
+    DESCRIBE = f"{MessageType.QUERY}.describe"  # who are you: site name, centres, counts
+    NYUL = f"{MessageType.QUERY}.nyul"  # the site's histogram summary of its training frames
+    TRAIN = MessageType.TRAIN  # local training (+ validation of the received model)
+    VALIDATE = f"{MessageType.QUERY}.validate"  # validation of a global model (final round)
+    TEST = f"{MessageType.QUERY}.test"  # scoring of the best model on the site's test split
+
+    @property
+    def action(self) -> str | None:
+        """The action after the category ("describe"), None for a bare category."""
+        return self.value.partition(".")[2] or None
+
+
+#: Record names inside a message's RecordDict.
 ARRAYS, CONFIG, METRICS, SITE = "arrays", "config", "metrics", "site"
-#: FedAvg's weighting key: a site's number of training frames (n_k).
-NUM_EXAMPLES = "num-examples"
-
-_COUNTS = ("neg", "pos")  # per-class binned score counts (common.metrics.binned_counts)
-
-#: For every message type, the records and keys a reply may hold (nothing per subject).
-REPLY_ALLOWED: dict[str, dict[str, set[str]]] = {
-    DESCRIBE: {SITE: {"name", "centres"}, METRICS: {"frames", "subjects"}},
-    NYUL: {SITE: {"name", "refused"},
-           METRICS: {"landmark_sum", "n_images", "n_subjects", "histogram", "bin_edges"}},
-    TRAIN: {SITE: {"name"}, ARRAYS: {"*"},
-            METRICS: {NUM_EXAMPLES, "train-loss", "train-batches", "batch-size", "val-loss",
-                      "val-examples", *(f"val-{c}" for c in _COUNTS)}},
-    VALIDATE: {SITE: {"name"}, METRICS: {"val-loss", "val-examples",
-                                         *(f"val-{c}" for c in _COUNTS)}},
-    TEST: {SITE: {"name"}, METRICS: {"test-loss", "test-examples",
-                                     *(f"test-{c}" for c in _COUNTS)}},
-}
 
 
 class Order(BaseModel):

@@ -5,25 +5,32 @@ metrics.json (AUC over the pooled test predictions of all folds, frame-level as 
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedcmr.common.atomic import write_csv
 from fedcmr.common.metrics import auc
+
+if TYPE_CHECKING:
+    from fedcmr.common.learning.data import CachedFrame
 
 PREDICTION_COLUMNS = ("subject", "centre", "phase", "fold", "label", "score")
 
 
+def prediction_rows(frames: Sequence[CachedFrame], scores: Sequence[float], fold: int
+                    ) -> list[dict]:
+    """One predictions.csv row per scored frame (P(HCM) in `score`)."""
+    return [{"subject": f.subject, "centre": f.entry.centre, "phase": f.entry.phase,
+             "fold": fold, "label": f.entry.label, "score": float(s)}
+            for f, s in zip(frames, scores, strict=True)]
+
+
 def write_predictions(path: Path, rows: Sequence[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda r: (r["fold"], r["centre"], r["subject"],
-                                                     r["phase"])))
-    tmp.replace(path)
+    write_csv(path, PREDICTION_COLUMNS,
+              sorted(rows, key=lambda r: (r["fold"], r["centre"], r["subject"], r["phase"])))
 
 
 def read_predictions(path: Path) -> list[dict]:
@@ -44,12 +51,6 @@ def metrics_from_predictions(rows: Sequence[dict]) -> dict:
         out["n"][name] = {"frames": len(subset), "HCM": int((labels == 1).sum()),
                           "NOR": int((labels == 0).sum())}
     return out
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
 
 
 def auc_table(metrics: dict) -> str:

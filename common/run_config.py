@@ -3,12 +3,13 @@ every ClientApp, so that each site derives the same splits and settings from it 
 
 from __future__ import annotations
 
-import zlib
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
+from fedcmr.common.flat import FlatModel, is_flat
 from fedcmr.common.frames import Phase
+from fedcmr.common.seeds import derive_seed
 
 Prior = Literal["baseline", "masked", "structures"]
 Augment = Literal["none", "basic", "shape", "shape-intensity"]
@@ -44,30 +45,60 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-class RunConfig(BaseModel):
-    model_config = ConfigDict(frozen=True)
+class RunConfig(FlatModel):
+    """One study run. Flat keys (run config and CLI): fold, seed, split-seed, ..."""
 
-    protocol: Protocol = "ccv"
+    FLAT: ClassVar[tuple[str, ...]] = (
+        "protocol", "folds", "seed", "split_seed", "prior", "augment", "phases", "profile",
+        "epochs", "pretrained", "min_subjects")
+
+    protocol: Protocol = Field("ccv", description="collaborative (ccv) or leave-centre-out "
+                                                  "(lco) cross-validation")
     #: Fold indices to run; None means all (5 for CCV, one per centre for LCO).
-    folds: tuple[int, ...] | None = None
+    folds: tuple[int, ...] | None = Field(None, alias="fold",
+                                          description="fold index (or 0,2), or 'all'")
     n_folds_ccv: int = 5
     #: Network initialisation seed (the paper repeats each configuration over 5 of these).
-    seed: int = 0
+    seed: int = Field(0, description="network initialisation seed")
     #: Split seed: fixed across network seeds so that seeds vary only the initialisation.
-    split_seed: int = 0
+    split_seed: int = Field(0, description="split seed (kept fixed across network seeds)")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
-    prior: Prior = "structures"
-    augment: Augment = "none"
-    phases: tuple[Phase, ...] = ("ED", "ES")
-    profile: ProfileName = "quick"
+    prior: Prior = Field("structures", description="network input channels")
+    augment: Augment = Field("none", description="augmentation set-up")
+    phases: tuple[Phase, ...] = Field(("ED", "ES"), description="ed,es or ed")
+    profile: ProfileName = Field("quick", description="compute profile (paper: the study's)")
     #: At most this many epochs (federated: rounds) instead of the profile's; None: profile.
-    epochs: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1, description="at most N epochs (federated: "
+                                                       "rounds); 0: the profile's")
     #: Pretrained weights: "auto" (torchvision cache if present), "none", or a file path.
-    pretrained: str = "auto"
+    pretrained: str = Field("auto", description="'auto' (torchvision cache), 'none', or a "
+                                                "state-dict file")
     #: A site refuses to release a histogram summary of fewer subjects than this.
-    min_subjects: int = 5
+    min_subjects: int = Field(5, description="smallest subject count a site releases a "
+                                             "histogram summary for")
     #: Every centre of the study, sorted; fixes the LCO fold order for all participants.
     centres: tuple[str, ...] = ()
+
+    @field_validator("folds", mode="before")
+    @classmethod
+    def _fold_text(cls, value: Any) -> Any:
+        """'all' -> None, '0,2' -> (0, 2), 3 -> (3,)."""
+        if isinstance(value, str):
+            text = value.strip().lower()
+            return None if text == "all" else tuple(int(f) for f in text.split(",") if f)
+        return (value,) if isinstance(value, int) else value
+
+    @field_validator("phases", mode="before")
+    @classmethod
+    def _phase_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(p.strip().upper() for p in value.split(",") if p.strip())
+        return value
+
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _no_epochs(cls, value: Any) -> Any:
+        return None if value == 0 else value
 
     @field_validator("phases")
     @classmethod
@@ -75,6 +106,17 @@ class RunConfig(BaseModel):
         if not value or len(set(value)) != len(value):
             raise ValueError("phases must be a non-empty subset of ED, ES")
         return tuple(sorted(value))  # ED before ES
+
+    @field_serializer("folds", "phases", "epochs", mode="wrap")
+    def _flat_text(self, value: Any, handler, info) -> Any:
+        """The flat forms: folds 'all' or '0,2', phases 'ed,es', epochs 0 for None."""
+        if not is_flat(info):
+            return handler(value)
+        if info.field_name == "folds":
+            return "all" if value is None else ",".join(str(f) for f in value)
+        if info.field_name == "phases":
+            return ",".join(value).lower()
+        return 0 if value is None else value
 
     @property
     def hyper(self) -> Profile:
@@ -97,7 +139,7 @@ class RunConfig(BaseModel):
     def fold_seed(self, fold: int) -> int:
         """A fold's network seed: a function of (run seed, fold) only, never of what ran
         before it in the same process."""
-        return zlib.crc32(f"{self.seed}:{fold}".encode())
+        return derive_seed(self.seed, fold)
 
     def test_centre(self, fold: int) -> str | None:
         return self.centres[fold] if self.protocol == "lco" else None

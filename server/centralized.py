@@ -4,7 +4,6 @@ harmonisation and outputs as the federation. Resumable: a finished fold is not r
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import json
 import logging
@@ -14,19 +13,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fedcmr.client.dataset import CachedFrame, FrameDataset, nyul_summary
-from fedcmr.client.site_split import split_frames
-from fedcmr.client.training import make_optimizer, score, train_loader, train_steps
-from fedcmr.common import __version__, nyul
-from fedcmr.common.device import Placement, placement, seed_run
+from fedcmr.common import __version__
+from fedcmr.common.atomic import atomic_path, write_csv, write_json
+from fedcmr.common.device import Placement, placement
+from fedcmr.common.learning.data import CachedFrame, FrameDataset
+from fedcmr.common.learning.early_stopping import EarlyStopping
+from fedcmr.common.learning.harmonise import Harmoniser
+from fedcmr.common.learning.split import split_frames
+from fedcmr.common.learning.training import make_optimizer, score, train_loader, train_steps
 from fedcmr.common.model import InitInfo, build_model
-from fedcmr.common.results import (
-    metrics_from_predictions,
-    write_json,
-    write_predictions,
-)
+from fedcmr.common.results import metrics_from_predictions, prediction_rows, write_predictions
 from fedcmr.common.run_config import RunConfig
-from fedcmr.server.early_stopping import EarlyStopping
+from fedcmr.common.seeds import seed_run
 
 log = logging.getLogger("fedcmr.centralized")
 
@@ -38,28 +36,18 @@ def config_digest(config: RunConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def reference_landmarks(train: Sequence[CachedFrame], config: RunConfig):
-    """Pooled landmarks of the training frames; equal to combining per-centre summaries with
-    weights N_k / N (tested in test_nyul), which is what the federation does."""
-    return nyul.combine([nyul_summary(train, config.prior, min_subjects=1)])
-
-
-def _predictions(frames: Sequence[CachedFrame], scores, fold: int) -> list[dict]:
-    return [{"subject": f.subject, "centre": f.entry.centre, "phase": f.entry.phase,
-             "fold": fold, "label": f.entry.label, "score": float(s)}
-            for f, s in zip(frames, scores.scores, strict=True)]
-
-
 def train_fold(frames: Sequence[CachedFrame], config: RunConfig, fold: int, fold_dir: Path,
                where: Placement, progress: bool = True) -> tuple[list[dict], InitInfo]:
     parts = split_frames(frames, config, fold)
     if not parts["train"] or not parts["test"]:
         raise ValueError(f"fold {fold}: empty train or test split; the cohort is too small")
     hyper = config.hyper
-    landmarks = reference_landmarks(parts["train"], config)
+    # Pooled landmarks: equal to combining per-centre summaries with weights N_k / N
+    # (tested in test_nyul), which is what the federation does.
+    harmoniser = Harmoniser(config.prior).fit(parts["train"])
     seed = config.fold_seed(fold)
     generator = seed_run(seed)
-    datasets = {name: FrameDataset(part, config.prior, landmarks, hyper.input_size,
+    datasets = {name: FrameDataset(part, harmoniser, hyper.input_size,
                                    config.augment if name == "train" else "none", seed)
                 for name, part in parts.items()}
     model, init = build_model(config.pretrained, seed)
@@ -83,18 +71,12 @@ def train_fold(frames: Sequence[CachedFrame], config: RunConfig, fold: int, fold
                         auc="n/a" if val.auc is None else f"{val.auc:.2f}")
         if stopper.should_stop:
             break
-    torch.save(best_state, fold_dir / "best_model.pt")
+    with atomic_path(fold_dir / "best_model.pt") as tmp:
+        torch.save(best_state, tmp)
     model.load_state_dict(best_state)
-    _write_history(fold_dir / "history.csv", history)
+    write_csv(fold_dir / "history.csv", list(history[0]), history)
     test = score(model, datasets["test"], where)
-    return _predictions(parts["test"], test, fold), init
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
+    return prediction_rows(parts["test"], test.scores, fold), init
 
 
 def run_centralized(frames: Sequence[CachedFrame], config: RunConfig, out: Path,

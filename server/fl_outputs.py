@@ -3,15 +3,14 @@ baseline, AUC from the sites' binned counts), rounds.csv, the best model per fol
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fedcmr.common.atomic import atomic_path, write_csv, write_json
 from fedcmr.common.metrics import auc_from_counts
-from fedcmr.common.results import write_json
 from fedcmr.server.study_runner import FoldOutcome, SiteInfo
 
 ROUND_COLUMNS = ("fold", "round", "site", "n_k", "weight", "train_loss", "batch_size",
@@ -24,10 +23,10 @@ def metrics_from_counts(outcomes: Sequence[FoldOutcome], sites: Sequence[SiteInf
     per_site: dict[str, list[np.ndarray]] = {}
     for outcome in outcomes:
         for site, test in outcome.test.items():
-            acc = per_site.setdefault(site, [np.zeros_like(test["neg"]),
-                                             np.zeros_like(test["pos"])])
-            acc[0] = acc[0] + test["neg"]
-            acc[1] = acc[1] + test["pos"]
+            neg, pos = np.asarray(test.neg), np.asarray(test.pos)
+            acc = per_site.setdefault(site, [np.zeros_like(neg), np.zeros_like(pos)])
+            acc[0] = acc[0] + neg
+            acc[1] = acc[1] + pos
     label = {s.name: (s.centres[0] if len(s.centres) == 1 else s.name) for s in sites}
     out: dict = {"auc": {}, "n": {}}
     if not per_site:
@@ -43,20 +42,16 @@ def metrics_from_counts(outcomes: Sequence[FoldOutcome], sites: Sequence[SiteInf
 
 
 def write_rounds(path: Path, outcomes: Sequence[FoldOutcome]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=ROUND_COLUMNS)
-        writer.writeheader()
-        for outcome in outcomes:
-            writer.writerows(outcome.rounds)
+    write_csv(path, ROUND_COLUMNS, [row for outcome in outcomes for row in outcome.rounds])
 
 
 def write_fold(out: Path, outcome: FoldOutcome) -> None:
     fold_dir = out / f"fold_{outcome.fold}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
     if outcome.best_arrays is not None:
-        torch.save(outcome.best_arrays.to_torch_state_dict(), fold_dir / "best_model.pt")
+        with atomic_path(fold_dir / "best_model.pt") as tmp:
+            torch.save(outcome.best_arrays.to_torch_state_dict(), tmp)
     write_json(fold_dir / "summary.json", {
         "best_round": outcome.best_round, "refused_histogram": outcome.refused,
         "reference_histogram": outcome.histogram, "bin_edges": outcome.bin_edges,
-        "test": {s: {"auc": auc_from_counts(t["neg"], t["pos"]), "n": t["n"],
-                     "loss": t["loss"]} for s, t in outcome.test.items()}})
+        "test": {s: {"auc": t.auc(), "n": t.examples, "loss": t.loss}
+                 for s, t in outcome.test.items()}})

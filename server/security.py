@@ -1,11 +1,26 @@
-"""The certificate folder made by deploy/make_certificates.sh, as the launchers use it."""
+"""TLS and SuperNode authentication: the certificate folder made by
+deploy/make_certificates.sh, as the launchers use it (docs/deployment.md)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedcmr.common.centres import slug
-from fedcmr.server.local_federation import Security
+
+
+@dataclass
+class Security:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    #: site name -> its private key (the public key beside it, .pub)
+    site_keys: dict[str, Path] = field(default_factory=dict)
+
+    @staticmethod
+    def node_name(site: str) -> str:
+        """A site's name in the SuperLink's node registry and in key file names."""
+        return slug(site) or "site"
 
 
 def security_from_dir(cert_dir: Path, site_names: list[str] | None = None) -> Security:

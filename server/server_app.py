@@ -8,7 +8,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedcmr.common import __version__
-from fedcmr.common.results import write_json
+from fedcmr.common.atomic import write_json
 from fedcmr.server.fl_outputs import metrics_from_counts, write_fold, write_rounds
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.study_runner import StudyRunner
@@ -22,7 +22,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    settings = FederationSettings.from_run_config(context.run_config)
+    settings = FederationSettings.from_flat(context.run_config)
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
     runner = StudyRunner(grid, settings)

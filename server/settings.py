@@ -1,67 +1,80 @@
-"""The federation's settings as they cross from `flwr run --run-config` into the ServerApp.
-Defaults live in pyproject.toml [tool.flwr.app.config]; keys use dashes as Flower's do."""
+"""The federation's settings as they cross from the command line or `flwr run --run-config`
+into the ServerApp: a flat model whose keys are Flower's (dashes), and whose defaults are
+the only ones (pyproject.toml's `[tool.flwr.app.config]` repeats them, checked by a test).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field, model_validator
 
+from fedcmr.common.flat import FlatModel, FlatValue
+from fedcmr.common.node_config import SIM_SITES
 from fedcmr.common.run_config import RunConfig
 
+Strategy = Literal["fedavg", "equal-vote", "tempered"]
+#: The vote exponent of each strategy with a fixed one (tempered takes `vote_alpha`).
+STRATEGY_ALPHA: dict[str, float] = {"fedavg": 1.0, "equal-vote": 0.0}
 
-class FederationSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
 
-    strategy: str = "fedavg"
-    vote_alpha: float = 1.0
-    out_dir: Path = Path("runs/federated")
+class FederationSettings(FlatModel):
+    FLAT: ClassVar[tuple[str, ...]] = (
+        "strategy", "vote_alpha", "out_dir", "round_timeout", "min_sites",
+        "wait_sites_timeout", "sim_sites")
+
+    strategy: Strategy = Field("fedavg", description="site weights: n_k (fedavg), equal "
+                                                     "(equal-vote) or n_k ** alpha (tempered)")
+    #: Site weights are n_k ** vote_alpha: 1 for fedavg, 0 for equal-vote (set from the
+    #: strategy), a value in [0, 1] for tempered.
+    vote_alpha: float = Field(1.0, ge=0.0, le=1.0,
+                              description="tempered: site weights proportional to "
+                                          "n_k ** alpha (0..1)")
+    out_dir: Path = Field(Path("runs/federated"), description="run folder")
     #: Seconds to wait for the replies of one message exchange (never None: a lost site
     #: would hang the run).
-    round_timeout: float = 900.0
-    #: How many sites must have connected before the run starts, and how long to wait.
-    min_sites: int = 1
-    wait_sites_timeout: float = 300.0
+    round_timeout: float = Field(900.0, gt=0, description="seconds to wait for the sites' "
+                                                          "replies to one message")
+    #: How many sites must have connected before the run starts: the study's four
+    #: hospitals unless the launcher or `fedcmr server --sites` says otherwise.
+    min_sites: int = Field(4, ge=1, description="hospitals to wait for")
+    #: How long to wait for them: hospitals prepare their data before they connect.
+    wait_sites_timeout: float = Field(1800.0, gt=0, description="seconds to wait for the "
+                                                                "hospitals to connect")
     #: Simulation runtime only: the JSON node table simulated nodes read their site from
-    #: (common/simulated_nodes.py); empty for SuperNodes, which have their own node config.
-    sim_sites: str = ""
+    #: (common/node_config.py); empty for SuperNodes, which have their own node config.
+    sim_sites: str = Field("", alias=SIM_SITES)
     run: RunConfig = RunConfig()
 
+    @model_validator(mode="before")
     @classmethod
-    def from_run_config(cls, values: Mapping[str, object]) -> FederationSettings:
-        v = dict(values)
-        fold = str(v.get("fold", "all"))
-        run = RunConfig(
-            protocol=v.get("protocol", "ccv"),
-            folds=None if fold == "all" else tuple(int(f) for f in fold.split(",")),
-            seed=int(v.get("seed", 0)), split_seed=int(v.get("split-seed", 0)),
-            prior=v.get("prior", "structures"), augment=v.get("augment", "none"),
-            phases=tuple(p.strip().upper() for p in str(v.get("phases", "ed,es")).split(",")),
-            profile=v.get("profile", "quick"), epochs=int(v.get("epochs", 0)) or None,
-            pretrained=str(v.get("pretrained", "auto")),
-            min_subjects=int(v.get("min-subjects", 5)))
-        return cls(strategy=str(v.get("strategy", "fedavg")),
-                   vote_alpha=float(v.get("vote-alpha", 1.0)),
-                   out_dir=Path(str(v.get("out-dir", "runs/federated"))),
-                   round_timeout=float(v.get("round-timeout", 900.0)),
-                   min_sites=int(v.get("min-sites", 1)),
-                   wait_sites_timeout=float(v.get("wait-sites-timeout", 300.0)),
-                   sim_sites=str(v.get("sim-sites", "")), run=run)
+    def _strategy_alpha(cls, values: Any) -> Any:
+        """fedavg and equal-vote fix the exponent; only tempered reads vote_alpha."""
+        if isinstance(values, dict) and values.get("strategy") in STRATEGY_ALPHA:
+            return {**values, "vote_alpha": STRATEGY_ALPHA[values["strategy"]]}
+        return values
+
+    def to_flat(self) -> dict[str, FlatValue]:
+        return {**super().to_flat(), **self.run.to_flat()}
+
+    @classmethod
+    def from_flat(cls, values, **extra: Any) -> FederationSettings:
+        run = extra.pop("run", None) or RunConfig.from_flat(values)
+        return super().from_flat(values, run=run, **extra)
+
+    def to_run_config_text(self) -> str:
+        """The `--run-config` string for `flwr run` that reproduces these settings."""
+        return " ".join(f"{k}={json.dumps(v)}" for k, v in self.to_flat().items())
 
 
-def to_run_config_text(settings: FederationSettings) -> str:
-    """The `--run-config` string for `flwr run` that reproduces these settings."""
-    run = settings.run
-    fold = "all" if run.folds is None else ",".join(str(f) for f in run.folds)
-    values = {
-        "strategy": settings.strategy, "vote-alpha": settings.vote_alpha,
-        "out-dir": str(settings.out_dir), "round-timeout": settings.round_timeout,
-        "min-sites": settings.min_sites, "wait-sites-timeout": settings.wait_sites_timeout,
-        "protocol": run.protocol, "fold": fold, "seed": run.seed, "split-seed": run.split_seed,
-        "prior": run.prior, "augment": run.augment, "phases": ",".join(run.phases).lower(),
-        "profile": run.profile, "epochs": run.epochs or 0, "pretrained": run.pretrained,
-        "min-subjects": run.min_subjects, "sim-sites": settings.sim_sites,
-    }
-    return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+def strategy_alpha(name: str, vote_alpha: float | None = None) -> float:
+    """The vote exponent of `fedavg` (1), `equal-vote` (0) or `tempered` (its vote_alpha)."""
+    if name == "tempered":
+        if vote_alpha is None or not 0.0 <= vote_alpha <= 1.0:
+            raise ValueError("strategy 'tempered' needs --vote-alpha in [0, 1]")
+        return vote_alpha
+    if name in STRATEGY_ALPHA:
+        return STRATEGY_ALPHA[name]
+    raise ValueError(f"unknown strategy {name!r}: use fedavg, equal-vote or tempered")

@@ -6,16 +6,20 @@ fold's training sites get a train message) and `aggregate_train` (weights n_k **
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedcmr.common.protocol import METRICS, NUM_EXAMPLES, SITE
+from fedcmr.common.protocol import METRICS, SITE
+from fedcmr.common.replies import NUM_EXAMPLES
+from fedcmr.server.settings import strategy_alpha
+
+log = logging.getLogger("fedcmr.server")
 
 VOTE = "vote-weight"
-STRATEGY_ALPHA = {"fedavg": 1.0, "equal-vote": 0.0}
 
 
 class WeightedVote(FedAvg):
@@ -38,6 +42,14 @@ class WeightedVote(FedAvg):
         #: Effective weight per node id, by server round.
         self.weights: dict[int, dict[int, float]] = {}
 
+    def summary(self) -> None:
+        """Log this strategy's settings, then FedAvg's."""
+        log.info("\t├──> WeightedVote settings:")
+        log.info("\t│\t├── vote_alpha (site weight n_k ** alpha): %s", self.vote_alpha)
+        log.info("\t│\t└── training nodes: %s",
+                 "all" if self.train_nodes is None else self.train_nodes)
+        super().summary()
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Train messages to this fold's training sites only."""
@@ -45,7 +57,8 @@ class WeightedVote(FedAvg):
             return super().configure_train(server_round, arrays, config, grid)
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, self.train_nodes, MessageType.TRAIN)
+        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node)
+                for node in self.train_nodes]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -69,17 +82,6 @@ class WeightedVote(FedAvg):
 def _reply_order(msg: Message) -> tuple[str, int]:
     site = "" if msg.has_error() else str(msg.content.config_records.get(SITE, {}).get("name", ""))
     return site, msg.metadata.src_node_id
-
-
-def strategy_alpha(name: str, vote_alpha: float | None = None) -> float:
-    """The vote exponent of `fedavg` (1), `equal-vote` (0) or `tempered` (its vote_alpha)."""
-    if name == "tempered":
-        if vote_alpha is None or not 0.0 <= vote_alpha <= 1.0:
-            raise ValueError("strategy 'tempered' needs --vote-alpha in [0, 1]")
-        return vote_alpha
-    if name in STRATEGY_ALPHA:
-        return STRATEGY_ALPHA[name]
-    raise ValueError(f"unknown strategy {name!r}: use fedavg, equal-vote or tempered")
 
 
 def make_strategy(name: str, vote_alpha: float | None = None) -> WeightedVote:

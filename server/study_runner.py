@@ -15,23 +15,14 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedcmr.common import nyul
+from fedcmr.common import nyul, replies
+from fedcmr.common.learning.early_stopping import EarlyStopping
+from fedcmr.common.learning.harmonise import Harmoniser
 from fedcmr.common.metrics import auc_from_counts
 from fedcmr.common.model import build_model
-from fedcmr.common.protocol import (
-    ARRAYS,
-    CONFIG,
-    DESCRIBE,
-    METRICS,
-    NUM_EXAMPLES,
-    NYUL,
-    SITE,
-    TEST,
-    VALIDATE,
-    Order,
-)
+from fedcmr.common.protocol import ARRAYS, CONFIG, Kind, Order
+from fedcmr.common.replies import ScoreCounts, TrainReply
 from fedcmr.common.run_config import RunConfig
-from fedcmr.server.early_stopping import EarlyStopping
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.strategies import make_strategy
 
@@ -50,7 +41,7 @@ class SiteInfo:
 class FoldOutcome:
     fold: int
     rounds: list[dict] = field(default_factory=list)
-    test: dict[str, dict] = field(default_factory=dict)  # site -> test metrics
+    test: dict[str, ScoreCounts] = field(default_factory=dict)  # site -> its test counts
     best_round: int = 0
     refused: list[str] = field(default_factory=list)
     best_arrays: ArrayRecord | None = None
@@ -70,7 +61,7 @@ class StudyRunner:
         self.run: RunConfig = settings.run
 
     # -- message plumbing ------------------------------------------------------------
-    def _exchange(self, message_type: str, nodes: list[int], content: RecordDict
+    def _exchange(self, message_type: Kind, nodes: list[int], content: RecordDict
                   ) -> list[Message]:
         messages = [Message(content=content, message_type=message_type, dst_node_id=n)
                     for n in nodes]
@@ -103,12 +94,10 @@ class StudyRunner:
                 raise SiteFailure(f"only {len(nodes)} of {self.settings.min_sites} sites "
                                   f"connected within {self.settings.wait_sites_timeout:.0f} s")
             time.sleep(1)
-        for reply in self._exchange(DESCRIBE, nodes, RecordDict({CONFIG: ConfigRecord()})):
-            site = reply.content.config_records[SITE]
-            metrics = reply.content.metric_records[METRICS]
-            info = SiteInfo(reply.metadata.src_node_id, str(site["name"]),
-                            tuple(c for c in str(site["centres"]).split(",") if c),
-                            int(metrics["frames"]))
+        for message in self._exchange(Kind.DESCRIBE, nodes, RecordDict({CONFIG: ConfigRecord()})):
+            reply = replies.DescribeReply.from_message(message)
+            info = SiteInfo(message.metadata.src_node_id, reply.site, reply.centres,
+                            reply.frames)
             self.sites[info.node_id] = info
             log.info("site %s: centres %s, %d frames", info.name, ", ".join(info.centres),
                      info.frames)
@@ -119,30 +108,29 @@ class StudyRunner:
         held_out = self.run.test_centre(fold)
         return sorted(n for n, s in self.sites.items() if held_out not in s.centres)
 
-    def histogram_round(self, fold: int, outcome: FoldOutcome) -> np.ndarray:
+    def histogram_round(self, fold: int, outcome: FoldOutcome) -> Harmoniser:
         summaries = []
-        for reply in self._exchange(NYUL, self.training_nodes(fold), self._order(fold)):
-            site = reply.content.config_records[SITE]
-            if "refused" in site:
-                outcome.refused.append(str(site["name"]))
-                log.warning("site %s sent no histogram summary: %s", site["name"],
-                            site["refused"])
+        for message in self._exchange(Kind.NYUL, self.training_nodes(fold), self._order(fold)):
+            reply = replies.NyulReply.from_message(message)
+            if reply.summary is None:
+                outcome.refused.append(reply.site)
+                log.warning("site %s sent no histogram summary: %s", reply.site,
+                            reply.refused or "no summary")
                 continue
-            summary = nyul.NyulSummary.from_record_dict(dict(reply.content.metric_records[METRICS]))
-            if summary.n_subjects < self.run.min_subjects:  # the site should have refused
-                outcome.refused.append(str(site["name"]))
+            if reply.summary.n_subjects < self.run.min_subjects:  # should have refused
+                outcome.refused.append(reply.site)
                 continue
-            summaries.append(summary)
+            summaries.append(reply.summary)
         if not summaries:
             raise SiteFailure("no site released a histogram summary; lower min-subjects only "
                               "if every site agrees")
         outcome.histogram = nyul.combine_histograms(summaries).tolist()
         outcome.bin_edges = list(summaries[0].bin_edges)
-        return nyul.combine(summaries)
+        return Harmoniser(self.run.prior).with_summaries(summaries)
 
     def run_fold(self, fold: int) -> FoldOutcome:
         outcome = FoldOutcome(fold=fold)
-        landmarks = tuple(float(x) for x in self.histogram_round(fold, outcome))
+        landmarks = self.histogram_round(fold, outcome).landmarks
         model, init = build_model(self.run.pretrained, self.run.fold_seed(fold))
         arrays = ArrayRecord(model.state_dict())
         strategy = make_strategy(self.settings.strategy, self.settings.vote_alpha)
@@ -159,9 +147,11 @@ class StudyRunner:
             ok = [r for r in replies if not r.has_error()]
             if not ok:
                 raise SiteFailure(f"round {rnd}: no training site replied")
-            val_auc, val_loss = self._pooled_val(ok)
+            trained = {r.metadata.src_node_id: TrainReply.from_message(r) for r in ok}
+            val_auc, val_loss = self._pooled_val([t.val for t in trained.values()])
             new_arrays, _ = strategy.aggregate_train(rnd, replies)
-            self._log_round(outcome, rnd, ok, strategy.weights.get(rnd, {}), val_auc, val_loss)
+            self._log_round(outcome, rnd, trained, strategy.weights.get(rnd, {}), val_auc,
+                            val_loss)
             # The model these replies validated is the previous round's global model. Round
             # 1's is the untrained initialisation: never a candidate (the centralised loop
             # never scores its untrained model either), though its loss of ln 2 can beat
@@ -174,10 +164,11 @@ class StudyRunner:
                          best_round)
                 break
         else:
-            final = self._exchange(VALIDATE, self.training_nodes(fold), RecordDict(
+            final = self._exchange(Kind.VALIDATE, self.training_nodes(fold), RecordDict(
                 {ARRAYS: arrays, CONFIG: Order(run=self.run, fold=fold, landmarks=landmarks
                                                ).to_record()}))
-            if stopper.update(*self._pooled_val(final), hyper.max_epochs):
+            final_val = [replies.ValidateReply.from_message(m).val for m in final]
+            if stopper.update(*self._pooled_val(final_val), hyper.max_epochs):
                 best_arrays, best_round = arrays, hyper.max_epochs
         outcome.best_round, outcome.best_arrays = best_round, best_arrays
         self.test_round(fold, landmarks, best_arrays, outcome)
@@ -186,39 +177,32 @@ class StudyRunner:
     def test_round(self, fold: int, landmarks, arrays: ArrayRecord, outcome: FoldOutcome) -> None:
         content = RecordDict({ARRAYS: arrays, CONFIG: Order(run=self.run, fold=fold,
                                                             landmarks=landmarks).to_record()})
-        for reply in self._exchange(TEST, sorted(self.sites), content):
-            metrics = reply.content.metric_records[METRICS]
-            outcome.test[str(reply.content.config_records[SITE]["name"])] = {
-                "neg": np.asarray(metrics["test-neg"]), "pos": np.asarray(metrics["test-pos"]),
-                "loss": float(metrics["test-loss"]), "n": int(metrics["test-examples"])}
+        for message in self._exchange(Kind.TEST, sorted(self.sites), content):
+            reply = replies.TestReply.from_message(message)
+            outcome.test[reply.site] = reply.test
 
     @staticmethod
-    def _pooled_val(replies: list[Message]) -> tuple[float | None, float]:
+    def _pooled_val(counts: list[ScoreCounts]) -> tuple[float | None, float]:
         """AUC (from the summed binned counts) and loss of the received model over every
-        site's validation frames."""
+        site's validation frames, the loss weighted by each site's validation frames."""
         total = n = 0.0
         neg = pos = 0
-        for r in replies:
-            m = r.content.metric_records[METRICS]
-            total += float(m["val-loss"]) * float(m["val-examples"])
-            n += float(m["val-examples"])
-            neg = neg + np.asarray(m["val-neg"])
-            pos = pos + np.asarray(m["val-pos"])
+        for c in counts:
+            total += c.loss * c.examples
+            n += c.examples
+            neg = neg + np.asarray(c.neg)
+            pos = pos + np.asarray(c.pos)
         return auc_from_counts(neg, pos), (total / n if n else np.inf)
 
-    def _log_round(self, outcome: FoldOutcome, rnd: int, replies: list[Message],
+    def _log_round(self, outcome: FoldOutcome, rnd: int, trained: dict[int, TrainReply],
                    weights: dict[int, float], pooled_auc: float | None,
                    pooled_val: float) -> None:
-        for r in replies:
-            m = r.content.metric_records[METRICS]
-            node = r.metadata.src_node_id
+        for node, r in trained.items():
             outcome.rounds.append({
                 "fold": outcome.fold, "round": rnd, "site": self._name(node),
-                "n_k": int(m[NUM_EXAMPLES]), "weight": round(weights.get(node, 0.0), 6),
-                "train_loss": float(m["train-loss"]), "batch_size": int(m["batch-size"]),
-                "val_loss_received": float(m["val-loss"]),
-                "val_auc_received": auc_from_counts(np.asarray(m["val-neg"]),
-                                                    np.asarray(m["val-pos"])),
+                "n_k": r.num_examples, "weight": round(weights.get(node, 0.0), 6),
+                "train_loss": r.train_loss, "batch_size": r.batch_size,
+                "val_loss_received": r.val.loss, "val_auc_received": r.val.auc(),
                 "pooled_val_loss_received": pooled_val,
                 "pooled_val_auc_received": pooled_auc})
         shown = ", ".join(f"{row['site']} {row['weight']:.3f}" for row in outcome.rounds

@@ -18,8 +18,8 @@ def message(message_type: str, content: RecordDict) -> Message:
 
 
 def context(tmp_path) -> Context:
-    return Context(run_id=1, node_id=2, node_config={"out-dir": str(tmp_path)}, state=RecordDict(),
-                   run_config={})
+    node = {"site": "A", "data-path": str(tmp_path / "cache"), "out-dir": str(tmp_path)}
+    return Context(run_id=1, node_id=2, node_config=node, state=RecordDict(), run_config={})
 
 
 def test_allowed_reply_passes_and_is_logged_without_values(tmp_path):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from mri_factory import MNMS_HEADER, mnms_row, phantom, write_3d, write_4d, write_mnms_subject
 
-from fedcmr.common.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_SKIPPED, main
+from fedcmr.cli import main
+from fedcmr.common.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_SKIPPED
 
 
 def tree_digest(root: Path) -> str:

@@ -10,15 +10,16 @@ import pytest
 import torch
 from cache_factory import write_cohort
 
-from fedcmr.client.dataset import FrameDataset, load_cache
-from fedcmr.client.site_split import split_frames
-from fedcmr.client.training import score
 from fedcmr.common import run_config
 from fedcmr.common.device import placement
+from fedcmr.common.learning.data import FrameDataset, load_cache
+from fedcmr.common.learning.harmonise import Harmoniser
+from fedcmr.common.learning.split import split_frames
+from fedcmr.common.learning.training import score
 from fedcmr.common.model import build_model
 from fedcmr.common.results import read_predictions
 from fedcmr.common.run_config import RunConfig
-from fedcmr.server.centralized import reference_landmarks, run_centralized
+from fedcmr.server.centralized import run_centralized
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +49,7 @@ def test_outputs_best_model_and_resume(frames, tmp_path, caplog, monkeypatch):
     assert best["best"] == "True"
     model, _ = build_model("none")
     model.load_state_dict(torch.load(tmp_path / "fold_0" / "best_model.pt"))
-    test = FrameDataset(parts["test"], cfg.prior, reference_landmarks(parts["train"], cfg),
+    test = FrameDataset(parts["test"], Harmoniser(cfg.prior).fit(parts["train"]),
                         cfg.hyper.input_size)
     rescored = score(model, test, placement())
     by_key = {(r["subject"], r["phase"]): r["score"] for r in rows}

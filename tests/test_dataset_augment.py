@@ -8,10 +8,11 @@ import pytest
 import torch
 import torchio as tio
 
-from fedcmr.client.augment import build_augmentation
-from fedcmr.client.dataset import CachedFrame, FrameDataset, harmonise, prior_channels
 from fedcmr.common.cache_format import FrameEntry
 from fedcmr.common.labels import Structure
+from fedcmr.common.learning.augment import build_augmentation
+from fedcmr.common.learning.data import CachedFrame, FrameDataset, prior_channels
+from fedcmr.common.learning.harmonise import Harmoniser
 
 
 def frame(seed: int = 0, label: int = 1) -> CachedFrame:
@@ -45,8 +46,8 @@ def test_structure_prior_splits_lv_rv_myo_into_three_channels():
 @pytest.mark.parametrize("prior", ["baseline", "masked", "structures"])
 def test_harmonised_inputs_lie_in_unit_range(prior):
     f = frame()
-    landmarks = np.linspace(0, 100, 13)
-    out = harmonise(f.image * 7 + 300, f.labels, landmarks, prior)
+    harmoniser = Harmoniser(prior, tuple(np.linspace(0, 100, 13)))
+    out = harmoniser.transform(f.image * 7 + 300, f.labels)
     assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
     assert out.max() > 0.5
 
@@ -69,9 +70,9 @@ def test_every_random_transform_fires_with_probability_one_half():
 @pytest.mark.parametrize("setup", ["basic", "shape", "shape-intensity"])
 def test_augmentation_replays_per_seed_and_varies_across_epochs(setup):
     frames = [frame(i) for i in range(6)]
-    a = FrameDataset(frames, "structures", None, (6, 32, 32), setup, seed=1)
-    b = FrameDataset(frames, "structures", None, (6, 32, 32), setup, seed=1)
-    plain = FrameDataset(frames, "structures", None, (6, 32, 32), "none", seed=1)
+    a = FrameDataset(frames, Harmoniser("structures"), (6, 32, 32), setup, seed=1)
+    b = FrameDataset(frames, Harmoniser("structures"), (6, 32, 32), setup, seed=1)
+    plain = FrameDataset(frames, Harmoniser("structures"), (6, 32, 32), "none", seed=1)
     changed = 0
     for epoch in range(4):
         a.set_epoch(epoch)
@@ -92,7 +93,7 @@ def test_augmentation_replays_per_seed_and_varies_across_epochs(setup):
 
 def test_no_augmentation_is_identity_and_resize_reaches_the_input_size():
     frames = [frame(0)]
-    ds = FrameDataset(frames, "masked", None, (4, 16, 16), "none")
+    ds = FrameDataset(frames, Harmoniser("masked"), (4, 16, 16), "none")
     x0, y0 = ds[0]
     ds.set_epoch(5)
     assert torch.equal(ds[0][0], x0) and x0.shape == (3, 4, 16, 16) and float(y0) == 1.0

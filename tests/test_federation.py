@@ -15,16 +15,11 @@ from pathlib import Path
 import pytest
 from cache_factory import write_cohort
 
-from fedcmr.common.protocol import REPLY_ALLOWED
+from fedcmr.common.flower_env import tool
+from fedcmr.common.replies import ANY_KEY, REPLY_ALLOWED
 from fedcmr.common.run_config import RunConfig
-from fedcmr.server.local_federation import (
-    LocalFederation,
-    free_port,
-    port_is_free,
-    run_local_federation,
-    sites_from_caches,
-    tool,
-)
+from fedcmr.lab.local_federation import LocalFederation, run_local_federation, sites_from_caches
+from fedcmr.server.processes import free_port, port_is_free
 from fedcmr.server.security import security_from_dir
 from fedcmr.server.settings import FederationSettings
 
@@ -103,7 +98,7 @@ def check_audit(run_dir: Path) -> None:
             allowed = REPLY_ALLOWED[entry["type"]]
             for name, record in entry["records"].items():
                 keys = record["keys"]
-                if "*" not in allowed[name]:
+                if ANY_KEY not in allowed[name]:
                     assert set(keys) <= allowed[name], (entry["type"], name, keys)
                 else:
                     assert record["type"] == "arrays"
@@ -180,16 +175,16 @@ def test_secure_federation_with_tempered_votes_and_refused_nodes(caches, tmp_pat
     check_run(run_dir, 0.5)
     assert our_processes(run_dir) == []
 
-    with LocalFederation(tmp_path / "refusals", sites_from_caches(caches)[:1],
-                         security=security) as fed:
+    with LocalFederation(tmp_path / "refusals", security=security,
+                         sites=sites_from_caches(caches)[:1]) as fed:
         base = [tool("flower-supernode"), "--superlink", f"127.0.0.1:{fed.port}",
                 "--max-retries", "1", "--max-wait-time", "20", "--node-config",
                 'site="x" data-path="/nonexistent" out-dir="/tmp/x"']
         intruder_key = str(certs / "sites" / "intruder")
-        unregistered = fed._spawn("intruder", [
+        unregistered = fed.processes.spawn("intruder", [
             *base, "--port", str(free_port()), "--root-certificates", str(security.ca),
             "--auth-supernode-private-key", intruder_key])
-        no_ca = fed._spawn("no-ca", [*base, "--port", str(free_port())])
+        no_ca = fed.processes.spawn("no-ca", [*base, "--port", str(free_port())])
         for proc in (unregistered, no_ca):
             deadline = time.monotonic() + 120
             while proc.poll() is None and time.monotonic() < deadline:

@@ -203,12 +203,13 @@ def test_summary_holds_aggregates_only_and_round_trips(items: list[Item]) -> Non
     assert summary.bin_edges == np.linspace(-10, 110, 61).tolist()  # fixed, not data-driven
     assert not any(item.subject in repr(summary) for item in items)
 
-    record = summary.to_record_dict()
-    assert NyulSummary.from_record_dict(record) == summary
-    as_arrays = {k: np.asarray(v) for k, v in record.items()}  # as an ArrayRecord carries it
-    assert NyulSummary.from_record_dict(as_arrays) == summary
+    # as it travels: inside the site's NyulReply, in a Flower MetricRecord
+    from fedcmr.common.replies import NyulReply
+
+    content = NyulReply(site="B", summary=summary).to_content()
+    assert NyulReply.from_content(content).summary == summary
     with pytest.raises(ValueError, match="Extra inputs"):
-        NyulSummary.from_record_dict({**record, "subject_ids": [1.0]})
+        NyulSummary.model_validate({**summary.model_dump(), "subject_ids": [1.0]})
 
 
 def test_average_histogram_weights_images_equally(items: list[Item]) -> None:

@@ -11,9 +11,8 @@ import pytest
 from mri_factory import write_acdc_patient
 
 import fedcmr.client.prepare as prepare_mod
-from fedcmr.client.bias_field import N4Params
 from fedcmr.client.loaders.acdc import load_acdc
-from fedcmr.client.prep_config import PrepConfig
+from fedcmr.client.prep_config import N4Params, PrepConfig
 from fedcmr.client.prepare import run_prepare
 from fedcmr.client.preprocess import crop_around, label_centre
 from fedcmr.common.cache_format import MANIFEST_COLUMNS, load_frame, read_manifest

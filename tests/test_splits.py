@@ -7,11 +7,10 @@ from collections import Counter
 
 import numpy as np
 
-from fedcmr.client.dataset import CachedFrame
-from fedcmr.client.site_split import split_frames
 from fedcmr.common.cache_format import FrameEntry
+from fedcmr.common.learning.data import CachedFrame
+from fedcmr.common.learning.split import centre_split, split_frames
 from fedcmr.common.run_config import RunConfig
-from fedcmr.common.splits import centre_split
 
 COUNTS = {"A": (21, 25), "B": (33, 37), "C": (14, 10), "D": (20, 20)}
 

@@ -9,8 +9,10 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from fedcmr.common.protocol import ARRAYS, METRICS, NUM_EXAMPLES
-from fedcmr.server.strategies import make_strategy, strategy_alpha
+from fedcmr.common.protocol import ARRAYS, METRICS
+from fedcmr.common.replies import NUM_EXAMPLES
+from fedcmr.server.settings import strategy_alpha
+from fedcmr.server.strategies import make_strategy
 
 SIZES = {11: 12, 22: 30, 33: 7, 44: 51}  # node id -> n_k
 
@@ -106,3 +108,13 @@ def test_aggregate_does_not_depend_on_the_order_replies_arrive_in():
     backward, _ = make_strategy("tempered", 0.5).aggregate_train(1, replies()[::-1])
     for key, value in as_numpy(forward).items():
         assert np.array_equal(as_numpy(backward)[key], value)  # bit for bit
+
+
+def test_summary_logs_the_vote_exponent_then_fedavgs_settings(caplog):
+    strategy = make_strategy("tempered", 0.25)
+    strategy.train_nodes = [11, 33]
+    with caplog.at_level("INFO", logger="fedcmr.server"):
+        strategy.summary()
+    ours = [r.getMessage() for r in caplog.records if r.name == "fedcmr.server"]
+    assert any("vote_alpha" in m and "0.25" in m for m in ours)
+    assert any("[11, 33]" in m for m in ours)

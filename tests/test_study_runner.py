@@ -14,14 +14,12 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedcmr.client import client_app
 from fedcmr.client.audit import audit_mod
-from fedcmr.common.protocol import ARRAYS
+from fedcmr.common.protocol import ARRAYS, Kind
 from fedcmr.common.run_config import RunConfig
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.study_runner import StudyRunner
 
-HANDLERS = {"query.describe": client_app.describe, "query.nyul": client_app.nyul,
-            "train": client_app.train, "query.validate": client_app.validate,
-            "query.test": client_app.test}
+HANDLERS = client_app.HANDLERS
 
 
 class InProcessGrid:
@@ -40,7 +38,7 @@ class InProcessGrid:
 
     def send_and_receive(self, messages, timeout=None) -> list[Message]:
         replies = []
-        if messages and messages[0].metadata.message_type == "train":
+        if messages and messages[0].metadata.message_type == Kind.TRAIN:
             self.trained.append(messages[0].content.array_records[ARRAYS])
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = f"m{next(self.ids)}"
@@ -114,4 +112,4 @@ def test_the_final_model_is_selected_when_it_validates_best(grid, monkeypatch):
     outcome = study.run_fold(0)
     assert outcome.best_round == 2
     # after the last round the final model is validated, then the selected one tested
-    assert grid.sent[-4:] == ["query.validate"] * 2 + ["query.test"] * 2
+    assert grid.sent[-4:] == [Kind.VALIDATE] * 2 + [Kind.TEST] * 2

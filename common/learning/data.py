@@ -1,9 +1,8 @@
-"""Cached frames -> network inputs: harmonisation, [0, 1] scaling, resize, augmentation and
-the induced prior, in that order."""
+"""Cached frames -> network inputs: harmonisation (and [0, 1] scaling), resize, augmentation
+and the induced prior, in that order."""
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from fedcmr.common import nyul
 from fedcmr.common.cache_format import FrameEntry, load_frame, read_manifest
 from fedcmr.common.labels import Structure
+from fedcmr.common.learning.harmonise import Harmoniser
 from fedcmr.common.run_config import Augment, Prior
+from fedcmr.common.seeds import derive_seed
 
 
 @dataclass(frozen=True)
@@ -39,28 +39,6 @@ def load_cache(caches: Sequence[Path], phases: Sequence[str] = ("ED", "ES")) -> 
                 image, labels = load_frame(Path(cache) / entry.file)
                 frames.append(CachedFrame(entry, image, labels))
     return frames
-
-
-def nyul_mask(labels: np.ndarray, prior: Prior) -> np.ndarray | None:
-    """Masked inputs count only heart voxels; the baseline uses torchio's default mask."""
-    return None if prior == "baseline" else labels > 0
-
-
-def harmonise(image: np.ndarray, labels: np.ndarray, landmarks: np.ndarray | None,
-              prior: Prior) -> np.ndarray:
-    """Nyul-standardise, then map the landmark scale (p1 -> 0, p99 -> 100) onto [0, 1].
-
-    A fixed division rather than a per-image min-max: the latter would undo the
-    harmonisation. Without landmarks, each image is scaled by its own p1/p99.
-    """
-    mask = nyul_mask(labels, prior)
-    if landmarks is not None:
-        scaled = nyul.standardize(image, landmarks, mask) / 100.0
-    else:
-        region = image[mask] if mask is not None and mask.any() else image
-        lo, hi = np.percentile(region, [1, 99])
-        scaled = (image - lo) / max(hi - lo, 1e-6)
-    return np.clip(scaled, 0.0, 1.0).astype(np.float32)
 
 
 def prior_channels(image: torch.Tensor, labels: torch.Tensor, prior: Prior) -> torch.Tensor:
@@ -86,20 +64,20 @@ class FrameDataset(Dataset):
     """Network inputs for a list of frames. The deterministic part is computed once; the
     augmentation is drawn per (seed, epoch, index) so that an epoch replays exactly."""
 
-    def __init__(self, frames: Sequence[CachedFrame], prior: Prior,
-                 landmarks: np.ndarray | None, input_size: tuple[int, int, int],
-                 augmentation: Augment = "none", seed: int = 0):
+    def __init__(self, frames: Sequence[CachedFrame], harmoniser: Harmoniser,
+                 input_size: tuple[int, int, int], augmentation: Augment = "none",
+                 seed: int = 0):
         self.frames = list(frames)
-        self.prior = prior
+        self.prior: Prior = harmoniser.prior
         self.seed = seed
         self.epoch = 0
         self.transform = None
         if augmentation != "none":  # torchio is slow to import; load it only when used
-            from fedcmr.client.augment import build_augmentation
+            from fedcmr.common.learning.augment import build_augmentation
 
             self.transform = build_augmentation(augmentation)
         self._ready = [
-            _resize(torch.from_numpy(harmonise(f.image, f.labels, landmarks, prior)),
+            _resize(torch.from_numpy(harmoniser.transform(f.image, f.labels)),
                     torch.from_numpy(f.labels), input_size) for f in self.frames]
         self.targets = torch.tensor([float(f.entry.label) for f in self.frames])
 
@@ -110,20 +88,12 @@ class FrameDataset(Dataset):
         return len(self.frames)
 
     def sample_seed(self, index: int) -> int:
-        return zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode())
+        return derive_seed(self.seed, self.epoch, index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, labels = self._ready[index]
         if self.transform is not None:
-            from fedcmr.client.augment import augment
+            from fedcmr.common.learning.augment import augment
 
             image, labels = augment(self.transform, image, labels, self.sample_seed(index))
         return prior_channels(image, labels, self.prior), self.targets[index]
-
-
-def nyul_summary(frames: Sequence[CachedFrame], prior: Prior, min_subjects: int
-                 ) -> nyul.NyulSummary:
-    """The site's releasable histogram summary of its TRAINING frames."""
-    return nyul.site_summary([f.image for f in frames],
-                             [nyul_mask(f.labels, prior) for f in frames],
-                             [f.subject for f in frames], min_subjects=min_subjects)

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedcmr.client.dataset import FrameDataset
 from fedcmr.common.device import Placement
+from fedcmr.common.learning.data import FrameDataset
 from fedcmr.common.metrics import auc
 from fedcmr.common.model import InitInfo, parameter_groups
 from fedcmr.common.run_config import Profile

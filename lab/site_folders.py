@@ -4,13 +4,13 @@ every hospital container mounts only its own folder."""
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 from pathlib import Path
 
 from fedcmr.client.loaders.acdc import load_acdc
 from fedcmr.client.loaders.mnms import load_mnms
+from fedcmr.common.atomic import write_csv
 from fedcmr.common.centres import slug
 from fedcmr.common.frames import SubjectRecord
 
@@ -58,10 +58,6 @@ def write_site_folders(root: Path, out: Path) -> dict[str, Path]:
     for centre, group in sorted(by_centre.items()):
         folder = out / slug(centre)
         rows = [_row(r, folder) for r in sorted(group, key=lambda r: r.subject)]
-        columns = list(dict.fromkeys(k for row in rows for k in row))
-        with (folder / "manifest.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(folder / "manifest.csv", dict.fromkeys(k for row in rows for k in row), rows)
         folders[centre] = folder
     return folders

@@ -14,7 +14,7 @@ class EarlyStopping:
     scores share a scale. On a validation split of a few subjects the AUC is coarse and
     picked lucky, badly calibrated epochs (measured: pooled CCV AUC 0.794 with AUC-first
     selection although every fold reached 0.80-0.94 on its own). The loss is meaningful
-    because BatchNorm's statistics are restarted every epoch (client/training.py).
+    because BatchNorm's statistics are restarted every epoch (common/learning/training.py).
     """
 
     def __init__(self, patience: int):

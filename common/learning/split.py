@@ -1,4 +1,5 @@
-"""Train/validation/test splits as a pure function of one centre's own subjects.
+"""Train/validation/test splits as a pure function of one centre's own subjects, and a
+site's (or the pooled baseline's) frames divided by them.
 
 Each site computes its own split from (its subject ids and labels, its centre name, the
 protocol, the fold, the split seed), and the centralised baseline calls the same function
@@ -8,19 +9,23 @@ because splitting is done on subjects, never frames.
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Mapping
-from typing import Literal
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from fedcmr.common.run_config import RunConfig
+from fedcmr.common.seeds import derive_seed
+
+if TYPE_CHECKING:
+    from fedcmr.common.learning.data import CachedFrame
 
 Split = Literal["train", "val", "test"]
 
 
 def _rng(seed: int, centre: str, label: int, purpose: str) -> np.random.Generator:
-    words = [seed, zlib.crc32(centre.encode()), label, zlib.crc32(purpose.encode())]
+    words = [seed, derive_seed(centre), label, derive_seed(purpose)]
     return np.random.default_rng(words)
 
 
@@ -50,3 +55,22 @@ def centre_split(labels: Mapping[str, int], centre: str, config: RunConfig,
         rng = _rng(config.split_seed, centre, label, f"val{fold}")
         out.update(_train_val(rest, config.val_fraction, rng))
     return out
+
+
+def by_centre(frames: Sequence[CachedFrame]) -> dict[str, list[CachedFrame]]:
+    groups: dict[str, list[CachedFrame]] = defaultdict(list)
+    for frame in frames:
+        groups[frame.entry.centre].append(frame)
+    return dict(sorted(groups.items()))
+
+
+def split_frames(frames: Sequence[CachedFrame], config: RunConfig, fold: int
+                 ) -> dict[Split, list[CachedFrame]]:
+    """Each centre split on its own subjects; both frames of a subject share a split."""
+    parts: dict[Split, list[CachedFrame]] = {"train": [], "val": [], "test": []}
+    for centre, group in by_centre(frames).items():
+        labels = {f.subject: f.entry.label for f in group}
+        assignment = centre_split(labels, centre, config, fold)
+        for frame in group:
+            parts[assignment[frame.subject]].append(frame)
+    return parts

@@ -1,0 +1,52 @@
+"""The hospital's commands: `prepare` (its scans into a cache) and `client` (its SuperNode)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fedcmr.client.prep_config import PrepConfig
+from fedcmr.common.cli_options import lazy
+
+
+def add_prepare(sub: argparse._SubParsersAction) -> None:
+    defaults = PrepConfig()
+    p = sub.add_parser("prepare", help="N4, 1 mm resampling and heart crop of every ED/ES frame")
+    p.add_argument("--dataset", choices=["mnms", "acdc", "folder"], required=True)
+    p.add_argument("--root", type=Path, required=True,
+                   help="dataset root (folder: the site's manifest CSV)")
+    p.add_argument("--out", type=Path, required=True, help="cache folder (outside --root)")
+    p.add_argument("--centre", action="append", default=None,
+                   help="M&Ms centre(s) to keep (repeatable; 'all' for every centre; default: "
+                        "the study's three); folder: the site's centre name")
+    p.add_argument("--csv", type=Path, default=None, help="M&Ms metadata CSV (default: found)")
+    p.add_argument("--centre-map", default=None,
+                   help="M&Ms centre numbers to names, e.g. \"1=Sagrada Familia,2=Vall d'Hebron\"")
+    p.add_argument("--vendor", default="unknown", help="folder: the site's scanner vendor")
+    p.add_argument("--label-numbers", default=None,
+                   help="folder: the site's label numbers, e.g. lv=1,myo=2,rv=3")
+    p.add_argument("--crop", default=",".join(f"{v:g}" for v in defaults.crop),
+                   help="crop size z,y,x in voxels (default: %(default)s)")
+    p.add_argument("--spacing", default=",".join(f"{v:g}" for v in defaults.spacing_mm),
+                   help="output spacing x,y,z in mm (default: %(default)s)")
+    p.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--strict", action="store_true", help="any skipped subject fails the run")
+    p.set_defaults(func=lazy("fedcmr.client.commands:cmd_prepare"))
+
+
+def add_client(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("client", help="one hospital: a SuperNode serving its prepared cache")
+    p.add_argument("--site", required=True, help="the hospital's name")
+    p.add_argument("--data", type=Path, nargs="+", required=True, help="prepared cache(s)")
+    p.add_argument("--superlink", required=True, help="coordinator HOST:PORT")
+    p.add_argument("--out", type=Path, default=Path("site-output"),
+                   help="private output folder (predictions, audit log)")
+    p.add_argument("--port", type=int, default=9094, help="local port of the SuperNode")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("--root-certificates", type=Path, default=None, help="the federation CA")
+    p.add_argument("--auth-key", type=Path, default=None, help="the site's private key")
+    p.add_argument("--max-wait-time", type=float, default=None,
+                   help="give up after this many seconds without the coordinator "
+                        "(default: wait forever)")
+    p.set_defaults(func=lazy("fedcmr.client.commands:cmd_client"))

@@ -1,0 +1,1 @@
+"""Code that both sides run: the dataset, harmonisation, augmentation, splits, training."""

@@ -1,0 +1,101 @@
+"""Handlers of the researcher's commands: `synth`, `federate` and `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from fedcmr.common.cli_options import EXIT_BAD_INPUT, EXIT_OK
+from fedcmr.common.run_config import RunConfig
+
+log = logging.getLogger("fedcmr")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from fedcmr.lab.synthetic import synthesize
+
+    summary = synthesize(args.out, seed=args.seed, scale=args.scale, workers=args.workers,
+                         progress=not args.quiet)
+    for c in summary.centres.values():
+        log.info("%-16s %-5s %-8s NOR %3d  HCM %3d  (+%d outside the study)", c.centre,
+                 c.dataset, c.vendor, c.nor, c.hcm, c.other)
+    log.info("synthetic cohort in %s (%.0f MB, %.0f s)", args.out, summary.bytes_written / 1e6,
+             summary.seconds)
+    if args.sites:
+        from fedcmr.lab.site_folders import write_site_folders
+
+        for centre, folder in write_site_folders(args.out, args.out / "sites").items():
+            log.info("site folder of %s: %s", centre, folder)
+    return EXIT_OK
+
+
+def federate(caches: list[Path], settings, out: Path, security=None,
+             threads_per_site: int = 1, runtime: str = "deployment",
+             quiet: bool = False) -> int:
+    """A local federation of the caches, its AUC table printed."""
+    from fedcmr.common.results import auc_table
+    from fedcmr.lab.local_federation import run_local_federation
+
+    metrics = run_local_federation(caches, settings, out, security, threads_per_site,
+                                   echo=(lambda _: None) if quiet else print, runtime=runtime)
+    print(auc_table(metrics))
+    log.info("federated run in %s (%.0f s): metrics.json, predictions.csv, rounds.csv",
+             out, metrics.get("elapsed_s", 0))
+    return EXIT_OK
+
+
+def cmd_federate(args: argparse.Namespace) -> int:
+    from fedcmr.lab.local_federation import sites_from_caches
+    from fedcmr.server.commands import settings_from_args
+    from fedcmr.server.security import security_from_dir
+
+    try:
+        sites = sites_from_caches(args.cache)
+        settings = settings_from_args(args, [])
+        security = security_from_dir(args.secure, [s.name for s in sites]) \
+            if args.secure else None
+        if security and args.runtime == "simulation":
+            raise ValueError("--secure protects SuperNode connections; the simulation "
+                             "runtime has none. Fix: drop --secure or use --runtime deployment")
+    except (FileNotFoundError, ValueError) as err:
+        log.error("%s", err)
+        return EXIT_BAD_INPUT
+    return federate(args.cache, settings, args.out, security, args.threads_per_site,
+                    args.runtime, args.quiet)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """synth -> prepare (one cache per hospital) -> federate -> AUC table."""
+    from fedcmr.client.commands import prepare_loaded
+    from fedcmr.client.loaders.acdc import load_acdc
+    from fedcmr.client.loaders.mnms import load_mnms
+    from fedcmr.client.prep_config import PrepConfig
+    from fedcmr.common.centres import ACDC_CENTRE, STUDY_MNMS_CENTRES, slug
+    from fedcmr.lab.synthetic import synthesize
+    from fedcmr.server.settings import FederationSettings, strategy_alpha
+    from fedcmr.server.superlink import require_ray
+
+    try:
+        if args.runtime == "simulation":  # say so now, not after preparing the data
+            require_ray()
+        settings = FederationSettings(
+            strategy=args.strategy, vote_alpha=strategy_alpha(args.strategy, args.vote_alpha),
+            round_timeout=args.round_timeout,
+            run=RunConfig(folds=args.fold, profile=args.profile, epochs=args.epochs))
+    except (RuntimeError, ValueError) as err:
+        log.error("%s", err)
+        return EXIT_BAD_INPUT
+    data, caches = args.out / "data", args.out / "cache"
+    progress = not args.quiet
+    log.info("1/3 synthesising a four-centre cohort (scale %s) in %s", args.scale, data)
+    synthesize(data, seed=args.seed, scale=args.scale, workers=args.workers, progress=progress)
+    log.info("2/3 preparing each hospital's data (N4, 1 mm, crop)")
+    jobs = [(c, lambda c=c: load_mnms(data / "mnms", centres=[c])) for c in STUDY_MNMS_CENTRES]
+    jobs.append((ACDC_CENTRE, lambda: load_acdc(data / "acdc")))
+    for centre, load in jobs:
+        prepare_loaded(load(), PrepConfig(), caches / slug(centre), args.workers, progress)
+    log.info("3/3 federating four hospitals (%s runtime, %s, profile %s, fold %s)",
+             args.runtime, args.strategy, args.profile, args.fold)
+    return federate([caches / slug(c) for c, _ in jobs], settings, args.out / "federated",
+                    runtime=args.runtime, quiet=args.quiet)

@@ -1,0 +1,39 @@
+"""The coordinator's commands: `centralized` (the pooled baseline) and `server` (the
+SuperLink and the study run, for hospitals that connect with `fedcmr client`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fedcmr.common.cli_options import add_model_option, add_run_options, lazy
+from fedcmr.server.settings import FederationSettings
+
+
+def add_strategy_options(p: argparse.ArgumentParser) -> None:
+    add_model_option(p, FederationSettings, "strategy")
+    add_model_option(p, FederationSettings, "vote_alpha", default=None,
+                     help="tempered: site weights proportional to n_k ** alpha (0..1); "
+                          "fedavg is 1, equal-vote 0")
+    add_model_option(p, FederationSettings, "round_timeout")
+
+
+def add_centralized(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("centralized", help="the pooled baseline (CDS) on the same splits")
+    add_run_options(p)
+    p.set_defaults(func=lazy("fedcmr.server.commands:cmd_centralized"))
+
+
+def add_server(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("server", help="the coordinator: SuperLink + the study run, for real "
+                                      "hospitals that connect with `fedcmr client`")
+    add_run_options(p, caches_required=False)
+    add_strategy_options(p)
+    p.add_argument("--host", default="0.0.0.0", help="address to serve the hospitals on")
+    p.add_argument("--port", type=int, default=9092)
+    add_model_option(p, FederationSettings, "min_sites", "--sites", default=None,
+                     required=True)
+    add_model_option(p, FederationSettings, "wait_sites_timeout", "--wait-sites")
+    p.add_argument("--secure", type=Path, default=None, metavar="CERT_DIR",
+                   help="TLS + node authentication (files of deploy/make_certificates.sh)")
+    p.set_defaults(func=lazy("fedcmr.server.commands:cmd_server"))
