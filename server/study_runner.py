@@ -65,13 +65,13 @@ class StudyRunner:
                   ) -> list[Message]:
         messages = [Message(content=content, message_type=message_type, dst_node_id=n)
                     for n in nodes]
-        replies = list(self.grid.send_and_receive(messages, timeout=self.settings.round_timeout))
-        ok = [r for r in replies if not r.has_error()]
-        for r in replies:
+        received = list(self.grid.send_and_receive(messages, timeout=self.settings.round_timeout))
+        ok = [r for r in received if not r.has_error()]
+        for r in received:
             if r.has_error():
                 name = self._name(r.metadata.src_node_id)
                 log.error("site %s failed %s: %s", name, message_type, r.error.reason)
-        missing = len(nodes) - len(replies)
+        missing = len(nodes) - len(received)
         if missing:
             log.error("%d site(s) did not answer %s within %.0f s", missing, message_type,
                       self.settings.round_timeout)
@@ -141,15 +141,15 @@ class StudyRunner:
         for rnd in range(1, hyper.max_epochs + 1):
             order = Order(run=self.run, fold=fold, server_round=rnd, landmarks=landmarks,
                           init_source=init.source).to_record()
-            replies = list(self.grid.send_and_receive(
+            received = list(self.grid.send_and_receive(
                 strategy.configure_train(rnd, arrays, order, self.grid),
                 timeout=self.settings.round_timeout))
-            ok = [r for r in replies if not r.has_error()]
+            ok = [r for r in received if not r.has_error()]
             if not ok:
                 raise SiteFailure(f"round {rnd}: no training site replied")
             trained = {r.metadata.src_node_id: TrainReply.from_message(r) for r in ok}
             val_auc, val_loss = self._pooled_val([t.val for t in trained.values()])
-            new_arrays, _ = strategy.aggregate_train(rnd, replies)
+            new_arrays, _ = strategy.aggregate_train(rnd, received)
             self._log_round(outcome, rnd, trained, strategy.weights.get(rnd, {}), val_auc,
                             val_loss)
             # The model these replies validated is the previous round's global model. Round
