@@ -10,8 +10,11 @@ import sys
 from collections.abc import Sequence
 
 from fedcmr.client import cli as client_cli
+from fedcmr.common.cli_options import EXIT_FAILED, EXIT_INTERRUPTED
 from fedcmr.lab import cli as lab_cli
 from fedcmr.server import cli as server_cli
+
+log = logging.getLogger("fedcmr")
 
 #: The subcommands in the order `fedcmr --help` lists them.
 COMMANDS = [lab_cli.add_synth, client_cli.add_prepare, server_cli.add_centralized,
@@ -35,7 +38,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("flwr", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        log.error("fedcmr %s interrupted; everything it started is stopped", args.command)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # a failed run: one line that says why, the traceback on -v
+        log.error("fedcmr %s failed: %s%s", args.command, err,
+                  "" if args.verbose else " (run with -v for the traceback)")
+        log.debug("traceback", exc_info=True)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from fedcmr.common.cli_options import lazy
 def add_prepare(sub: argparse._SubParsersAction) -> None:
     defaults = PrepConfig()
     p = sub.add_parser("prepare", help="N4, 1 mm resampling and heart crop of every ED/ES frame")
-    p.add_argument("--dataset", choices=["mnms", "acdc", "folder"], required=True)
+    p.add_argument("--dataset", choices=["mnms", "acdc", "folder"], required=True,
+                   help="the layout: M&Ms release, ACDC release, or a site's own folder")
     p.add_argument("--root", type=Path, required=True,
                    help="dataset root (folder: the site's manifest CSV)")
     p.add_argument("--out", type=Path, required=True, help="cache folder (outside --root)")
@@ -30,7 +31,7 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", default=",".join(f"{v:g}" for v in defaults.spacing_mm),
                    help="output spacing x,y,z in mm (default: %(default)s)")
     p.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="processes preparing subjects")
     p.add_argument("--strict", action="store_true", help="any skipped subject fails the run")
     p.set_defaults(func=lazy("fedcmr.client.commands:cmd_prepare"))
 

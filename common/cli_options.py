@@ -14,11 +14,12 @@ from typing import Any, Literal, Union, get_args, get_origin
 from fedcmr.common.flat import FlatModel
 from fedcmr.common.run_config import RunConfig
 
-#: Exit codes of every command (those of `prepare`: docs/data.md).
+#: Exit codes of every command (docs/cli.md).
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_SKIPPED = 3
+EXIT_INTERRUPTED = 130
 
 
 def lazy(path: str) -> Callable[[argparse.Namespace], int]:

@@ -15,9 +15,9 @@ from fedcmr.server.superlink import RUNTIMES
 def add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the synthetic four-centre cohort (M&Ms + ACDC layout)")
     p.add_argument("--out", type=Path, required=True, help="folder to write mnms/ and acdc/ into")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="cohort seed")
     p.add_argument("--scale", type=float, default=1.0, help="fraction of Table 1's counts")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="processes writing subjects")
     p.add_argument("--sites", action="store_true",
                    help="also write OUT/sites/<centre>/: one plain site folder per hospital")
     p.set_defaults(func=lazy("fedcmr.lab.commands:cmd_synth"))
@@ -31,7 +31,8 @@ def add_federate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--secure", type=Path, default=None, metavar="CERT_DIR",
                    help="TLS + SuperNode authentication with the files of "
                         "deploy/make_certificates.sh in CERT_DIR")
-    p.add_argument("--threads-per-site", type=int, default=1)
+    p.add_argument("--threads-per-site", type=int, default=1,
+                   help="CPU threads of each hospital's training")
     p.add_argument("--runtime", choices=RUNTIMES, default="deployment",
                    help="deployment: one SuperNode process per hospital over gRPC/HTTP (as "
                         "in production); simulation: Flower's Ray runtime, far less overhead "
@@ -42,7 +43,7 @@ def add_federate(sub: argparse._SubParsersAction) -> None:
 def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the README's main job: synthesise four hospitals, prepare "
                                     "each, federate them, print the AUC per centre")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder")
     p.add_argument("--scale", type=float, default=0.25,
                    help="cohort size (0.25: 44 subjects; smaller sites are too small for the "
                         "paper's 7-batch rule: batches of 1-3 frames, and no learning)")
@@ -56,5 +57,6 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
                         "cores; deployment: one SuperNode process per hospital over gRPC/HTTP "
                         "as in production, about 4 times slower per round on one machine")
     add_strategy_options(p)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes for synthesis and preparation")
     p.set_defaults(func=lazy("fedcmr.lab.commands:cmd_demo"))

@@ -15,8 +15,12 @@ log = logging.getLogger("fedcmr")
 def cmd_synth(args: argparse.Namespace) -> int:
     from fedcmr.lab.synthetic import synthesize
 
-    summary = synthesize(args.out, seed=args.seed, scale=args.scale, workers=args.workers,
-                         progress=not args.quiet)
+    try:
+        summary = synthesize(args.out, seed=args.seed, scale=args.scale,
+                             workers=args.workers, progress=not args.quiet)
+    except FileExistsError as err:
+        log.error("%s. Fix: choose an empty --out folder (or one fedcmr synth wrote)", err)
+        return EXIT_BAD_INPUT
     for c in summary.centres.values():
         log.info("%-16s %-5s %-8s NOR %3d  HCM %3d  (+%d outside the study)", c.centre,
                  c.dataset, c.vendor, c.nor, c.hcm, c.other)

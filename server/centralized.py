@@ -29,10 +29,22 @@ from fedcmr.common.seeds import seed_run
 log = logging.getLogger("fedcmr.centralized")
 
 
-def config_digest(config: RunConfig) -> str:
-    """The run's settings, the profile's values included: a profile is looked up by name,
-    so a changed profile must not let a rerun keep folds trained under the old one."""
-    text = config.model_dump_json() + config.hyper.model_dump_json()
+def data_digest(frames: Sequence[CachedFrame]) -> str:
+    """What the frames are: every frame's identity, label and voxels. A rerun on re-prepared
+    or different caches must not keep folds trained on the old data."""
+    h = hashlib.sha256()
+    for f in sorted(frames, key=lambda f: (f.entry.centre, f.subject, f.entry.phase)):
+        h.update(f"{f.entry.centre}|{f.subject}|{f.entry.phase}|{f.entry.label}|".encode())
+        h.update(f.image.tobytes())
+        h.update(f.labels.tobytes())
+    return h.hexdigest()[:16]
+
+
+def config_digest(config: RunConfig, data: str = "") -> str:
+    """The run's settings, the profile's values included (a profile is looked up by name,
+    so a changed profile must not let a rerun keep folds trained under the old one), and
+    the data's digest."""
+    text = config.model_dump_json() + config.hyper.model_dump_json() + data
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -81,12 +93,15 @@ def train_fold(frames: Sequence[CachedFrame], config: RunConfig, fold: int, fold
 
 def run_centralized(frames: Sequence[CachedFrame], config: RunConfig, out: Path,
                     progress: bool = True) -> dict:
-    """Every fold of the protocol (skipping finished ones), then pooled metrics."""
+    """Every fold of the protocol (skipping finished ones), then pooled metrics. Only the
+    frames of the run's phases take part."""
+    frames = [f for f in frames if f.entry.phase in config.phases]
     out.mkdir(parents=True, exist_ok=True)
     where = placement()
-    digest = config_digest(config)
+    data = data_digest(frames)
+    digest = config_digest(config, data)
     write_json(out / "config.json", {"mode": "centralized", "config": config.model_dump(),
-                                     "profile": config.hyper.model_dump(),
+                                     "profile": config.hyper.model_dump(), "data": data,
                                      "digest": digest, "fedcmr_version": __version__})
     rows: list[dict] = []
     inits: dict[int, dict] = {}

@@ -30,7 +30,7 @@ def add_server(sub: argparse._SubParsersAction) -> None:
     add_run_options(p, caches_required=False)
     add_strategy_options(p)
     p.add_argument("--host", default="0.0.0.0", help="address to serve the hospitals on")
-    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--port", type=int, default=9092, help="port the hospitals connect to")
     add_model_option(p, FederationSettings, "min_sites", "--sites", default=None,
                      required=True)
     add_model_option(p, FederationSettings, "wait_sites_timeout", "--wait-sites")

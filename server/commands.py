@@ -38,8 +38,8 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
-    frames = [f for f in frames if f.entry.phase in config.phases]
-    log.info("%d frames from %d centres; %s, folds %s, profile %s", len(frames),
+    log.info("%d frames (%s) from %d centres; %s, folds %s, profile %s",
+             sum(f.entry.phase in config.phases for f in frames), ",".join(config.phases),
              len(config.centres), config.protocol, config.fold_list(), config.profile)
     metrics = run_centralized(frames, config, args.out, progress=not args.quiet)
     print(auc_table(metrics))

@@ -73,7 +73,59 @@ def test_outputs_best_model_and_resume(frames, tmp_path, caplog, monkeypatch):
 
 
 def test_ed_only_uses_only_end_diastole(frames, tmp_path):
+    """Every frame goes in; the run config's phases decide what trains and is tested."""
     cfg = config(phases=("ED",))
-    ed = [f for f in frames if f.entry.phase in cfg.phases]
-    run_centralized(ed, cfg, tmp_path, progress=False)
-    assert {r["phase"] for r in read_predictions(tmp_path / "predictions.csv")} == {"ED"}
+    run_centralized(frames, cfg, tmp_path, progress=False)
+    rows = read_predictions(tmp_path / "predictions.csv")
+    assert {r["phase"] for r in rows} == {"ED"}
+    ed = [f for f in frames if f.entry.phase == "ED"]
+    assert len(rows) == len(split_frames(ed, cfg, 0)["test"])
+
+
+def test_the_best_epoch_is_kept_not_the_last(frames, tmp_path, monkeypatch):
+    """Scripted validation losses 0.9, 0.3, 0.6: epoch 1's weights score the test set."""
+    import copy
+
+    from fedcmr.server import centralized
+
+    real = centralized.score
+    losses = iter([0.9, 0.3, 0.6])
+    states: list[dict] = []
+
+    def scripted(model, dataset, where, *args, **kw):
+        result = real(model, dataset, where, *args, **kw)
+        loss = next(losses, None)
+        if loss is None:  # the test split, after the last epoch
+            return result
+        states.append(copy.deepcopy(model.state_dict()))
+        return result.__class__(loss=loss, labels=result.labels, scores=result.scores)
+
+    monkeypatch.setattr(centralized, "score", scripted)
+    run_centralized(frames, config(epochs=3), tmp_path, progress=False)
+    with (tmp_path / "fold_0" / "history.csv").open() as handle:
+        history = list(csv.DictReader(handle))
+    assert [h["best"] for h in history] == ["True", "True", "False"]
+    kept = torch.load(tmp_path / "fold_0" / "best_model.pt")
+    assert len(states) == 3
+    assert all(torch.equal(kept[k], states[1][k]) for k in kept)
+    assert not all(torch.equal(kept[k], states[2][k]) for k in kept)
+
+
+def test_any_changed_setting_or_data_retrains_and_nothing_else(frames, tmp_path, caplog):
+    from fedcmr.common.learning.data import CachedFrame
+
+    def rerun(fs, cfg) -> bool:
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            run_centralized(fs, cfg, tmp_path, progress=False)
+        return "already finished" not in caplog.text
+
+    assert rerun(frames, config())
+    assert not rerun(frames, config())  # the same settings and data: skipped
+    assert rerun(frames, config(seed=1))  # a changed setting
+    assert rerun(frames, config(seed=1, augment="basic"))
+    # the same settings on re-prepared data (one frame's voxels differ): retrained
+    changed = [CachedFrame(f.entry, f.image + (1.0 if i == 0 else 0.0), f.labels)
+               for i, f in enumerate(frames)]
+    assert rerun(changed, config(seed=1, augment="basic"))
+    assert not rerun(changed, config(seed=1, augment="basic"))

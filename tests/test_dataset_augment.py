@@ -68,22 +68,34 @@ def test_every_random_transform_fires_with_probability_one_half():
 
 
 @pytest.mark.parametrize("setup", ["basic", "shape", "shape-intensity"])
-def test_augmentation_replays_per_seed_and_varies_across_epochs(setup):
+def test_augmentation_replays_per_seed_and_varies_across_epochs_and_seeds(setup):
     frames = [frame(i) for i in range(6)]
     a = FrameDataset(frames, Harmoniser("structures"), (6, 32, 32), setup, seed=1)
     b = FrameDataset(frames, Harmoniser("structures"), (6, 32, 32), setup, seed=1)
+    other = FrameDataset(frames, Harmoniser("structures"), (6, 32, 32), setup, seed=2)
     plain = FrameDataset(frames, Harmoniser("structures"), (6, 32, 32), "none", seed=1)
+    epochs: list[list[torch.Tensor]] = []
     changed = 0
     for epoch in range(4):
-        a.set_epoch(epoch)
-        b.set_epoch(epoch)
-        for i in range(len(frames)):
-            xa, _ = a[i]
-            assert torch.equal(xa, b[i][0])  # same seed, epoch, index: same draw
+        for ds in (a, b, other):
+            ds.set_epoch(epoch)
+        drawn = [a[i][0] for i in range(len(frames))]
+        for i, xa in enumerate(drawn):
+            assert torch.equal(xa, b[i][0])  # same seed, epoch, index: the same draw
             changed += not torch.equal(xa, plain[i][0])
+        # another run seed draws differently in the same epoch
+        assert any(not torch.equal(xa, other[i][0]) for i, xa in enumerate(drawn))
+        epochs.append(drawn)
     assert changed > 12  # most samples changed
     if setup == "basic":  # 3 transforms at p = 0.5: 1 in 8 samples untouched on average
         assert changed < 24
+    # each epoch draws anew: no two epochs give the same augmented samples
+    for e in range(len(epochs)):
+        for f in range(e + 1, len(epochs)):
+            assert any(not torch.equal(x, y) for x, y in zip(epochs[e], epochs[f], strict=True))
+    # a replay of an earlier epoch is identical
+    a.set_epoch(1)
+    assert all(torch.equal(a[i][0], epochs[1][i]) for i in range(len(frames)))
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)

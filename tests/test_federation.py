@@ -88,9 +88,12 @@ def check_run(run_dir: Path, alpha: float) -> None:
 
 
 def check_audit(run_dir: Path) -> None:
-    """Every reply every hospital sent: only the protocol's allowed records and keys."""
-    seen = set()
-    for log in (run_dir / "sites").glob("*/audit.jsonl"):
+    """Every reply every hospital sent: only the protocol's allowed records and keys, and an
+    audit log at every hospital (a site whose gate was bypassed would have none)."""
+    logs = {p.parent.name: p for p in (run_dir / "sites").glob("*/audit.jsonl")}
+    assert sorted(logs) == sorted(name.lower() for name in SIZES)
+    for log in logs.values():
+        seen = set()
         for line in log.read_text().splitlines():
             entry = json.loads(line)
             seen.add(entry["type"])
@@ -102,8 +105,8 @@ def check_audit(run_dir: Path) -> None:
                     assert set(keys) <= allowed[name], (entry["type"], name, keys)
                 else:
                     assert record["type"] == "arrays"
-    assert seen == {"query.describe", "query.nyul", "train", "query.test"} | (
-        seen & {"query.validate"})
+        assert seen == {"query.describe", "query.nyul", "train", "query.test"} | (
+            seen & {"query.validate"}), log
 
 
 @pytest.fixture(scope="module")
@@ -118,15 +121,23 @@ def test_four_hospitals_fedavg_and_equal_vote_leave_nothing_running(caches, feda
                                                                      tmp_path):
     check_run(fedavg_run, 1.0)
     assert our_processes(fedavg_run) == []
-    run_dir = tmp_path / "equal-vote"
-    run_local_federation(caches, settings("equal-vote", 0.0), run_dir, echo=lambda _: None)
+    run_dir = tmp_path / "equal-vote"  # as a user runs it: `fedcmr federate`, exit code 0
+    done = subprocess.run(
+        [tool("fedcmr"), "-q", "federate", "--cache", *map(str, caches), "--strategy",
+         "equal-vote", "--profile", "smoke", "--fold", "0", "--min-subjects", "3",
+         "--round-timeout", "300", "--out", str(run_dir)], capture_output=True, text=True,
+        timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "total" in done.stdout  # the AUC table
     check_run(run_dir, 0.0)
     assert our_processes(run_dir) == []
     # every port our processes used is free again
-    for log in (fedavg_run / "logs").glob("*.log"):
-        for word in log.read_text().split():
-            if word.startswith("127.0.0.1:") and word[10:].isdigit():
-                assert port_is_free(int(word[10:]))
+    texts = [p.read_text() for p in (fedavg_run / "logs").glob("*.log")]
+    texts.append((fedavg_run / ".flwr" / "config.toml").read_text().replace('"', " "))
+    ports = {int(word[10:]) for text in texts for word in text.split()
+             if word.startswith("127.0.0.1:") and word[10:].isdigit()}
+    assert ports, "no 127.0.0.1:PORT found in the logs or connection: nothing was checked"
+    assert [p for p in ports if not port_is_free(p)] == []
 
 
 def ray_processes() -> set[int]:

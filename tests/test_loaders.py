@@ -140,3 +140,17 @@ def test_site_folder_4d_series_with_indices(tmp_path):
     assert record.frames["ED"].time_index == 2
     _, labels = read_frame(record.frames["ES"], record.label_map)
     assert sitk.GetArrayFromImage(labels).any()
+
+
+def test_on_ci_a_missing_acdc_sample_fails_instead_of_skipping(tmp_path):
+    """The real-data tests cannot turn into silent skips on CI (CI=true)."""
+    import os
+    import subprocess
+    import sys
+
+    test = f"{__file__}::test_real_acdc_sample_loads_with_lv_enclosed_by_myocardium"
+    for ci, code, said in (("true", 1, "on CI: "), ("", 0, "SKIPPED")):
+        env = {**os.environ, "CI": ci, "FEDCMR_ACDC_SAMPLE": str(tmp_path / "nowhere")}
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              test], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == code and said in out.stdout, out.stdout[-2000:]

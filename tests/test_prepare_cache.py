@@ -4,6 +4,7 @@ and nothing half-written after a crash."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,22 @@ def test_changed_crop_redoes_only_the_geometry_stage(cohort, tmp_path, n4_calls)
     run_prepare(load_acdc(cohort), PrepConfig(crop=(6, 40, 40), n4=N4Params(shrink_factor=2)),
                 cache, progress=False)
     assert len(n4_calls) == 12  # an N4 parameter redoes N4
+
+
+def test_changed_spacing_redoes_only_the_geometry_stage(cohort, tmp_path, n4_calls):
+    cache = tmp_path / "cache"
+    run_prepare(load_acdc(cohort), PrepConfig(crop=(4, 32, 32)), cache, progress=False)
+    keys = {e.file: e.key for e in read_manifest(cache)}
+    before = load_frame(cache / read_manifest(cache)[0].file)[0]
+    coarse = PrepConfig(crop=(4, 32, 32), spacing_mm=(2.0, 2.0, 1.0))
+    report = run_prepare(load_acdc(cohort), coarse, cache, progress=False)
+    assert report.computed == 6 and len(n4_calls) == 6  # resampled anew, N4 reused
+    after = {e.file: e.key for e in read_manifest(cache)}
+    assert after.keys() == keys.keys() and all(after[f] != keys[f] for f in keys)
+    image = load_frame(cache / read_manifest(cache)[0].file)[0]
+    assert image.shape == before.shape and not np.array_equal(image, before)
+    info = json.loads((cache / "prep.json").read_text())
+    assert info["params"]["spacing_mm"] == [2.0, 2.0, 1.0]
 
 
 def test_interrupted_run_leaves_nothing_a_rerun_would_trust(cohort, tmp_path, monkeypatch):

@@ -66,6 +66,12 @@ def test_train_validates_the_received_model_then_trains_seven_batches(site, orde
     assert any(not (new_state[k] == state[k]).all() for k in state if k.endswith("weight"))
     again = site_work.train(site, order, state)  # same round: same result
     assert again.train_loss == reply.train_loss
+    # the validation in the reply is the RECEIVED model's, not the trained one's
+    received = site_work.validate(site, order, state).val
+    trained = site_work.validate(site, order, new_state).val
+    assert reply.val == received
+    assert (trained.loss, trained.neg, trained.pos) != (received.loss, received.neg,
+                                                        received.pos)
 
 
 def test_test_scores_stay_at_the_site_only_counts_leave(site, order):

@@ -118,3 +118,24 @@ def test_summary_logs_the_vote_exponent_then_fedavgs_settings(caplog):
     ours = [r.getMessage() for r in caplog.records if r.name == "fedcmr.server"]
     assert any("vote_alpha" in m and "0.25" in m for m in ours)
     assert any("[11, 33]" in m for m in ours)
+
+
+def test_tempered_weights_against_hand_computed_numbers_over_rounds():
+    """alpha = 0.5: w_k = sqrt(n_k) / sum_j sqrt(n_j), worked out by hand (not with the
+    production formula), over two rounds whose n_k change, the second after a lost site."""
+    from flwr.app import Error
+
+    strategy = make_strategy("tempered", 0.5)
+    strategy.aggregate_train(1, replies())  # n_k = 12, 30, 7, 51
+    assert strategy.weights[1] == pytest.approx(
+        {11: 0.184964, 22: 0.292454, 33: 0.141269, 44: 0.381313}, abs=1e-6)
+    second = [reply(11, 20, 0), reply(22, 30, 1), reply(44, 10, 3)]
+    lost = Message(metadata=reply(33, 7, 2).metadata, error=Error(code=0, reason="node lost"))
+    aggregate, _ = strategy.aggregate_train(2, [*second, lost])
+    hand = {11: 0.341081, 22: 0.417738, 44: 0.241181}  # sqrt(20), sqrt(30), sqrt(10)
+    assert strategy.weights[2] == pytest.approx(hand, abs=1e-6)
+    assert strategy.weights[1][33] == pytest.approx(0.141269, abs=1e-6)  # round 1 kept
+    mean = {k: sum(hand[m.metadata.src_node_id] * as_numpy(m.content[ARRAYS])[k]
+                   for m in second) for k in ("w", "b")}
+    for key, value in mean.items():
+        np.testing.assert_allclose(as_numpy(aggregate)[key], value, rtol=1e-5)

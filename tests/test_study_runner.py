@@ -5,6 +5,7 @@ the model-selection rule."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedcmr.client import client_app
 from fedcmr.client.audit import audit_mod
-from fedcmr.common.protocol import ARRAYS, Kind
+from fedcmr.common.protocol import ARRAYS, Kind, Order
+from fedcmr.common.results import read_predictions
 from fedcmr.common.run_config import RunConfig
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.study_runner import StudyRunner
@@ -31,6 +33,7 @@ class InProcessGrid:
         self.contexts = contexts
         self.ids = itertools.count(1)
         self.sent: list[str] = []
+        self.routes: list[tuple[str, int]] = []  # (message type, destination node)
         self.trained: list[ArrayRecord] = []  # the global model each train exchange sent
 
     def get_node_ids(self) -> list[int]:
@@ -45,6 +48,7 @@ class InProcessGrid:
             msg.metadata.__dict__["_src_node_id"] = 0
             self.sent.append(msg.metadata.message_type)
             node = msg.metadata.dst_node_id
+            self.routes.append((msg.metadata.message_type, node))
             reply = audit_mod(msg, self.contexts[node], HANDLERS[msg.metadata.message_type])
             reply.metadata.__dict__["_src_node_id"] = node
             replies.append(reply)
@@ -58,12 +62,10 @@ def server_identity(monkeypatch):
         monkeypatch.setattr(TaskIdentity, attr, value)
 
 
-@pytest.fixture(scope="module")
-def grid(tmp_path_factory) -> InProcessGrid:
-    root = tmp_path_factory.mktemp("sites")
+def make_grid(root, sizes: dict[str, tuple[int, int]]) -> InProcessGrid:
     contexts = {}
-    for node, (centre, seed) in enumerate((("Alpha", 0), ("Bravo", 1)), start=101):
-        write_site_cache(root / centre, centre, 8, 8, seed=seed)
+    for node, (centre, (n_nor, n_hcm)) in enumerate(sizes.items(), start=101):
+        write_site_cache(root / centre, centre, n_nor, n_hcm, seed=node)
         config = {"site": centre, "data-path": str(root / centre),
                   "out-dir": str(root / f"out-{centre}")}
         contexts[node] = Context(run_id=1, node_id=node, node_config=config, state=RecordDict(),
@@ -71,14 +73,20 @@ def grid(tmp_path_factory) -> InProcessGrid:
     return InProcessGrid(contexts)
 
 
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> InProcessGrid:
+    return make_grid(tmp_path_factory.mktemp("sites"), {"Alpha": (8, 8), "Bravo": (8, 8)})
+
+
 def same_weights(a: ArrayRecord, b: ArrayRecord) -> bool:
     x, y = a.to_torch_state_dict(), b.to_torch_state_dict()
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
-def runner(grid: InProcessGrid, epochs: int) -> StudyRunner:
-    run = RunConfig(profile="smoke", epochs=epochs, min_subjects=5)
-    study = StudyRunner(grid, FederationSettings(min_sites=2, wait_sites_timeout=5, run=run))
+def runner(grid: InProcessGrid, epochs: int, **run_settings) -> StudyRunner:
+    run = RunConfig(profile="smoke", epochs=epochs, **{"min_subjects": 5, **run_settings})
+    study = StudyRunner(grid, FederationSettings(min_sites=len(grid.contexts),
+                                                 wait_sites_timeout=5, run=run))
     study.discover()
     return study
 
@@ -113,3 +121,81 @@ def test_the_final_model_is_selected_when_it_validates_best(grid, monkeypatch):
     assert outcome.best_round == 2
     # after the last round the final model is validated, then the selected one tested
     assert grid.sent[-4:] == [Kind.VALIDATE] * 2 + [Kind.TEST] * 2
+
+
+def test_the_loop_stops_after_patience_rounds_without_a_new_best(grid, monkeypatch):
+    """Smoke patience is 2: the models of rounds 2 and 3 validate worse than round 1's, so
+    the run stops after round 4 and tests round 1's model, with no final validation."""
+    scripted = iter([(0.5, 0.01), (0.6, 0.50), (0.6, 0.60), (0.6, 0.70), (0.9, 0.05)])
+    monkeypatch.setattr(StudyRunner, "_pooled_val", staticmethod(lambda replies: next(scripted)))
+    study = runner(grid, epochs=5)
+    assert study.run.hyper.patience == 2
+    sent_before = len(grid.sent)
+    outcome = study.run_fold(0)
+    assert sorted({r["round"] for r in outcome.rounds}) == [1, 2, 3, 4]
+    assert outcome.best_round == 1
+    assert Kind.VALIDATE not in grid.sent[sent_before:]
+    assert next(scripted) == (0.9, 0.05)  # round 5 and its validation never ran
+
+
+def test_histogram_refusals_are_left_out_and_named(tmp_path, monkeypatch, caplog):
+    from fedcmr.client import site_work
+    from fedcmr.common.learning.harmonise import Harmoniser
+    from fedcmr.common.replies import NyulReply
+    from fedcmr.server.study_runner import FoldOutcome, SiteFailure
+
+    small = make_grid(tmp_path, {"Alpha": (8, 8), "Charlie": (2, 2), "Delta": (8, 8)})
+    study = runner(small, epochs=1)
+    real = site_work.histogram_summary
+
+    def delta_sends_nothing(site, order):
+        return NyulReply(site=site.name) if site.name == "Delta" else real(site, order)
+
+    monkeypatch.setattr(site_work, "histogram_summary", delta_sends_nothing)
+    outcome = FoldOutcome(fold=0)
+    with caplog.at_level("WARNING", logger="fedcmr.server"):
+        harmoniser = study.histogram_round(0, outcome)
+    # Charlie (too few subjects) refused, Delta sent no summary: neither counts
+    assert sorted(outcome.refused) == ["Charlie", "Delta"]
+    assert "Charlie sent no histogram summary: refusing" in caplog.text
+    assert "Delta sent no histogram summary: no summary" in caplog.text
+    alpha = site_work.Site.open("Alpha", [tmp_path / "Alpha"], tmp_path / "x")
+    order = Order(run=study.run, fold=0)
+    alone = Harmoniser(study.run.prior).fit(alpha.parts(order)["train"])
+    assert harmoniser.landmarks == pytest.approx(alone.landmarks, abs=1e-9)
+    # when nobody releases one, the run stops with the reason
+    strict = runner(small, epochs=1, min_subjects=50)
+    with pytest.raises(SiteFailure, match="no site released a histogram summary"):
+        strict.histogram_round(0, FoldOutcome(fold=0))
+
+
+def test_leave_centre_out_trains_only_the_other_centres(grid):
+    study = runner(grid, epochs=1, protocol="lco")
+    nodes = {info.name: node for node, info in study.sites.items()}
+    assert study.run.test_centre(0) == "Alpha"
+    assert study.training_nodes(0) == [nodes["Bravo"]]
+    start = len(grid.routes)
+    outcome = study.run_fold(0)
+    routes = grid.routes[start:]
+    for kind in (Kind.NYUL, Kind.TRAIN, Kind.VALIDATE):
+        assert {dst for k, dst in routes if k == kind} == {nodes["Bravo"]}, kind
+    assert {dst for k, dst in routes if k == Kind.TEST} == set(nodes.values())
+    assert outcome.test["Alpha"].examples == 32  # every Alpha frame is a test frame
+    assert {r["site"] for r in outcome.rounds} == {"Bravo"}
+
+
+def test_end_diastole_only_federation_trains_and_tests_on_ed_frames(grid):
+    from fedcmr.client import site_work
+
+    study = runner(grid, epochs=1, phases=("ED",))
+    outcome = study.run_fold(0)
+    for node, info in study.sites.items():
+        name, config = info.name, grid.contexts[node].node_config
+        site = site_work.Site.open(name, [Path(config["data-path"])], Path(config["out-dir"]))
+        parts = site.parts(Order(run=study.run, fold=0))
+        assert {f.entry.phase for p in parts.values() for f in p} == {"ED"}
+        (row,) = [r for r in outcome.rounds if r["site"] == name]
+        assert row["n_k"] == len(parts["train"])
+        predictions = read_predictions(site.out_dir / "fold_0" / "predictions.csv")
+        assert {r["phase"] for r in predictions} == {"ED"}
+        assert outcome.test[name].examples == len(predictions) == len(parts["test"])
