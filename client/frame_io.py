@@ -122,6 +122,20 @@ def check_same_geometry(image: sitk.Image, labels: sitk.Image, path) -> None:
                         "; ".join(problems), "export the label map on the image's grid")
 
 
+def check_signal(image: sitk.Image, source: FrameSource) -> None:
+    """An image of NaN/Inf voxels, or one without any contrast, would train as a blank frame
+    with a label: refuse it, naming the file."""
+    values = sitk.GetArrayViewFromImage(image)
+    where = "" if source.time_index is None else f" at frame {source.time_index}"
+    if not np.isfinite(values).all():
+        raise DataError(source.image, f"image holds NaN or Inf values{where}",
+                        "re-export the image: a conversion step wrote invalid voxels")
+    if values.size and values.max() == values.min():
+        raise DataError(source.image, f"image is blank (every voxel is "
+                        f"{float(values.flat[0]):g}){where}",
+                        "check the export and the frame index: the series holds no signal")
+
+
 def read_frame(source: FrameSource, label_map: LabelMap) -> tuple[sitk.Image, sitk.Image]:
     """Image (float32) and label map (uint8, internal numbering) of one phase, both checked."""
     image = select_time(read_volume(source.image, "image"), source.time_index, source.image,
@@ -129,6 +143,7 @@ def read_frame(source: FrameSource, label_map: LabelMap) -> tuple[sitk.Image, si
     labels = select_time(read_volume(source.labels, "label map"), source.time_index,
                          source.labels, "label map")
     check_same_geometry(image, labels, source.labels)
+    check_signal(image, source)
     array = sitk.GetArrayViewFromImage(labels)
     unknown = label_map.unknown_values(array)
     if unknown:

@@ -118,7 +118,7 @@ def train(site: Site, order: Order, state: StateDict) -> TrainReply:
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return TrainReply(site=site.name, arrays=ArrayRecord(weights), num_examples=len(data),
                       train_loss=stats.loss, train_batches=stats.n_batches, batch_size=batch,
-                      val=val)
+                      server_round=order.server_round, val=val)
 
 
 def validate(site: Site, order: Order, state: StateDict) -> ValidateReply:

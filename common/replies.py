@@ -184,6 +184,8 @@ class TrainReply(Reply):
     train_loss: Annotated[float, Wire(METRICS)]
     train_batches: Annotated[int, Wire(METRICS)]
     batch_size: Annotated[int, Wire(METRICS)]
+    #: The round this reply answers (a late reply to an earlier round is rejected).
+    server_round: Annotated[int, Wire(METRICS)]
     val: Annotated[ScoreCounts, Wire(METRICS, prefix="val")]
 
 

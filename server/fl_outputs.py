@@ -52,6 +52,7 @@ def write_fold(out: Path, outcome: FoldOutcome) -> None:
             torch.save(outcome.best_arrays.to_torch_state_dict(), tmp)
     write_json(fold_dir / "summary.json", {
         "best_round": outcome.best_round, "refused_histogram": outcome.refused,
+        "rejected_updates": outcome.rejected,
         "reference_histogram": outcome.histogram, "bin_edges": outcome.bin_edges,
         "test": {s: {"auc": t.auc(), "n": t.examples, "loss": t.loss}
                  for s, t in outcome.test.items()}})

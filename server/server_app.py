@@ -40,5 +40,6 @@ def main(grid: Grid, context: Context) -> None:
     metrics = metrics_from_counts(outcomes, list(runner.sites.values()))
     metrics["config"] = runner.run.model_dump()
     metrics["strategy"] = {"name": settings.strategy, "vote_alpha": settings.vote_alpha}
+    metrics["rejected_updates"] = [{"fold": o.fold, **r} for o in outcomes for r in o.rejected]
     write_json(out / "metrics.json", metrics)
     log.info("federated run finished: total AUC %s", metrics["auc"].get("total"))

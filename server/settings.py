@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -15,9 +15,11 @@ from fedcmr.common.flat import FlatModel, FlatValue
 from fedcmr.common.node_config import SIM_SITES
 from fedcmr.common.run_config import RunConfig
 
-Strategy = Literal["fedavg", "equal-vote", "tempered"]
-#: The vote exponent of each strategy with a fixed one (tempered takes `vote_alpha`).
-STRATEGY_ALPHA: dict[str, float] = {"fedavg": 1.0, "equal-vote": 0.0}
+Strategy = Literal["fedavg", "equal-vote", "tempered", "median", "trimmed-mean", "krum"]
+#: The vote exponent of each strategy with a fixed one (tempered takes `vote_alpha`); the
+#: robust rules (server/strategies.py) weigh by n_k only their metrics.
+STRATEGY_ALPHA: dict[str, float] = {"fedavg": 1.0, "equal-vote": 0.0, "median": 1.0,
+                                    "trimmed-mean": 1.0, "krum": 1.0}
 
 
 class FederationSettings(FlatModel):
@@ -26,7 +28,9 @@ class FederationSettings(FlatModel):
         "wait_sites_timeout", "sim_sites")
 
     strategy: Strategy = Field("fedavg", description="site weights: n_k (fedavg), equal "
-                                                     "(equal-vote) or n_k ** alpha (tempered)")
+                                                     "(equal-vote) or n_k ** alpha (tempered); "
+                                                     "or a robust rule: median, trimmed-mean, "
+                                                     "krum (docs/federation.md)")
     #: Site weights are n_k ** vote_alpha: 1 for fedavg, 0 for equal-vote (set from the
     #: strategy), a value in [0, 1] for tempered.
     vote_alpha: float = Field(1.0, ge=0.0, le=1.0,
@@ -77,4 +81,4 @@ def strategy_alpha(name: str, vote_alpha: float | None = None) -> float:
         return vote_alpha
     if name in STRATEGY_ALPHA:
         return STRATEGY_ALPHA[name]
-    raise ValueError(f"unknown strategy {name!r}: use fedavg, equal-vote or tempered")
+    raise ValueError(f"unknown strategy {name!r}: use one of {', '.join(get_args(Strategy))}")

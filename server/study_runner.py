@@ -25,6 +25,7 @@ from fedcmr.common.replies import ScoreCounts, TrainReply
 from fedcmr.common.run_config import RunConfig
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.strategies import make_strategy
+from fedcmr.server.update_checks import screen
 
 log = logging.getLogger("fedcmr.server")
 
@@ -35,6 +36,7 @@ class SiteInfo:
     name: str
     centres: tuple[str, ...]
     frames: int
+    subjects: int = 0
 
 
 @dataclass
@@ -44,6 +46,8 @@ class FoldOutcome:
     test: dict[str, ScoreCounts] = field(default_factory=dict)  # site -> its test counts
     best_round: int = 0
     refused: list[str] = field(default_factory=list)
+    #: Updates left out of aggregation: {"round", "site", "reason"}.
+    rejected: list[dict] = field(default_factory=list)
     best_arrays: ArrayRecord | None = None
     histogram: list[float] | None = None
     bin_edges: list[float] | None = None
@@ -97,12 +101,27 @@ class StudyRunner:
         for message in self._exchange(Kind.DESCRIBE, nodes, RecordDict({CONFIG: ConfigRecord()})):
             reply = replies.DescribeReply.from_message(message)
             info = SiteInfo(message.metadata.src_node_id, reply.site, reply.centres,
-                            reply.frames)
+                            reply.frames, reply.subjects)
             self.sites[info.node_id] = info
             log.info("site %s: centres %s, %d frames", info.name, ", ".join(info.centres),
                      info.frames)
+        self._check_counts()
         centres = sorted({c for s in self.sites.values() for c in s.centres})
         self.run = self.run.model_copy(update={"centres": tuple(centres)})
+
+    def _check_counts(self) -> None:
+        """A site with fewer subjects than min-subjects will refuse its histogram summary;
+        when every site would, say so now rather than after the first fold's exchanges."""
+        least = self.run.min_subjects
+        small = sorted((s.name, s.subjects) for s in self.sites.values() if s.subjects < least)
+        if small and len(small) == len(self.sites):
+            counts = ", ".join(f"{name} {n}" for name, n in small)
+            raise SiteFailure(f"every site holds fewer subjects than min-subjects ({least}): "
+                              f"{counts}; none can release a histogram summary. Fix: add "
+                              "data, or lower --min-subjects only if every site agrees")
+        for name, n in small:
+            log.warning("site %s holds %d subjects, fewer than min-subjects (%d): it will "
+                        "release no histogram summary", name, n, least)
 
     def training_nodes(self, fold: int) -> list[int]:
         held_out = self.run.test_centre(fold)
@@ -144,9 +163,16 @@ class StudyRunner:
             received = list(self.grid.send_and_receive(
                 strategy.configure_train(rnd, arrays, order, self.grid),
                 timeout=self.settings.round_timeout))
+            received, rejected = screen(received, arrays, {n: s.frames for n, s in
+                                                           self.sites.items()},
+                                        {n: s.name for n, s in self.sites.items()}, rnd)
+            outcome.rejected += [{"round": rnd, "site": r.site, "reason": r.reason}
+                                 for r in rejected]
             ok = [r for r in received if not r.has_error()]
             if not ok:
-                raise SiteFailure(f"round {rnd}: no training site replied")
+                why = "; ".join(f"{r.site}: {r.reason}" for r in rejected) or "no reply"
+                raise SiteFailure(f"round {rnd}: no usable update from any training site "
+                                  f"({why})")
             trained = {r.metadata.src_node_id: TrainReply.from_message(r) for r in ok}
             val_auc, val_loss = self._pooled_val([t.val for t in trained.values()])
             new_arrays, _ = strategy.aggregate_train(rnd, received)

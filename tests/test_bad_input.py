@@ -78,7 +78,22 @@ def _not_nifti(root: Path) -> None:
     (folder / "BAD001_sa.nii.gz").write_text("this is not an image")
 
 
+def _nan_image(root: Path) -> None:
+    folder = write_mnms_subject(root, "BAD001")
+    image, _ = phantom(1, 2, 3)
+    write_4d(folder / "BAD001_sa.nii.gz", [np.full(image.shape, np.nan, np.float32)] * 4)
+
+
+def _blank_image(root: Path) -> None:
+    folder = write_mnms_subject(root, "BAD001")
+    image, _ = phantom(1, 2, 3)
+    write_4d(folder / "BAD001_sa.nii.gz", [np.zeros(image.shape, np.float32)] * 4)
+
+
 CASES = {
+    # ITK reads NaN voxels of a NIfTI file as 0: a NaN-filled image is a blank one
+    "nan-image": (_nan_image, mnms_row("BAD001"), "BAD001_sa.nii.gz", "image is blank"),
+    "blank-image": (_blank_image, mnms_row("BAD001"), "BAD001_sa.nii.gz", "image is blank"),
     "truncated": (_truncated, mnms_row("BAD001"), "BAD001_sa.nii.gz", "truncated"),
     "not-nifti": (_not_nifti, mnms_row("BAD001"), "BAD001_sa.nii.gz", "cannot be read"),
     "missing-labels": (_missing_labels, mnms_row("BAD001"), "BAD001_sa_gt.nii.gz", "missing"),
@@ -141,17 +156,25 @@ def test_cache_inside_the_input_root_is_refused(tmp_path, caplog):
     assert tree_digest(root) == before
 
 
-def test_acdc_frame_number_outside_the_series(tmp_path):
+def acdc_with_bad_info(tmp_path: Path, info: str) -> dict[str, str]:
+    """Two ACDC patients, the second with this Info.cfg: prepare skips it (exit 3); its
+    skipped.csv row."""
     from mri_factory import write_acdc_patient
+
     write_acdc_patient(tmp_path / "acdc", 21, "HCM", ed=1, es=3, frames=5)
     folder = write_acdc_patient(tmp_path / "acdc", 22, "HCM")
-    (folder / "Info.cfg").write_text("ED: 1\nES: 31\nGroup: HCM\nNbFrame: 30\n")
+    (folder / "Info.cfg").write_text(info)
     code = main(["-q", "prepare", "--dataset", "acdc", "--root", str(tmp_path / "acdc"),
                  "--out", str(tmp_path / "cache"), "--no-n4", "--crop", "4,32,32"])
     assert code == EXIT_SKIPPED
     (skip,) = skipped_rows(tmp_path / "cache")
-    assert skip["subject"] == "patient022" and "outside the series" in skip["problem"]
-    assert skip["file"].endswith("Info.cfg")
+    assert skip["subject"] == "patient022" and skip["file"].endswith("Info.cfg")
+    return skip
+
+
+def test_acdc_frame_number_outside_the_series(tmp_path):
+    skip = acdc_with_bad_info(tmp_path, "ED: 1\nES: 31\nGroup: HCM\nNbFrame: 30\n")
+    assert "outside the series" in skip["problem"]
 
 
 def test_site_folder_geometry_mismatch_is_reported(tmp_path):
@@ -167,3 +190,26 @@ def test_site_folder_geometry_mismatch_is_reported(tmp_path):
     assert code == EXIT_SKIPPED
     (skip,) = skipped_rows(tmp_path / "cache")
     assert "spacing" in skip["problem"] and skip["file"].endswith("a_seg.nii.gz")
+
+
+def test_acdc_info_cfg_without_a_group_is_skipped_and_named(tmp_path):
+    skip = acdc_with_bad_info(tmp_path, "ED: 1\nES: 3\nNbFrame: 4\n")
+    assert "no 'Group:' line" in skip["problem"] and "Group: NOR" in skip["fix"]
+
+
+def test_non_finite_voxels_are_refused_naming_the_file():
+    """NIfTI files reach us through ITK, which reads NaN as 0; images from other readers
+    may still hold them."""
+    import SimpleITK as sitk
+
+    from fedcmr.client.errors import DataError
+    from fedcmr.client.frame_io import check_signal
+    from fedcmr.common.frames import FrameSource
+
+    source = FrameSource(image=Path("scan.nii.gz"), labels=Path("seg.nii.gz"), time_index=2)
+    for bad in (np.nan, np.inf):
+        image = sitk.GetImageFromArray(np.array([[[0.0, 1.0, bad]]], np.float32))
+        with pytest.raises(DataError, match="scan.nii.gz: image holds NaN or Inf values at "
+                                            "frame 2"):
+            check_signal(image, source)
+    check_signal(sitk.GetImageFromArray(np.array([[[0.0, 1.0]]], np.float32)), source)

@@ -100,7 +100,7 @@ def test_strategy_names_and_alpha_checks():
     with pytest.raises(ValueError, match="vote-alpha"):
         strategy_alpha("tempered")
     with pytest.raises(ValueError, match="unknown strategy"):
-        strategy_alpha("krum")
+        strategy_alpha("fedprox")
 
 
 def test_aggregate_does_not_depend_on_the_order_replies_arrive_in():

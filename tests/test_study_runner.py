@@ -163,10 +163,14 @@ def test_histogram_refusals_are_left_out_and_named(tmp_path, monkeypatch, caplog
     order = Order(run=study.run, fold=0)
     alone = Harmoniser(study.run.prior).fit(alpha.parts(order)["train"])
     assert harmoniser.landmarks == pytest.approx(alone.landmarks, abs=1e-9)
-    # when nobody releases one, the run stops with the reason
-    strict = runner(small, epochs=1, min_subjects=50)
+    # when no train split is large enough, the run stops with the reason
+    strict = runner(small, epochs=1, min_subjects=15)  # Alpha and Delta hold 16 subjects
     with pytest.raises(SiteFailure, match="no site released a histogram summary"):
         strict.histogram_round(0, FoldOutcome(fold=0))
+    # and when no site holds enough subjects at all, it stops at discovery, with the counts
+    with pytest.raises(SiteFailure, match="every site holds fewer subjects than min-subjects "
+                                          r"\(50\): Alpha 16, Charlie 4, Delta 16"):
+        runner(small, epochs=1, min_subjects=50)
 
 
 def test_leave_centre_out_trains_only_the_other_centres(grid):
@@ -199,3 +203,34 @@ def test_end_diastole_only_federation_trains_and_tests_on_ed_frames(grid):
         predictions = read_predictions(site.out_dir / "fold_0" / "predictions.csv")
         assert {r["phase"] for r in predictions} == {"ED"}
         assert outcome.test[name].examples == len(predictions) == len(parts["test"])
+
+
+def test_a_bad_update_is_rejected_and_the_round_goes_on(grid, monkeypatch, caplog):
+    """Bravo's weights turn to NaN in round 2: that update is left out, named in the log
+    and in the outcome, and the fold finishes on Alpha's updates."""
+    import numpy as np
+    from flwr.app import Array
+
+    from fedcmr.client import site_work
+
+    real = site_work.train
+
+    def bravo_breaks_in_round_2(site, order, state):
+        reply = real(site, order, state)
+        if site.name != "Bravo" or order.server_round != 2:
+            return reply
+        nan = {k: Array(np.full_like(v.numpy(), np.nan) if v.numpy().dtype.kind == "f"
+                        else v.numpy()) for k, v in reply.arrays.items()}
+        return reply.model_copy(update={"arrays": ArrayRecord(nan)})
+
+    monkeypatch.setattr(site_work, "train", bravo_breaks_in_round_2)
+    study = runner(grid, epochs=2)
+    with caplog.at_level("ERROR", logger="fedcmr.server"):
+        outcome = study.run_fold(0)
+    assert outcome.rejected == [{"round": 2, "site": "Bravo",
+                                 "reason": outcome.rejected[0]["reason"]}]
+    assert "holds NaN or Inf" in outcome.rejected[0]["reason"]
+    assert "rejected the update of site Bravo" in caplog.text
+    assert {r["site"] for r in outcome.rounds if r["round"] == 2} == {"Alpha"}
+    final = outcome.best_arrays.to_torch_state_dict()
+    assert all(bool(v.isfinite().all()) for v in final.values() if v.is_floating_point())

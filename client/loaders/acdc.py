@@ -44,7 +44,10 @@ def _frame_number(info: dict[str, str], key: str, cfg: Path) -> int:
 
 def _subject(cfg: Path, info: dict[str, str]) -> SubjectRecord | None:
     patient = cfg.parent.name
-    diagnosis = parse_diagnosis(info.get("Group", ""))
+    if not info.get("Group"):
+        raise DataError(cfg, "has no 'Group:' line (the diagnosis)",
+                        "add the subject's diagnosis, e.g. 'Group: NOR' or 'Group: HCM'")
+    diagnosis = parse_diagnosis(info["Group"])
     if diagnosis is None:
         return None
     frames = {}
