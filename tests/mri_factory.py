@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +81,18 @@ def mnms_row(code: str, centre: int | str = 2, vendor: str = "B", ed: int = 0, e
              pathology: str = "HCM") -> str:
     names = {"A": "Siemens", "B": "Philips", "C": "GE", "D": "Canon"}
     return f"{code},{names[vendor]},{vendor},{centre},{ed},{es},50,{pathology},M,170,70\n"
+
+
+def skew_header(path: Path, degrees: float) -> Path:
+    """Shear the sform of a .nii.gz written above so that its y axis leans `degrees` towards
+    x, and clear qform_code so that ITK has no orthonormal form to fall back on (as in some
+    real M&Ms exports). nifti1.h offsets: qform_code 252 (int16), srow_x/y/z 280/296/312
+    (float32 x4 each); the writer here is little-endian."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    rows = [list(struct.unpack("<4f", raw[o : o + 16])) for o in (280, 296, 312)]
+    dy = math.sqrt(sum(row[1] ** 2 for row in rows))
+    rows[0][1] += math.tan(math.radians(degrees)) * dy
+    raw[280:296] = struct.pack("<4f", *rows[0])
+    raw[252:254] = struct.pack("<h", 0)
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path

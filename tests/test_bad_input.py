@@ -9,7 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mri_factory import MNMS_HEADER, mnms_row, phantom, write_3d, write_4d, write_mnms_subject
+from mri_factory import (
+    MNMS_HEADER,
+    mnms_row,
+    phantom,
+    skew_header,
+    write_3d,
+    write_4d,
+    write_mnms_subject,
+)
 
 from fedcmr.cli import main
 from fedcmr.common.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_SKIPPED
@@ -90,6 +98,12 @@ def _blank_image(root: Path) -> None:
     write_4d(folder / "BAD001_sa.nii.gz", [np.zeros(image.shape, np.float32)] * 4)
 
 
+def _sheared_header(root: Path) -> None:
+    folder = write_mnms_subject(root, "BAD001")
+    for name in ("BAD001_sa.nii.gz", "BAD001_sa_gt.nii.gz"):
+        skew_header(folder / name, 5.0)
+
+
 CASES = {
     # ITK reads NaN voxels of a NIfTI file as 0: a NaN-filled image is a blank one
     "nan-image": (_nan_image, mnms_row("BAD001"), "BAD001_sa.nii.gz", "image is blank"),
@@ -103,6 +117,8 @@ CASES = {
                        "unknown label values [7]"),
     "frame-outside": (lambda r: write_mnms_subject(r, "BAD001"), mnms_row("BAD001", es=9),
                       "BAD001_sa.nii.gz", "outside the series"),
+    "sheared-header": (_sheared_header, mnms_row("BAD001"), "BAD001_sa.nii.gz",
+                       "direction cosines are not orthonormal: its sform axes are 5 degrees"),
     "no-series": (lambda r: None, mnms_row("BAD001"), "BAD001_sa.nii.gz", "no image series"),
     "listed-twice": (lambda r: write_mnms_subject(r, "BAD001"),
                      mnms_row("BAD001") + mnms_row("BAD001"), ".csv", "listed 2 times"),
@@ -213,3 +229,32 @@ def test_non_finite_voxels_are_refused_naming_the_file():
                                             "frame 2"):
             check_signal(image, source)
     check_signal(sitk.GetImageFromArray(np.array([[[0.0, 1.0]]], np.float32)), source)
+
+
+def test_slightly_non_orthonormal_header_is_read_with_a_warning(tmp_path, caplog):
+    """ITK refuses direction cosines a rounding error away from orthonormal when there is no
+    qform to fall back on; fedcmr reads such a file with the nearest rotation, and says so."""
+    import SimpleITK as sitk
+
+    from fedcmr.client.frame_io import read_volume
+
+    root = tmp_path / "data"
+    folder = write_mnms_subject(root, "SKEW01")
+    image_path = folder / "SKEW01_sa.nii.gz"
+    for path in (image_path, folder / "SKEW01_sa_gt.nii.gz"):
+        skew_header(path, 0.05)
+    with pytest.raises(RuntimeError, match="orthonormal direction cosines"):
+        sitk.ReadImage(str(image_path))  # the file really is one ITK refuses
+    image = read_volume(image_path, "image")
+    direction = np.array(image.GetDirection()).reshape(4, 4)[:3, :3]
+    assert np.allclose(direction @ direction.T, np.eye(3), atol=1e-9)
+    lean = np.radians(0.05)  # the nearest rotation splits the shear between x and y
+    assert np.allclose(direction[:2, :2], [[1, -lean / 2], [lean / 2, 1]], atol=1e-5)
+    warning = next(r.getMessage() for r in caplog.records if "SKEW01" in r.getMessage())
+    assert str(image_path) in warning and "0.05 degrees from perpendicular" in warning
+
+    make_cohort(root, [mnms_row("SKEW01")])
+    assert prepare(root, tmp_path / "cache") == 0
+    with (tmp_path / "cache" / "manifest.csv").open() as handle:
+        subjects = {row["subject"] for row in csv.DictReader(handle)}
+    assert subjects == {"GOOD01", "GOOD02", "SKEW01"}

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from fedcmr.common.cache_format import FrameEntry, load_frame, read_manifest
+from fedcmr.common.cache_format import FrameEntry, check_cache, load_frame, read_manifest
 from fedcmr.common.labels import Structure
 from fedcmr.common.learning.harmonise import Harmoniser
 from fedcmr.common.run_config import Augment, Prior
@@ -31,14 +31,17 @@ class CachedFrame:
 
 
 def load_cache(caches: Sequence[Path], phases: Sequence[str] = ("ED", "ES")) -> list[CachedFrame]:
-    """Every frame of the given caches (the phases asked for), read once into memory."""
-    frames = []
-    for cache in caches:
-        for entry in read_manifest(Path(cache)):
-            if entry.phase in phases:
-                image, labels = load_frame(Path(cache) / entry.file)
-                frames.append(CachedFrame(entry, image, labels))
-    return frames
+    """Every frame of the given caches (the phases asked for), read once into memory. Each
+    cache is checked as a whole (manifest rows, every frame file's zip directory) before a
+    voxel is read, so a damaged cache is refused when it is opened, with a CacheError naming
+    the file and the fix; damage inside a file's data is a CacheError when it is read."""
+    listed = []
+    for cache in map(Path, caches):
+        entries = [e for e in read_manifest(cache) if e.phase in phases]
+        check_cache(cache, entries)
+        listed.extend((cache, e) for e in entries)
+    return [CachedFrame(entry, *load_frame(cache / entry.file, cache))
+            for cache, entry in listed]
 
 
 def prior_channels(image: torch.Tensor, labels: torch.Tensor, prior: Prior) -> torch.Tensor:
