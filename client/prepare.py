@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from fedcmr.client.bias_field import n4_correct
 from fedcmr.client.errors import DataError, DatasetError
-from fedcmr.client.frame_io import read_frame
+from fedcmr.client.frame_io import native_spacing, read_frame
 from fedcmr.client.loaders.result import LoadResult
 from fedcmr.client.prep_config import PrepConfig, digest
 from fedcmr.client.preprocess import crop_frame, resample_frame
@@ -32,6 +32,7 @@ from fedcmr.common.cache_format import (
     SKIPPED,
     SKIPPED_COLUMNS,
     FrameEntry,
+    format_info,
     frame_key,
     save_frame,
     write_manifest,
@@ -131,11 +132,7 @@ def prepare_subject(record: SubjectRecord, config: PrepConfig, cache: Path) -> S
 
 
 def _native_spacing(source: FrameSource) -> tuple[float, ...]:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(source.image))
-    reader.SetGlobalWarningDisplay(False)
-    reader.ReadImageInformation()
-    return reader.GetSpacing()[:3]
+    return native_spacing(source.image)
 
 
 def _init_worker(threads: int) -> None:
@@ -190,7 +187,8 @@ def _write_outputs(loaded: LoadResult, outcomes: list[SubjectOutcome], config: P
         if e.phase == "ED":
             by_label = counts.setdefault(e.centre, {"NOR": 0, "HCM": 0})
             by_label["HCM" if e.label else "NOR"] += 1
-    info = {"fedcmr_version": __version__, "params": config.model_dump(mode="json"),
+    info = {"fedcmr_version": __version__, **format_info(),
+            "params": config.model_dump(mode="json"),
             "subjects_by_centre": counts, "frames": len(entries), "skipped": len(skipped),
             "excluded": dict(loaded.excluded)}
     write_json(cache / PREP_INFO, info)

@@ -14,6 +14,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedcmr.common.device import placement
+from fedcmr.common.handshake import site_fingerprint
 from fedcmr.common.learning.data import CachedFrame, FrameDataset, load_cache
 from fedcmr.common.learning.harmonise import Harmoniser
 from fedcmr.common.learning.split import split_frames
@@ -47,10 +48,13 @@ class Site:
     name: str
     frames: list[CachedFrame]
     out_dir: Path
+    #: The prepared caches the frames come from (their prep.json make the fingerprint).
+    caches: tuple[Path, ...] = ()
 
     @classmethod
     def open(cls, name: str, caches: list[Path], out_dir: Path) -> Site:
-        return cls(name=name, frames=load_cache(caches), out_dir=out_dir)
+        return cls(name=name, frames=load_cache(caches), out_dir=out_dir,
+                   caches=tuple(Path(c) for c in caches))
 
     @property
     def centres(self) -> list[str]:
@@ -62,8 +66,10 @@ class Site:
 
 
 def describe(site: Site) -> DescribeReply:
+    """Who the site is, with its fingerprint; FingerprintError when its caches disagree."""
     return DescribeReply(site=site.name, centres=tuple(site.centres), frames=len(site.frames),
-                         subjects=len({f.subject for f in site.frames}))
+                         subjects=len({f.subject for f in site.frames}),
+                         fingerprint=site_fingerprint(site.caches))
 
 
 def histogram_summary(site: Site, order: Order) -> NyulReply:

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fedcmr.common.cache_format import FrameEntry, save_frame, write_manifest
+from fedcmr.client.prep_config import PrepConfig
+from fedcmr.common import __version__
+from fedcmr.common.atomic import write_json
+from fedcmr.common.cache_format import (
+    PREP_INFO,
+    FrameEntry,
+    format_info,
+    save_frame,
+    write_manifest,
+)
 from fedcmr.common.labels import Structure
 
 
@@ -28,8 +37,19 @@ def ring_frame(rng: np.random.Generator, hcm: bool, shape=(4, 24, 24), phase: st
     return image.astype(np.float32), labels
 
 
+def write_prep_info(cache: Path, config: PrepConfig, **info) -> Path:
+    """prep.json as `fedcmr prepare` writes it, with `config`'s parameters; `info` replaces
+    top-level keys (a value None removes the key: an old cache without it)."""
+    record = {"fedcmr_version": __version__, **format_info(),
+              "params": config.model_dump(mode="json"), **info}
+    write_json(cache / PREP_INFO, {k: v for k, v in record.items() if v is not None})
+    return cache
+
+
 def write_site_cache(cache: Path, centre: str, n_nor: int, n_hcm: int, seed: int = 0,
-                     shape=(4, 24, 24)) -> Path:
+                     shape=(4, 24, 24), prep: PrepConfig | None = None) -> Path:
+    """A cache of ring frames, with a prep.json of `prep` (default: the defaults, cropped to
+    `shape`, which the frames have)."""
     rng = np.random.default_rng(seed)
     entries = []
     for i in range(n_nor + n_hcm):
@@ -42,6 +62,7 @@ def write_site_cache(cache: Path, centre: str, n_nor: int, n_hcm: int, seed: int
             entries.append(FrameEntry(subject=subject, centre=centre, vendor="test",
                                       label=int(hcm), phase=phase, file=rel, key="test"))
     write_manifest(cache, entries)
+    write_prep_info(cache, prep or PrepConfig(crop=shape))
     return cache
 
 
