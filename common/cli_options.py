@@ -19,6 +19,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_SKIPPED = 3
+#: The run finished, but its figures miss a site (named in the log and metrics.json).
+EXIT_PARTIAL = 4
 EXIT_INTERRUPTED = 130
 
 

@@ -23,6 +23,9 @@ class Kind(StrEnum):
     TRAIN = MessageType.TRAIN  # local training (+ validation of the received model)
     VALIDATE = f"{MessageType.QUERY}.validate"  # validation of a global model (final round)
     TEST = f"{MessageType.QUERY}.test"  # scoring of the best model on the site's test split
+    #: The study run is over: the site marks it in its out-dir and its `fedcmr client`
+    #: stops (client/commands.py); sent once, after the results are written.
+    FINISHED = f"{MessageType.QUERY}.finished"
 
     @property
     def action(self) -> str | None:
@@ -32,6 +35,8 @@ class Kind(StrEnum):
 
 #: Record names inside a message's RecordDict.
 ARRAYS, CONFIG, METRICS, SITE = "arrays", "config", "metrics", "site"
+#: The file a site writes into its out-dir on FINISHED (its run id and time, as JSON).
+FINISHED_MARKER = ".run-finished"
 
 
 class Order(BaseModel):

@@ -18,6 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from pydantic import BaseModel, ConfigDict
 
+from fedcmr.common.handshake import SiteFingerprint
 from fedcmr.common.metrics import auc_from_counts, binned_counts
 from fedcmr.common.nyul import NyulSummary
 from fedcmr.common.protocol import ARRAYS, METRICS, SITE, Kind
@@ -157,11 +158,15 @@ def _plain(value: Any) -> Any:
 
 
 class DescribeReply(Reply):
+    """Who the site is, and its fingerprint for the coordinator's handshake (the fedcmr
+    version, model digest and what its caches were prepared with: common/handshake.py)."""
+
     kind = Kind.DESCRIBE
 
     centres: Annotated[tuple[str, ...], Wire(SITE)]
     frames: Annotated[int, Wire(METRICS)]
     subjects: Annotated[int, Wire(METRICS)]
+    fingerprint: Annotated[SiteFingerprint, Wire(SITE, prefix="fingerprint")]
 
 
 class NyulReply(Reply):
@@ -202,8 +207,14 @@ class TestReply(Reply):
     test: Annotated[ScoreCounts, Wire(METRICS, prefix="test")]
 
 
+class FinishedReply(Reply):
+    """The site took note that the run is over (its `fedcmr client` stops): its name only."""
+
+    kind = Kind.FINISHED
+
+
 REPLIES: dict[Kind, type[Reply]] = {cls.kind: cls for cls in (
-    DescribeReply, NyulReply, TrainReply, ValidateReply, TestReply)}
+    DescribeReply, NyulReply, TrainReply, ValidateReply, TestReply, FinishedReply)}
 #: For every message kind, the records and keys its reply may hold: derived from the models.
 REPLY_ALLOWED: dict[str, dict[str, set[str]]] = {
     kind: cls.allowed() for kind, cls in REPLIES.items()}

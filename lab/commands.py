@@ -40,23 +40,26 @@ def federate(caches: list[Path], settings, out: Path, security=None,
     """A local federation of the caches, its AUC table printed."""
     from fedcmr.common.results import auc_table
     from fedcmr.lab.local_federation import run_local_federation
+    from fedcmr.server.commands import exit_code
 
     metrics = run_local_federation(caches, settings, out, security, threads_per_site,
                                    echo=(lambda _: None) if quiet else print, runtime=runtime)
     print(auc_table(metrics))
     log.info("federated run in %s (%.0f s): metrics.json, predictions.csv, rounds.csv",
              out, metrics.get("elapsed_s", 0))
-    return EXIT_OK
+    return exit_code(metrics)
 
 
 def cmd_federate(args: argparse.Namespace) -> int:
     from fedcmr.lab.local_federation import sites_from_caches
+    from fedcmr.server.checkpoint import check_resume
     from fedcmr.server.commands import settings_from_args
     from fedcmr.server.security import security_from_dir
 
     try:
         sites = sites_from_caches(args.cache)
         settings = settings_from_args(args, [])
+        check_resume(args.out.resolve(), settings)
         security = security_from_dir(args.secure, [s.name for s in sites]) \
             if args.secure else None
         if security and args.runtime == "simulation":
@@ -77,6 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fedcmr.client.prep_config import PrepConfig
     from fedcmr.common.centres import ACDC_CENTRE, STUDY_MNMS_CENTRES, slug
     from fedcmr.lab.synthetic import synthesize
+    from fedcmr.server.checkpoint import check_resume
     from fedcmr.server.settings import FederationSettings, strategy_alpha
     from fedcmr.server.superlink import require_ray
 
@@ -85,8 +89,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             require_ray()
         settings = FederationSettings(
             strategy=args.strategy, vote_alpha=strategy_alpha(args.strategy, args.vote_alpha),
-            round_timeout=args.round_timeout,
+            round_timeout=args.round_timeout, min_sites=args.min_sites,
+            rejoin_timeout=args.rejoin_timeout,
+            # a demo run again continues its earlier run (same settings) or says why not
+            resume=args.resume or (args.out / "federated/checkpoint/settings.json").exists(),
             run=RunConfig(folds=args.fold, profile=args.profile, epochs=args.epochs))
+        check_resume((args.out / "federated").resolve(), settings)
     except (RuntimeError, ValueError) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT

@@ -97,7 +97,7 @@ def run_local_federation(caches: list[Path], settings: FederationSettings, run_d
     """Start everything, run, gather, stop everything; returns metrics.json's content."""
     run_dir = run_dir.resolve()
     sites = sites_from_caches(caches)
-    settings = settings.model_copy(update={"out_dir": run_dir, "min_sites": len(sites)})
+    settings = settings.model_copy(update={"out_dir": run_dir, "sites": len(sites)})
     started = time.monotonic()
     with LocalFederation(run_dir, security, runtime=runtime, sites=sites,
                          threads_per_site=threads_per_site) as fed:

@@ -16,6 +16,9 @@ def add_strategy_options(p: argparse.ArgumentParser) -> None:
                      help="tempered: site weights proportional to n_k ** alpha (0..1); "
                           "fedavg is 1, equal-vote 0")
     add_model_option(p, FederationSettings, "round_timeout")
+    add_model_option(p, FederationSettings, "min_sites")
+    add_model_option(p, FederationSettings, "rejoin_timeout")
+    add_model_option(p, FederationSettings, "resume")
 
 
 def add_centralized(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +34,7 @@ def add_server(sub: argparse._SubParsersAction) -> None:
     add_strategy_options(p)
     p.add_argument("--host", default="0.0.0.0", help="address to serve the hospitals on")
     p.add_argument("--port", type=int, default=9092, help="port the hospitals connect to")
-    add_model_option(p, FederationSettings, "min_sites", "--sites", default=None,
-                     required=True)
+    add_model_option(p, FederationSettings, "sites", default=None, required=True)
     add_model_option(p, FederationSettings, "wait_sites_timeout", "--wait-sites")
     p.add_argument("--secure", type=Path, default=None, metavar="CERT_DIR",
                    help="TLS + node authentication (files of deploy/make_certificates.sh)")

@@ -11,7 +11,8 @@ import torch
 
 from fedcmr.common.atomic import atomic_path, write_csv, write_json
 from fedcmr.common.metrics import auc_from_counts
-from fedcmr.server.study_runner import FoldOutcome, SiteInfo
+from fedcmr.server.roster import Roster, SiteInfo
+from fedcmr.server.study_runner import FoldOutcome
 
 ROUND_COLUMNS = ("fold", "round", "site", "n_k", "weight", "train_loss", "batch_size",
                  "val_loss_received", "val_auc_received", "pooled_val_loss_received",
@@ -56,3 +57,18 @@ def write_fold(out: Path, outcome: FoldOutcome) -> None:
         "reference_histogram": outcome.histogram, "bin_edges": outcome.bin_edges,
         "test": {s: {"auc": t.auc(), "n": t.examples, "loss": t.loss}
                  for s, t in outcome.test.items()}})
+
+
+def site_coverage(outcomes: Sequence[FoldOutcome], roster: Roster) -> dict:
+    """Which sites the figures cover: a site counts when every fold's test holds it. A
+    site missing from any (or refused at discovery) is lost, with the last reason known."""
+    asked = sorted(set(roster.sites) | set(roster.refused) | roster.expected)
+    covered = [n for n in asked if outcomes and all(n in o.test for o in outcomes)]
+    lost = {n: roster.refused.get(n) or roster.away.get(n)
+            or ("not back since the resume" if n not in roster.sites else "no test counts")
+            for n in asked if n not in covered}
+    rounds_missed: dict[str, list[str]] = {}
+    for event in roster.events:
+        if event["event"] == "lost":
+            rounds_missed.setdefault(event["site"], []).append(event["when"])
+    return {"asked": asked, "covered": covered, "lost": lost, "losses": rounds_missed}

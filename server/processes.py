@@ -3,6 +3,7 @@ all stopped again (with every descendant) however the launcher ends."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -35,16 +36,29 @@ def port_is_free(port: int) -> bool:
 
 
 class ProcessGroup:
-    """The processes one launcher started; `logs/NAME.log` holds each one's output."""
+    """The processes one launcher started; `logs/NAME.log` holds each one's output.
+
+    Their descendants (Flower's superexec, flwr-serverapp, flwr-clientapp) are looked up
+    while they run (`remember()`), not only at stop: a SuperLink killed with SIGKILL leaves
+    its children re-parented to init, where no tree walk finds them. Every process known is
+    listed in logs/pids.json (pid and start time), so that a launcher started again in the
+    same folder (`--resume` after the launcher itself was killed) stops what the killed one
+    left running before it starts anything.
+    """
 
     def __init__(self, cwd: Path, env: dict[str, str]):
         self.cwd = cwd
         self.env = env
         self.processes: list[tuple[str, subprocess.Popen]] = []
+        self.known: set[tuple[int, int]] = set()  # (pid, start time)
 
     @property
     def logs(self) -> Path:
         return self.cwd / "logs"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.logs / "pids.json"
 
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -52,6 +66,7 @@ class ProcessGroup:
             proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT,
                                     env=self.env, start_new_session=True, cwd=self.cwd)
         self.processes.append((name, proc))
+        self.remember()
         return proc
 
     def adopt(self, name: str, proc: subprocess.Popen) -> None:
@@ -61,11 +76,44 @@ class ProcessGroup:
     def dead(self) -> list[str]:
         return [name for name, proc in self.processes if proc.poll() is not None]
 
+    def remember(self) -> None:
+        """Note every live descendant now (and list them in logs/pids.json)."""
+        pids = {proc.pid for _, proc in self.processes if proc.poll() is None}
+        found = {(pid, start) for pid in pids | _descendants(pids)
+                 if (start := _start_time(pid)) is not None}
+        if found - self.known:
+            self.known |= found
+            self._write_pid_file()
+
+    def _write_pid_file(self) -> None:
+        from fedcmr.common.atomic import write_json
+
+        write_json(self.pid_file, sorted(self.known))
+
+    def stop_leftovers(self) -> list[int]:
+        """Stop the processes an earlier launcher of this folder left running."""
+        if not self.pid_file.exists():
+            return []
+        try:
+            entries = [tuple(e) for e in json.loads(self.pid_file.read_text())]
+        except (OSError, ValueError):
+            return []
+        alive = [pid for pid, start in entries if _start_time(pid) == start]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in alive:
+                _signal_pid(pid, sig)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and any(_start_time(p) for p in alive):
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return alive
+
     def stop(self) -> None:
         """SIGTERM everything we started and every descendant (Flower's superexec starts a
         session of its own, so process groups alone miss it), then SIGKILL what is left."""
+        self.remember()
         pids = {proc.pid for _, proc in self.processes}
-        pids |= _descendants(pids)
+        pids |= _descendants(pids) | self._known_alive()
         for _, proc in reversed(self.processes):
             _signal_group(proc, signal.SIGTERM)
         for pid in pids:
@@ -77,11 +125,16 @@ class ProcessGroup:
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop on SIGTERM; killing it", name)
             _signal_group(proc, signal.SIGKILL)
-        for pid in pids | _descendants(pids):
+        for pid in pids | _descendants(pids) | self._known_alive():
             _signal_pid(pid, signal.SIGKILL)
         for _, proc in self.processes:
             proc.wait()
         self.processes.clear()
+        self.known.clear()
+        self.pid_file.unlink(missing_ok=True)
+
+    def _known_alive(self) -> set[int]:
+        return {pid for pid, start in self.known if _start_time(pid) == start}
 
 
 def exit_on_termination() -> None:
@@ -124,3 +177,13 @@ def _signal_pid(pid: int, sig: int) -> None:
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot), None when it is gone: with the pid
+    it names one process, never a later one that reuses the pid."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[19])

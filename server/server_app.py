@@ -1,7 +1,14 @@
-"""The coordinator's Flower ServerApp: one study run (every requested fold)."""
+"""The coordinator's Flower ServerApp: one study run (every requested fold), checkpointed
+after every round, resumable with `resume`, and honest about the sites it covers.
+
+OUT/status.json says how the run ended: "completed" (every site in every fold's figures),
+"partial" (finished, but the figures miss a site: named, with the reason) or "stopped" (too
+few sites; the checkpoint is kept for --resume). The launchers turn it into exit codes.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 
 from flwr.app import Context
@@ -9,9 +16,11 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedcmr.common import __version__
 from fedcmr.common.atomic import write_json
-from fedcmr.server.fl_outputs import metrics_from_counts, write_fold, write_rounds
+from fedcmr.server.audit_trail import write_jsonl
+from fedcmr.server.checkpoint import Checkpoint
+from fedcmr.server.fl_outputs import metrics_from_counts, site_coverage, write_fold, write_rounds
 from fedcmr.server.settings import FederationSettings
-from fedcmr.server.study_runner import StudyRunner
+from fedcmr.server.study_runner import FoldOutcome, SiteFailure, StudyRunner
 
 log = logging.getLogger("fedcmr.server")
 
@@ -25,21 +34,63 @@ def main(grid: Grid, context: Context) -> None:
     settings = FederationSettings.from_flat(context.run_config)
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    runner = StudyRunner(grid, settings)
-    runner.discover()
-    write_json(out / "config.json", {"mode": "federated", "fedcmr_version": __version__,
-                                     "settings": settings.model_dump(mode="json"),
-                                     "centres": runner.run.centres})
-    outcomes = []
-    for fold in runner.run.fold_list():
-        log.info("fold %d of %s: %s", fold, runner.run.fold_list(), runner.run.protocol)
-        outcome = runner.run_fold(fold)
-        write_fold(out, outcome)
-        outcomes.append(outcome)
-        write_rounds(out / "rounds.csv", outcomes)
+    (out / "status.json").unlink(missing_ok=True)  # an earlier attempt's
+    checkpoint = Checkpoint(out, settings)
+    checkpoint.open()
+    runner = StudyRunner(grid, settings, checkpoint)
+    events = out / "site_events.jsonl"
+    if settings.resume and events.exists():  # the earlier attempts' losses still count
+        runner.roster.events = [json.loads(line) for line in events.read_text().splitlines()]
+    try:
+        outcomes = run_study(runner, out)
+    except SiteFailure as err:
+        write_json(out / "status.json", {"status": "stopped", "reason": str(err),
+                                         "sites": site_coverage([], runner.roster)})
+        write_jsonl(out / "site_events.jsonl", runner.roster.events)
+        raise
+    coverage = site_coverage(outcomes, runner.roster)
     metrics = metrics_from_counts(outcomes, list(runner.sites.values()))
     metrics["config"] = runner.run.model_dump()
     metrics["strategy"] = {"name": settings.strategy, "vote_alpha": settings.vote_alpha}
+    metrics["sites"] = coverage
     metrics["rejected_updates"] = [{"fold": o.fold, **r} for o in outcomes for r in o.rejected]
     write_json(out / "metrics.json", metrics)
+    write_jsonl(out / "site_events.jsonl", runner.roster.events)
+    status = "partial" if coverage["lost"] else "completed"
+    write_json(out / "status.json", {"status": status, "sites": coverage})
+    if coverage["lost"]:
+        log.error("the figures cover %d of %d sites (%s); lost: %s", len(coverage["covered"]),
+                  len(coverage["asked"]), ", ".join(coverage["covered"]),
+                  "; ".join(f"{n} ({why})" for n, why in coverage["lost"].items()))
     log.info("federated run finished: total AUC %s", metrics["auc"].get("total"))
+    from fedcmr.server.farewell import announce_finished  # hospitals stop: server/farewell.py
+    announce_finished(grid, names={n: s.name for n, s in runner.sites.items()})
+
+
+def run_study(runner: StudyRunner, out) -> list[FoldOutcome]:
+    runner.discover()
+    settings = runner.settings
+    write_json(out / "config.json", {"mode": "federated", "fedcmr_version": __version__,
+                                     "settings": settings.model_dump(mode="json"),
+                                     "centres": runner.run.centres})
+    outcomes: list[FoldOutcome] = []
+
+    def progress(outcome: FoldOutcome) -> None:
+        done = [*outcomes, outcome]
+        write_rounds(out / "rounds.csv", done)
+        write_jsonl(out / "audit.jsonl", [row for o in done for row in o.audit])
+
+    runner.on_round = progress
+    for fold in runner.run.fold_list():
+        outcome = runner.finished_fold(fold)
+        if outcome is not None:
+            log.info("fold %d: finished in the checkpoint; kept", fold)
+        else:
+            log.info("fold %d of %s: %s", fold, runner.run.fold_list(), runner.run.protocol)
+            outcome = runner.run_fold(fold)
+            write_fold(out, outcome)
+            runner.save_finished(outcome)
+        outcomes.append(outcome)
+        write_rounds(out / "rounds.csv", outcomes)
+        write_jsonl(out / "audit.jsonl", [row for o in outcomes for row in o.audit])
+    return outcomes

@@ -24,8 +24,8 @@ STRATEGY_ALPHA: dict[str, float] = {"fedavg": 1.0, "equal-vote": 0.0, "median": 
 
 class FederationSettings(FlatModel):
     FLAT: ClassVar[tuple[str, ...]] = (
-        "strategy", "vote_alpha", "out_dir", "round_timeout", "min_sites",
-        "wait_sites_timeout", "sim_sites")
+        "strategy", "vote_alpha", "out_dir", "round_timeout", "sites", "min_sites",
+        "wait_sites_timeout", "rejoin_timeout", "resume", "sim_sites")
 
     strategy: Strategy = Field("fedavg", description="site weights: n_k (fedavg), equal "
                                                      "(equal-vote) or n_k ** alpha (tempered); "
@@ -43,10 +43,22 @@ class FederationSettings(FlatModel):
                                                           "replies to one message")
     #: How many sites must have connected before the run starts: the study's four
     #: hospitals unless the launcher or `fedcmr server --sites` says otherwise.
-    min_sites: int = Field(4, ge=1, description="hospitals to wait for")
+    sites: int = Field(4, ge=1, description="hospitals to wait for before the run starts")
     #: How long to wait for them: hospitals prepare their data before they connect.
     wait_sites_timeout: float = Field(1800.0, gt=0, description="seconds to wait for the "
                                                                 "hospitals to connect")
+    #: A round is aggregated from at least this many training sites. Two: one site's
+    #: update alone is local training, not a federation; with four hospitals (three
+    #: training sites under leave-centre-out) the study survives the loss of one.
+    min_sites: int = Field(2, ge=1, description="fewest training sites a round may be "
+                                                "aggregated from")
+    #: With fewer, or to test at a site that is away, the run waits this long for lost
+    #: sites to come back, then stops (resumable with --resume) or reports without them.
+    rejoin_timeout: float = Field(600.0, ge=0, description="seconds to wait for lost sites "
+                                                           "to come back")
+    #: Continue the run in out_dir from its checkpoint (finished folds are kept).
+    resume: bool = Field(False, description="continue the run in --out from its last "
+                                            "completed round")
     #: Simulation runtime only: the JSON node table simulated nodes read their site from
     #: (common/node_config.py); empty for SuperNodes, which have their own node config.
     sim_sites: str = Field("", alias=SIM_SITES)

@@ -3,16 +3,23 @@
 describe -> histogram round (Nyul summaries, combined N_k / N) -> training rounds (each reply
 also validates the model it received) -> validation of the last model -> test of the best
 model at every site (per-class binned score counts only).
+
+Sites come and go (server/roster.py): a round is aggregated from the training sites that
+answer with a usable update, when there are at least min-sites of them; otherwise the round
+waits (at most rejoin-timeout) for lost sites to come back and is sent again, or the run
+stops, resumable from the checkpoint written after every completed round
+(server/checkpoint.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedcmr.common import nyul, replies
@@ -23,20 +30,16 @@ from fedcmr.common.model import build_model
 from fedcmr.common.protocol import ARRAYS, CONFIG, Kind, Order
 from fedcmr.common.replies import ScoreCounts, TrainReply
 from fedcmr.common.run_config import RunConfig
+from fedcmr.server.audit_trail import model_hash
+from fedcmr.server.checkpoint import Checkpoint, FoldState, restore_rng, state_dict
+from fedcmr.server.handshake import HandshakeError, check_sites
+from fedcmr.server.roster import POLL, Roster, SiteFailure, SiteInfo
 from fedcmr.server.settings import FederationSettings
-from fedcmr.server.strategies import make_strategy
+from fedcmr.server.strategies import FoldTraining, make_strategy
 from fedcmr.server.update_checks import screen
 
 log = logging.getLogger("fedcmr.server")
-
-
-@dataclass(frozen=True)
-class SiteInfo:
-    node_id: int
-    name: str
-    centres: tuple[str, ...]
-    frames: int
-    subjects: int = 0
+__all__ = ["FoldOutcome", "SiteFailure", "SiteInfo", "StudyRunner"]
 
 
 @dataclass
@@ -48,73 +51,78 @@ class FoldOutcome:
     refused: list[str] = field(default_factory=list)
     #: Updates left out of aggregation: {"round", "site", "reason"}.
     rejected: list[dict] = field(default_factory=list)
+    #: One row per aggregated round (server/audit_trail.py).
+    audit: list[dict] = field(default_factory=list)
     best_arrays: ArrayRecord | None = None
     histogram: list[float] | None = None
     bin_edges: list[float] | None = None
 
-
-class SiteFailure(RuntimeError):
-    pass
+    @classmethod
+    def of(cls, state: FoldState) -> FoldOutcome:
+        best = None if state.best_arrays is None else ArrayRecord(state.best_arrays)
+        return cls(fold=state.fold, rounds=state.rounds, test=state.test_counts(),
+                   best_round=state.best_round, refused=state.refused,
+                   rejected=state.rejected, audit=state.audit, best_arrays=best,
+                   histogram=state.histogram, bin_edges=state.bin_edges)
 
 
 class StudyRunner:
-    def __init__(self, grid: Grid, settings: FederationSettings):
+    def __init__(self, grid: Grid, settings: FederationSettings,
+                 checkpoint: Checkpoint | None = None):
         self.grid = grid
         self.settings = settings
-        self.sites: dict[int, SiteInfo] = {}
+        self.roster = Roster(grid, settings)
         self.run: RunConfig = settings.run
+        self.checkpoint = checkpoint
+        #: Called after every completed round with the fold's outcome so far.
+        self.on_round: Callable[[FoldOutcome], None] = lambda outcome: None
 
-    # -- message plumbing ------------------------------------------------------------
-    def _exchange(self, message_type: Kind, nodes: list[int], content: RecordDict
-                  ) -> list[Message]:
-        messages = [Message(content=content, message_type=message_type, dst_node_id=n)
-                    for n in nodes]
-        received = list(self.grid.send_and_receive(messages, timeout=self.settings.round_timeout))
-        ok = [r for r in received if not r.has_error()]
-        for r in received:
-            if r.has_error():
-                name = self._name(r.metadata.src_node_id)
-                log.error("site %s failed %s: %s", name, message_type, r.error.reason)
-        missing = len(nodes) - len(received)
-        if missing:
-            log.error("%d site(s) did not answer %s within %.0f s", missing, message_type,
-                      self.settings.round_timeout)
-        if not ok:
-            raise SiteFailure(f"no site answered {message_type}; see the errors above")
-        return ok
-
-    def _name(self, node_id: int) -> str:
-        info = self.sites.get(node_id)
-        return info.name if info else f"node {node_id}"
+    @property
+    def sites(self) -> dict[int, SiteInfo]:
+        """The sites by their current node id."""
+        return {s.node_id: s for s in self.roster.sites.values()}
 
     def _order(self, fold: int, **kw) -> RecordDict:
         return RecordDict({CONFIG: Order(run=self.run, fold=fold, **kw).to_record()})
 
     # -- the protocol ------------------------------------------------------------------
     def discover(self) -> None:
-        deadline = time.monotonic() + self.settings.wait_sites_timeout
-        while len(nodes := list(self.grid.get_node_ids())) < self.settings.min_sites:
-            if time.monotonic() > deadline:
-                raise SiteFailure(f"only {len(nodes)} of {self.settings.min_sites} sites "
-                                  f"connected within {self.settings.wait_sites_timeout:.0f} s")
-            time.sleep(1)
-        for message in self._exchange(Kind.DESCRIBE, nodes, RecordDict({CONFIG: ConfigRecord()})):
-            reply = replies.DescribeReply.from_message(message)
-            info = SiteInfo(message.metadata.src_node_id, reply.site, reply.centres,
-                            reply.frames, reply.subjects)
-            self.sites[info.node_id] = info
-            log.info("site %s: centres %s, %d frames", info.name, ", ".join(info.centres),
-                     info.frames)
+        self.roster.wait_for(self.settings.sites, self.settings.wait_sites_timeout)
+        self.roster.refresh("discovery")
+        try:
+            refused = check_sites({n: r.fingerprint for n, r in self.roster.described.items()})
+        except HandshakeError as err:
+            raise SiteFailure(str(err)) from err
+        for name, reason in refused.items():
+            self.roster.refuse(name, reason)
+        self.roster.admit = self._admit
+        if self.checkpoint:
+            known = self.checkpoint.remember_sites(sorted(self.roster.sites))
+            self.roster.expected = set(known)
+            for name in sorted(set(known) - set(self.roster.sites)):
+                log.error("site %s took part before the resume and is not back", name)
+        if not self.roster.sites:
+            why = "; ".join(f"{n}: {r}" for n, r in sorted(self.roster.refused.items()))
+            raise SiteFailure(f"no site answered describe ({why})")
         self._check_counts()
-        centres = sorted({c for s in self.sites.values() for c in s.centres})
+        centres = sorted({c for s in self.roster.sites.values() for c in s.centres})
         self.run = self.run.model_copy(update={"centres": tuple(centres)})
+
+    def _admit(self, reply: replies.DescribeReply) -> str | None:
+        """A site coming back must still pass the handshake against the others."""
+        others = {n: r.fingerprint for n, r in self.roster.described.items() if n != reply.site}
+        try:
+            return check_sites({**others, reply.site: reply.fingerprint}).get(reply.site)
+        except HandshakeError as err:
+            return str(err)
 
     def _check_counts(self) -> None:
         """A site with fewer subjects than min-subjects will refuse its histogram summary;
         when every site would, say so now rather than after the first fold's exchanges."""
         least = self.run.min_subjects
-        small = sorted((s.name, s.subjects) for s in self.sites.values() if s.subjects < least)
-        if small and len(small) == len(self.sites):
+        sites = self.roster.sites.values()
+        small = sorted((s.name, s.subjects) for s in sites if s.subjects < least)
+        if small and len(small) == len(sites):
             counts = ", ".join(f"{name} {n}" for name, n in small)
             raise SiteFailure(f"every site holds fewer subjects than min-subjects ({least}): "
                               f"{counts}; none can release a histogram summary. Fix: add "
@@ -123,13 +131,18 @@ class StudyRunner:
             log.warning("site %s holds %d subjects, fewer than min-subjects (%d): it will "
                         "release no histogram summary", name, n, least)
 
-    def training_nodes(self, fold: int) -> list[int]:
+    def training_sites(self, fold: int) -> list[str]:
         held_out = self.run.test_centre(fold)
-        return sorted(n for n, s in self.sites.items() if held_out not in s.centres)
+        return sorted(n for n, s in self.roster.sites.items() if held_out not in s.centres)
+
+    def training_nodes(self, fold: int) -> list[int]:
+        return sorted(self.roster.sites[n].node_id for n in self.training_sites(fold))
 
     def histogram_round(self, fold: int, outcome: FoldOutcome) -> Harmoniser:
         summaries = []
-        for message in self._exchange(Kind.NYUL, self.training_nodes(fold), self._order(fold)):
+        answers = self.roster.ask_all(Kind.NYUL, self.training_sites(fold), self._order(fold),
+                                      f"fold {fold} histogram round")
+        for message in answers.values():
             reply = replies.NyulReply.from_message(message)
             if reply.summary is None:
                 outcome.refused.append(reply.site)
@@ -147,63 +160,169 @@ class StudyRunner:
         outcome.bin_edges = list(summaries[0].bin_edges)
         return Harmoniser(self.run.prior).with_summaries(summaries)
 
-    def run_fold(self, fold: int) -> FoldOutcome:
+    def _start_fold(self, fold: int) -> FoldState:
+        saved = self.checkpoint.load(fold) if self.checkpoint else None
+        if saved is not None:
+            log.info("fold %d: resuming after round %d (best so far: round %d)", fold,
+                     saved.round, saved.best_round)
+            restore_rng(saved.rng)
+            return saved
         outcome = FoldOutcome(fold=fold)
         landmarks = self.histogram_round(fold, outcome).landmarks
         model, init = build_model(self.run.pretrained, self.run.fold_seed(fold))
-        arrays = ArrayRecord(model.state_dict())
+        arrays = state_dict(ArrayRecord(model.state_dict()))
+        return FoldState(fold=fold, arrays=arrays, best_arrays=arrays, landmarks=landmarks,
+                         init_source=init.source, histogram=outcome.histogram,
+                         bin_edges=outcome.bin_edges, refused=outcome.refused)
+
+    def finished_fold(self, fold: int) -> FoldOutcome | None:
+        saved = self.checkpoint.load(fold) if self.checkpoint else None
+        return FoldOutcome.of(saved) if saved is not None and saved.done else None
+
+    def run_fold(self, fold: int) -> FoldOutcome:
+        state = self._start_fold(fold)
         strategy = make_strategy(self.settings.strategy, self.settings.vote_alpha)
-        strategy.train_nodes = self.training_nodes(fold)
-        hyper = self.run.hyper
-        stopper = EarlyStopping(hyper.patience)
-        best_arrays, best_round = arrays, 0
-        for rnd in range(1, hyper.max_epochs + 1):
-            order = Order(run=self.run, fold=fold, server_round=rnd, landmarks=landmarks,
-                          init_source=init.source).to_record()
-            received = list(self.grid.send_and_receive(
-                strategy.configure_train(rnd, arrays, order, self.grid),
-                timeout=self.settings.round_timeout))
-            received, rejected = screen(received, arrays, {n: s.frames for n, s in
-                                                           self.sites.items()},
-                                        {n: s.name for n, s in self.sites.items()}, rnd)
-            outcome.rejected += [{"round": rnd, "site": r.site, "reason": r.reason}
-                                 for r in rejected]
-            ok = [r for r in received if not r.has_error()]
-            if not ok:
-                why = "; ".join(f"{r.site}: {r.reason}" for r in rejected) or "no reply"
-                raise SiteFailure(f"round {rnd}: no usable update from any training site "
-                                  f"({why})")
-            trained = {r.metadata.src_node_id: TrainReply.from_message(r) for r in ok}
+        strategy.weights = state.strategy_weights
+        stopper = EarlyStopping(self.run.hyper.patience)
+        stopper.__dict__.update(state.stopper)
+        arrays = ArrayRecord(state.arrays)
+        best_arrays, best_round = ArrayRecord(state.best_arrays), state.best_round
+        outcome = FoldOutcome.of(state)
+        max_rounds = self.run.hyper.max_epochs
+        stopped = stopper.should_stop
+        for rnd in range(state.round + 1, max_rounds + 1):
+            if stopped:
+                break
+            ok, trained = self._train_round(fold, rnd, arrays, strategy, state, outcome)
             val_auc, val_loss = self._pooled_val([t.val for t in trained.values()])
-            new_arrays, _ = strategy.aggregate_train(rnd, received)
-            self._log_round(outcome, rnd, trained, strategy.weights.get(rnd, {}), val_auc,
-                            val_loss)
+            new_arrays, _ = strategy.aggregate_train(rnd, ok)
+            weights = strategy.weights.get(rnd, {})
+            self._log_round(outcome, rnd, trained, weights, val_auc, val_loss)
             # The model these replies validated is the previous round's global model. Round
             # 1's is the untrained initialisation: never a candidate (the centralised loop
             # never scores its untrained model either), though its loss of ln 2 can beat
             # overconfident trained models on a validation split of a few frames.
             if rnd > 1 and stopper.update(val_auc, val_loss, rnd - 1):
                 best_arrays, best_round = arrays, rnd - 1
-            arrays = new_arrays if new_arrays is not None else arrays
-            if stopper.should_stop:
+            new_arrays = new_arrays if new_arrays is not None else arrays
+            outcome.audit.append(self._audit_row(fold, rnd, trained, weights, outcome,
+                                                 arrays, new_arrays))
+            arrays = new_arrays
+            stopped = stopper.should_stop
+            self._save(state, outcome, rnd, arrays, best_arrays, best_round, stopper, strategy)
+            self.on_round(outcome)
+            if stopped:
                 log.info("fold %d: early stop after round %d (best: round %d)", fold, rnd,
                          best_round)
-                break
-        else:
-            final = self._exchange(Kind.VALIDATE, self.training_nodes(fold), RecordDict(
-                {ARRAYS: arrays, CONFIG: Order(run=self.run, fold=fold, landmarks=landmarks
-                                               ).to_record()}))
-            final_val = [replies.ValidateReply.from_message(m).val for m in final]
-            if stopper.update(*self._pooled_val(final_val), hyper.max_epochs):
-                best_arrays, best_round = arrays, hyper.max_epochs
+        if not stopped:
+            final = self.roster.ask_all(Kind.VALIDATE, self.training_sites(fold), RecordDict(
+                {ARRAYS: arrays, CONFIG: Order(run=self.run, fold=fold,
+                                               landmarks=state.landmarks).to_record()}),
+                f"fold {fold} final validation")
+            final_val = [replies.ValidateReply.from_message(m).val for m in final.values()]
+            if stopper.update(*self._pooled_val(final_val), max_rounds):
+                best_arrays, best_round = arrays, max_rounds
         outcome.best_round, outcome.best_arrays = best_round, best_arrays
-        self.test_round(fold, landmarks, best_arrays, outcome)
+        self.test_round(fold, state.landmarks, best_arrays, outcome)
         return outcome
+
+    def save_finished(self, outcome: FoldOutcome) -> None:
+        """Mark the fold done in the checkpoint (after its outputs are written): the
+        outcome without the weights, which are in fold_K/best_model.pt."""
+        if self.checkpoint:
+            self.checkpoint.save(FoldState(
+                fold=outcome.fold, round=self.run.hyper.max_epochs,
+                best_round=outcome.best_round, histogram=outcome.histogram,
+                bin_edges=outcome.bin_edges, refused=outcome.refused, rounds=outcome.rounds,
+                rejected=outcome.rejected, audit=outcome.audit, done=True,
+                test={s: c.model_dump() for s, c in outcome.test.items()}))
+
+    def _train_round(self, fold: int, rnd: int, arrays: ArrayRecord, strategy: FoldTraining,
+                     state: FoldState, outcome: FoldOutcome
+                     ) -> tuple[list[Message], dict[int, TrainReply]]:
+        """The usable updates of round `rnd` from at least min-sites training sites: sent
+        again to the sites present when too few came back, waiting at most rejoin-timeout
+        in all for lost sites to return."""
+        when = f"fold {fold} round {rnd}"
+        wanted = self.training_sites(fold)
+        need = min(self.settings.min_sites, len(wanted))
+        deadline = time.monotonic() + self.settings.rejoin_timeout
+        order = Order(run=self.run, fold=fold, server_round=rnd, landmarks=state.landmarks,
+                      init_source=state.init_source).to_record()
+        while True:
+            self.roster.refresh(when)
+            present = self.roster.present(wanted)
+            for name in sorted(set(wanted) - set(present)):
+                self.roster.note_lost(name, "offline (its node missed the SuperLink's "
+                                            "heartbeats)", when)
+            rejected: dict[str, str] = {}
+            if len(present) >= need:
+                ok, trained = self._collect(rnd, arrays, strategy, present, order, outcome,
+                                            when)
+                if len(ok) >= need:
+                    return ok, trained
+                rejected = {r["site"]: r["reason"] for r in outcome.rejected
+                            if r["round"] == rnd}
+                log.error("%s: %d usable update(s), fewer than min-sites (%d)", when,
+                          len(ok), need)
+            short = {n: rejected.get(n) or self.roster.away.get(n) for n in wanted
+                     if n in rejected or n in self.roster.away}
+            # rejected updates come back the same when sent again: only an absence may heal
+            waiting = set(short) - set(rejected)
+            if not waiting or time.monotonic() > deadline:
+                why = "; ".join(f"{n}: {r}" for n, r in sorted(short.items()))
+                raise SiteFailure(
+                    f"{when}: fewer than min-sites ({need}) of the training sites "
+                    f"({', '.join(wanted)}) sent a usable update; {why}. "
+                    + (f"The checkpoint after round {rnd - 1} is kept: " if rnd > 1 else "")
+                    + "fix or bring back the sites and rerun the same command with --resume")
+            log.warning("%s: waiting for %s to come back (%.0f s left of --rejoin-timeout), "
+                        "then the round is sent again", when, ", ".join(sorted(waiting)),
+                        deadline - time.monotonic())
+            time.sleep(POLL)
+
+    def _collect(self, rnd, arrays, strategy, present, order, outcome, when):
+        strategy.train_nodes = sorted(self.roster.sites[n].node_id for n in present)
+        targets = {m.metadata.dst_node_id: m for m in
+                   strategy.configure_train(rnd, arrays, order, self.grid)}
+        by_name = {n: self.roster.sites[n].node_id for n in present}
+        answers, _ = self.roster.exchange_messages(
+            Kind.TRAIN, {n: targets[node] for n, node in by_name.items()}, when)
+        received, rejected = screen(list(answers.values()), arrays, self.roster.node_frames(),
+                                    self.roster.node_names(), rnd)
+        outcome.rejected += [{"round": rnd, "site": r.site, "reason": r.reason}
+                             for r in rejected]
+        trained = {r.metadata.src_node_id: TrainReply.from_message(r) for r in received}
+        return received, trained
+
+    def _save(self, state, outcome, rnd, arrays, best_arrays, best_round, stopper,
+              strategy) -> None:
+        if not self.checkpoint:
+            return
+        state.round, state.best_round = rnd, best_round
+        state.arrays, state.best_arrays = state_dict(arrays), state_dict(best_arrays)
+        state.stopper = dict(stopper.__dict__)
+        state.strategy_weights = strategy.weights
+        state.rounds, state.rejected, state.audit = outcome.rounds, outcome.rejected, \
+            outcome.audit
+        self.checkpoint.save(state)
+
+    def _audit_row(self, fold, rnd, trained, weights, outcome, before, after) -> dict:
+        names = self.roster.node_names()
+        return {"fold": fold, "round": rnd,
+                "contributed": [{"site": names.get(n, f"node {n}"), "n_k": t.num_examples,
+                                 "weight": weights.get(n)} for n, t in sorted(
+                                     trained.items(), key=lambda kv: names.get(kv[0], ""))],
+                "rejected": [r for r in outcome.rejected if r["round"] == rnd],
+                "away": dict(sorted(self.roster.away.items())),
+                "model_before": model_hash(before), "model_after": model_hash(after)}
 
     def test_round(self, fold: int, landmarks, arrays: ArrayRecord, outcome: FoldOutcome) -> None:
         content = RecordDict({ARRAYS: arrays, CONFIG: Order(run=self.run, fold=fold,
                                                             landmarks=landmarks).to_record()})
-        for message in self._exchange(Kind.TEST, sorted(self.sites), content):
+        answers = self.roster.ask_all(Kind.TEST, sorted(self.roster.sites), content,
+                                      f"fold {fold} test")
+        for message in answers.values():
             reply = replies.TestReply.from_message(message)
             outcome.test[reply.site] = reply.test
 
@@ -223,9 +342,9 @@ class StudyRunner:
     def _log_round(self, outcome: FoldOutcome, rnd: int, trained: dict[int, TrainReply],
                    weights: dict[int, float], pooled_auc: float | None,
                    pooled_val: float) -> None:
-        for node, r in trained.items():
+        for node, r in sorted(trained.items(), key=lambda kv: kv[1].site):
             outcome.rounds.append({
-                "fold": outcome.fold, "round": rnd, "site": self._name(node),
+                "fold": outcome.fold, "round": rnd, "site": r.site,
                 "n_k": r.num_examples, "weight": round(weights.get(node, 0.0), 6),
                 "train_loss": r.train_loss, "batch_size": r.batch_size,
                 "val_loss_received": r.val.loss, "val_auc_received": r.val.auc(),

@@ -8,6 +8,7 @@ hospitals' SuperNodes on the same machine.
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import time
@@ -17,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from fedcmr.common.atomic import write_text
 from fedcmr.common.flower_env import flower_env, tool
 from fedcmr.server.flwr_cli import CONNECTION, FlwrCli
 from fedcmr.server.processes import ProcessGroup, exit_on_termination, free_port
@@ -80,6 +80,10 @@ class Coordinator(AbstractContextManager):
         if self.runtime == "simulation":
             require_ray()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        left = self.processes.stop_leftovers()
+        if left:
+            log.warning("stopped %d process(es) an earlier launcher left running in %s",
+                        len(left), self.run_dir)
         self.port = self.port or free_port()
         self.cli.write_connection(self.port, self.security.ca if self.security else None)
         link = [tool("flower-superlink"), "--host", self.host, "--port", str(self.port),
@@ -106,8 +110,13 @@ class Coordinator(AbstractContextManager):
         if not self.security:
             return
         for name, key in self.security.site_keys.items():
-            self.cli("supernode", "register", str(key.with_suffix(".pub")), CONNECTION,
-                     "--name", self.security.node_name(name), check=True)
+            result = self.cli("supernode", "register", str(key.with_suffix(".pub")),
+                              CONNECTION, "--name", self.security.node_name(name))
+            text = result.stdout + result.stderr
+            # a SuperLink whose state outlived it has them registered already
+            if result.returncode != 0 and "already in use" not in text:
+                raise RuntimeError(f"flwr supernode register {name} failed: "
+                                   f"{text.strip()[-500:]}")
 
     def _wait_healthy(self, timeout: float = 60) -> None:
         scheme = "https" if self.security else "http"
@@ -140,20 +149,38 @@ class Coordinator(AbstractContextManager):
         self.processes.adopt("log-stream", stream)
         # The log stream ends with the run; `flwr ls` (a whole CLI process) is asked only
         # then, or every STATUS_EVERY seconds should the stream have died early.
-        status, last_check = "unknown", time.monotonic()
+        status, last_check, reported = "unknown", time.monotonic(), set()
         while not status.startswith("finished"):
             time.sleep(1)
-            dead = [n for n in self.processes.dead() if n != "log-stream"]
-            if dead:
-                raise RuntimeError(f"{', '.join(dead)} stopped during the run; see "
-                                   f"{self.processes.logs}")
+            self.processes.remember()
+            dead = set(self.processes.dead()) - {"log-stream"} - reported
+            if "superlink" in dead:
+                raise RuntimeError(f"the SuperLink stopped during the run; see "
+                                   f"{self.processes.logs / 'superlink.log'}. Fix: rerun the "
+                                   "same command with --resume")
+            for name in sorted(dead):  # a hospital lost: the run goes on without it
+                echo(f"{name} exited; the run goes on without it (see "
+                     f"{self.processes.logs / (name + '.log')})")
+            reported |= dead
             if stream.poll() is not None or time.monotonic() - last_check > STATUS_EVERY:
                 status, last_check = self.cli.status(run_id), time.monotonic()
             if timeout is not None and time.monotonic() - started > timeout:
                 self.cli.stop(run_id)
                 raise TimeoutError(f"run {run_id} still {status} after {timeout:.0f} s")
-        write_text(self.processes.logs / "run.log", self.cli.logs(run_id))
+        # appended: an earlier attempt's log (before a --resume) is kept
+        with (self.processes.logs / "run.log").open("a", encoding="utf-8") as handle:
+            handle.write(f"===== run {run_id} =====\n{self.cli.logs(run_id)}")
         if status != "finished:completed":
-            raise RuntimeError(f"run {run_id} ended {status}; see "
-                               f"{self.processes.logs / 'run.log'}")
+            raise RuntimeError(run_failure(settings.out_dir, run_id, status,
+                                           self.processes.logs / "run.log"))
         return run_id
+
+
+def run_failure(out_dir: Path, run_id: str, status: str, log_file: Path) -> str:
+    """Why the run failed: the ServerApp's own reason (status.json) when it left one."""
+    status_file = Path(out_dir) / "status.json"
+    if status_file.exists():
+        saved = json.loads(status_file.read_text())
+        if saved.get("status") == "stopped":
+            return f"run {run_id} stopped: {saved['reason']}"
+    return f"run {run_id} ended {status}; see {log_file}"

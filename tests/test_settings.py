@@ -29,7 +29,8 @@ def test_settings_survive_the_run_config_round_trip_through_flowers_parser():
                     pretrained="/weights/r3d 18.pth", min_subjects=7)
     settings = FederationSettings(strategy="tempered", vote_alpha=0.25,
                                   out_dir=Path("/runs/a b/c'd"), round_timeout=60.0,
-                                  min_sites=3, wait_sites_timeout=30.0,
+                                  sites=3, min_sites=3, wait_sites_timeout=30.0,
+                                  rejoin_timeout=5.0, resume=True,
                                   sim_sites="/runs/a b/simulated_nodes.json", run=run)
     parsed = parse_config_args([settings.to_run_config_text()])
     assert FederationSettings.from_flat(parsed) == settings
@@ -51,8 +52,8 @@ def test_the_command_line_defaults_are_the_models(command):
         return
     settings = settings_from_args(args, [])
     expected = FederationSettings(out_dir=Path("run"))
-    if command[0] == "server":  # `server` sets min-sites from --sites
-        expected = expected.model_copy(update={"min_sites": 3})
+    if command[0] == "server":  # `server` requires --sites
+        expected = expected.model_copy(update={"sites": 3})
     assert settings == expected
 
 

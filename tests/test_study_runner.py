@@ -85,8 +85,9 @@ def same_weights(a: ArrayRecord, b: ArrayRecord) -> bool:
 
 def runner(grid: InProcessGrid, epochs: int, **run_settings) -> StudyRunner:
     run = RunConfig(profile="smoke", epochs=epochs, **{"min_subjects": 5, **run_settings})
-    study = StudyRunner(grid, FederationSettings(min_sites=len(grid.contexts),
-                                                 wait_sites_timeout=5, run=run))
+    study = StudyRunner(grid, FederationSettings(sites=len(grid.contexts),
+                                                 wait_sites_timeout=5, rejoin_timeout=0,
+                                                 run=run))
     study.discover()
     return study
 
@@ -223,8 +224,16 @@ def test_a_bad_update_is_rejected_and_the_round_goes_on(grid, monkeypatch, caplo
                         else v.numpy()) for k, v in reply.arrays.items()}
         return reply.model_copy(update={"arrays": ArrayRecord(nan)})
 
+    from fedcmr.server.study_runner import SiteFailure
+
     monkeypatch.setattr(site_work, "train", bravo_breaks_in_round_2)
     study = runner(grid, epochs=2)
+    # with min-sites 2 of two training sites, one rejected update stops the run at once
+    # (sent again, the same update would come back), naming the site and the reason
+    with pytest.raises(SiteFailure, match=r"fold 0 round 2: fewer than min-sites \(2\) .*"
+                                          "Bravo: tensor .* holds NaN or Inf"):
+        study.run_fold(0)
+    study.settings = study.settings.model_copy(update={"min_sites": 1})
     with caplog.at_level("ERROR", logger="fedcmr.server"):
         outcome = study.run_fold(0)
     assert outcome.rejected == [{"round": 2, "site": "Bravo",
@@ -234,3 +243,25 @@ def test_a_bad_update_is_rejected_and_the_round_goes_on(grid, monkeypatch, caplo
     assert {r["site"] for r in outcome.rounds if r["round"] == 2} == {"Alpha"}
     final = outcome.best_arrays.to_torch_state_dict()
     assert all(bool(v.isfinite().all()) for v in final.values() if v.is_floating_point())
+
+
+def test_a_site_prepared_otherwise_is_refused_at_discovery_and_reported_lost(tmp_path):
+    """Three sites prepared with a 4,24,24 crop, Delta with 4,20,20: Delta is refused at the
+    first message with the field, both values and the fix, never trained with, and the
+    run's coverage names it (exit code 4 at the launcher)."""
+    from cache_factory import write_prep_info
+
+    from fedcmr.client.prep_config import PrepConfig
+    from fedcmr.server.fl_outputs import site_coverage
+
+    grid = make_grid(tmp_path, {"Alpha": (8, 8), "Bravo": (8, 8), "Charlie": (8, 8),
+                                "Delta": (8, 8)})
+    write_prep_info(tmp_path / "Delta", PrepConfig(crop=(4, 20, 20)))
+    study = runner(grid, epochs=1)
+    assert sorted(study.roster.sites) == ["Alpha", "Bravo", "Charlie"]
+    reason = study.roster.refused["Delta"]
+    assert "crop" in reason and "4,20,20" in reason and "--crop 4,24,24" in reason
+    assert "Delta" not in study.run.centres
+    coverage = site_coverage([], study.roster)
+    assert coverage["asked"] == ["Alpha", "Bravo", "Charlie", "Delta"]
+    assert coverage["lost"]["Delta"] == reason

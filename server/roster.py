@@ -1,0 +1,239 @@
+"""The sites of a run as the coordinator sees them: who each is (from `describe`), which
+Flower node it is on now, which are away and why, and message exchanges that name the site
+behind every failure.
+
+A SuperNode that restarts comes back under a new node id: `refresh()` describes every node
+it has not seen and binds a known site name to its new node ("rejoined"). A site is away
+after an error reply or a timeout, and while its node is offline (Flower marks a node
+offline after two missed 30 s heartbeats); it is asked again as soon as it is online.
+Flower's error replies carry the SuperLink as their sender, so failures are matched to the
+site by the id of the message they answer, never by the reply's sender.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from pydantic import ValidationError
+
+from fedcmr.common.protocol import CONFIG, Kind
+from fedcmr.common.replies import DescribeReply
+from fedcmr.server.settings import FederationSettings
+
+log = logging.getLogger("fedcmr.server")
+#: Seconds between checks while waiting for sites to connect or come back.
+POLL = 2.0
+#: A ClientApp's failure starts with "site NAME: " (client/client_app.py); Flower wraps the
+#: text as "<class '...'>:<'site NAME: ...'>".
+_SITE_IN_REASON = re.compile(r"(?:^|<')site ([^:<>']+?): ")
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    node_id: int
+    name: str
+    centres: tuple[str, ...]
+    frames: int
+    subjects: int = 0
+
+
+class SiteFailure(RuntimeError):
+    """The run cannot go on (too few sites, none answered): the message says which and why."""
+
+
+@dataclass
+class Roster:
+    grid: Grid
+    settings: FederationSettings
+    #: Checks a described site before it may take part: a reason to refuse it, or None.
+    admit: Callable[[DescribeReply], str | None] = lambda reply: None
+    sites: dict[str, SiteInfo] = field(default_factory=dict)
+    #: Each site's last describe reply (its fingerprint for the handshake).
+    described: dict[str, DescribeReply] = field(default_factory=dict)
+    #: Sites away now: name -> why (the last failure).
+    away: dict[str, str] = field(default_factory=dict)
+    #: Sites the run had before a resume, also those that did not come back.
+    expected: set[str] = field(default_factory=set)
+    #: Sites refused for the whole run (failed describe, refused at the handshake).
+    refused: dict[str, str] = field(default_factory=dict)
+    #: Every loss and return: {"site", "event": "lost" | "rejoined", "reason", "when"}.
+    events: list[dict] = field(default_factory=list)
+    #: Nodes already seen that are not (or no longer) a site of this run.
+    _strangers: set[int] = field(default_factory=set)
+
+    # -- who is who ------------------------------------------------------------------
+    def name(self, node: int) -> str:
+        return next((s.name for s in self.sites.values() if s.node_id == node), f"node {node}")
+
+    def node_names(self) -> dict[int, str]:
+        return {s.node_id: s.name for s in self.sites.values()}
+
+    def node_frames(self) -> dict[int, int]:
+        return {s.node_id: s.frames for s in self.sites.values()}
+
+    def online(self) -> set[int]:
+        return set(self.grid.get_node_ids())
+
+    def present(self, names: Iterable[str]) -> list[str]:
+        """Those of `names` whose node is online now, in name order."""
+        online = self.online()
+        return sorted(n for n in names if n in self.sites and self.sites[n].node_id in online)
+
+    def note_lost(self, name: str, reason: str, when: str) -> None:
+        if name not in self.away:
+            log.error("site %s lost (%s): %s", name, when, reason)
+            self.events.append({"site": name, "event": "lost", "reason": reason, "when": when})
+        self.away[name] = reason
+
+    def refuse(self, name: str, reason: str) -> None:
+        """Leave a described site out of the run for good."""
+        info = self.sites.pop(name)
+        self.described.pop(name, None)
+        self._strangers.add(info.node_id)
+        self.refused[name] = reason
+        log.error("site %s refused: %s", name, reason)
+
+    def note_back(self, name: str, when: str) -> None:
+        if self.away.pop(name, None) is not None:
+            log.info("site %s is back (%s)", name, when)
+            self.events.append({"site": name, "event": "rejoined", "reason": "", "when": when})
+
+    # -- discovery and rejoin ----------------------------------------------------------
+    def wait_for(self, count: int, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while len(nodes := sorted(self.online())) < count:
+            if time.monotonic() > deadline:
+                raise SiteFailure(f"only {len(nodes)} of {count} sites connected within "
+                                  f"{timeout:.0f} s. Fix: start the missing hospitals' "
+                                  "`fedcmr client`, or lower --sites")
+            time.sleep(POLL)
+        return nodes
+
+    def refresh(self, when: str = "discovery") -> list[str]:
+        """Describe every node not seen before; returns the names of sites (re)bound."""
+        new = sorted(self.online() - {s.node_id for s in self.sites.values()}
+                     - self._strangers)
+        if not new:
+            return []
+        bound = []
+        content = RecordDict({CONFIG: ConfigRecord()})
+        replies, failures = self.exchange(Kind.DESCRIBE, {f"node {n}": n for n in new},
+                                          content, when)
+        for label, reason in failures.items():
+            node = int(label.split()[1])
+            self._strangers.add(node)
+            name = (m.group(1) if (m := _SITE_IN_REASON.search(reason)) else label)
+            if name not in self.sites:
+                self.refused.setdefault(name, reason)
+        for label, message in replies.items():
+            node = int(label.split()[1])
+            try:
+                reply = DescribeReply.from_message(message)
+            except ValidationError as err:
+                self._strangers.add(node)
+                self.refused.setdefault(label, f"not a describe reply ({err.errors()[0]})")
+                continue
+            known = self.sites.get(reply.site)
+            if known is None and when != "discovery":
+                self._strangers.add(node)
+                log.warning("site %s joined after discovery; it takes part from the next "
+                            "run", reply.site)
+                continue
+            problem = None if when == "discovery" else self.admit(reply)
+            if problem:
+                self._strangers.add(node)
+                self.refused[reply.site] = problem
+                log.error("site %s refused: %s", reply.site, problem)
+                continue
+            if known is not None:
+                self._strangers.add(known.node_id)
+            self.sites[reply.site] = SiteInfo(node, reply.site, reply.centres, reply.frames,
+                                              reply.subjects)
+            self.described[reply.site] = reply
+            self.refused.pop(reply.site, None)
+            if known is not None:
+                log.info("site %s rejoined as node %d", reply.site, node)
+                self.note_back(reply.site, when)
+            else:
+                log.info("site %s: centres %s, %d frames", reply.site,
+                         ", ".join(reply.centres), reply.frames)
+            bound.append(reply.site)
+        return bound
+
+    # -- exchanges -------------------------------------------------------------------
+    def exchange(self, kind: Kind, targets: dict[str, int], content: RecordDict,
+                 when: str) -> tuple[dict[str, Message], dict[str, str]]:
+        """Send `content` to each target (label -> node) and wait at most round-timeout;
+        returns the good replies and the failures (label -> reason), both by label."""
+        return self.exchange_messages(kind, {
+            label: Message(content=content, message_type=kind, dst_node_id=node)
+            for label, node in targets.items()}, when)
+
+    def exchange_messages(self, kind: Kind, messages: dict[str, Message], when: str
+                          ) -> tuple[dict[str, Message], dict[str, str]]:
+        """Send the prepared messages (label -> message); see `exchange`. A reply that
+        comes after the timeout answers a message no later exchange waits for: it is never
+        mixed into another round."""
+        targets = {label: m.metadata.dst_node_id for label, m in messages.items()}
+        received = list(self.grid.send_and_receive(list(messages.values()),
+                                                   timeout=self.settings.round_timeout))
+        by_id = {m.metadata.message_id: label for label, m in messages.items()}
+        ok: dict[str, Message] = {}
+        failed: dict[str, str] = {}
+        for reply in received:
+            label = by_id.get(reply.metadata.reply_to_message_id)
+            if label is None:  # not an answer to this exchange: never mixed in
+                continue
+            if reply.has_error():
+                failed[label] = f"{kind} failed: {reply.error.reason}"
+            else:
+                ok[label] = reply
+        for label in targets:
+            if label not in ok and label not in failed:
+                failed[label] = (f"no reply to {kind} within {self.settings.round_timeout:.0f}"
+                                 " s (--round-timeout)")
+        for label, reason in failed.items():
+            if label in self.sites:
+                self.note_lost(label, reason, when)
+            else:
+                log.error("%s: %s", label, reason)
+        for label in ok:
+            if label in self.sites:
+                self.note_back(label, when)
+        return ok, failed
+
+    def ask(self, kind: Kind, names: Iterable[str], content: RecordDict, when: str
+            ) -> dict[str, Message]:
+        """Ask the named sites that are online; sites offline count as away."""
+        names = list(names)
+        here = self.present(names)
+        for name in sorted(set(names) - set(here)):
+            self.note_lost(name, "offline (its node missed the SuperLink's heartbeats)", when)
+        if not here:
+            return {}
+        ok, _ = self.exchange(kind, {n: self.sites[n].node_id for n in here}, content, when)
+        return ok
+
+    def ask_all(self, kind: Kind, names: list[str], content: RecordDict, when: str
+                ) -> dict[str, Message]:
+        """Ask every named site. Sites that are offline are waited for (at most
+        rejoin-timeout) and asked once they are back under a new node, so that a site
+        restarted in time still counts; a site online that fails is not asked again."""
+        got = self.ask(kind, names, content, when)
+        deadline = time.monotonic() + self.settings.rejoin_timeout
+        while time.monotonic() < deadline:
+            missing = [n for n in names if n not in got]
+            if not (set(missing) - set(self.present(missing))):
+                break
+            back = sorted(set(self.refresh(when)) & set(missing))
+            if back:
+                got |= self.ask(kind, back, content, when)
+            else:
+                time.sleep(POLL)
+        return got

@@ -1,0 +1,120 @@
+"""Finding, watching and killing a federation's real processes from a test, through /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+def processes() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, state, command line) of every process."""
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError):
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            found[int(proc.name)] = (int(stat[1]), stat[0], cmdline)
+    return found
+
+
+def descendants(pid: int, table: dict | None = None) -> list[int]:
+    table = processes() if table is None else table
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, _, _) in table.items():
+            if ppid == parent and child not in out:
+                out.append(child)
+                todo.append(child)
+    return out
+
+
+def site_node(site: str) -> int | None:
+    """The pid of the SuperNode serving `site` (its node config names the site)."""
+    for pid, (_, state, cmdline) in processes().items():
+        if state != "Z" and "flower-supernode" in cmdline and f'site="{site}"' in cmdline:
+            return pid
+    return None
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
+    tree = [pid, *descendants(pid)]
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, sig)
+    return tree
+
+
+def command_of(pid: int) -> tuple[list[str], dict[str, str], str]:
+    """What started a process: its argv, environment and working directory."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    env_items = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    env = dict(item.decode().split("=", 1) for item in env_items if b"=" in item)
+    return [a.decode() for a in argv], env, os.readlink(f"/proc/{pid}/cwd")
+
+
+def restart(argv: list[str], env: dict[str, str], cwd: str, log: Path) -> subprocess.Popen:
+    with log.open("ab") as handle:
+        return subprocess.Popen(argv, env=env, cwd=cwd, stdout=handle,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str,
+             proc: subprocess.Popen | None = None) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"the run ended ({proc.returncode}) before {what}: "
+                                 f"{out[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def checkpoint_round(run_dir: Path, fold: int = 0) -> int:
+    """The last completed round in the run's checkpoint (0: none yet)."""
+    import torch
+
+    path = run_dir / "checkpoint" / f"fold_{fold}.pt"
+    if not path.exists():
+        return 0
+    with contextlib.suppress(Exception):  # being replaced this instant
+        return int(torch.load(path, weights_only=False)["round"])
+    return 0
+
+
+def audit_kinds(site_out: Path) -> list[str]:
+    path = site_out / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["type"] for line in path.read_text().splitlines() if line]
+
+
+def our_processes(marker: Path) -> list[str]:
+    """Live processes of a run: its folder in their command line or working directory."""
+    found = []
+    for pid, (_, state, cmdline) in processes().items():
+        with contextlib.suppress(OSError):
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            if state != "Z" and (str(marker) in cmdline or cwd.startswith(str(marker))):
+                found.append(cmdline)
+    return found
+
+
+def started_at(pid: int) -> float:
+    """When the process started (seconds since the epoch)."""
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime"))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")

@@ -1,0 +1,131 @@
+"""A deployment under stress, with real processes: `fedcmr server` and one `fedcmr client`
+per hospital. In the same run one hospital is killed (SIGKILL of its client, SuperNode and
+ClientApp) and restarted, one hospital's link goes dark for longer than the heartbeat and
+comes back (a loopback relay, tests/relay.py), and one hospital's SuperExec (which runs its
+ClientApps) is frozen for longer than the round timeout (a straggler). The run finishes
+with every site, each back in a later round, the straggler's late reply mixed into no
+round."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cache_factory import write_cohort
+from process_tools import (
+    ENV,
+    audit_kinds,
+    checkpoint_round,
+    descendants,
+    kill_tree,
+    our_processes,
+    processes,
+    site_node,
+    wait_for,
+)
+from relay import Relay
+
+from fedcmr.common.flower_env import tool
+from fedcmr.server.processes import free_port, port_is_free
+
+pytestmark = pytest.mark.slow
+SIZES = {"Alpha": (6, 6), "Bravo": (6, 6), "Charlie": (6, 6), "Delta": (6, 6)}
+ROUND_TIMEOUT = 60
+#: Longer than the SuperLink's heartbeat patience (2 x 30 s): the node goes offline.
+DARK_SECONDS = 70
+
+
+def client(site: str, cache: Path, superlink: str, out: Path, log: Path) -> subprocess.Popen:
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            [tool("fedcmr"), "client", "--site", site, "--data", str(cache), "--superlink",
+             superlink, "--port", str(free_port()), "--threads", "1", "--max-wait-time",
+             "300", "--out", str(out)],
+            stdout=handle, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+
+
+def superexec_of(site: str) -> int | None:
+    """The site's SuperExec: it starts a ClientApp for every message and relays its reply."""
+    node = site_node(site)
+    table = processes()
+    return next((p for p in descendants(node, table) if "flower-superexec" in table[p][2]
+                 and table[p][1] != "Z"), None) if node else None
+
+
+def test_kill_and_restart_a_cut_link_and_a_straggler_in_one_run(tmp_path):
+    caches = dict(zip(SIZES, write_cohort(tmp_path / "caches", SIZES), strict=True))
+    run_dir, port = tmp_path / "run", free_port()
+    server = subprocess.Popen(
+        [tool("fedcmr"), "-q", "server", "--sites", "4", "--host", "127.0.0.1", "--port",
+         str(port), "--profile", "smoke", "--fold", "0", "--epochs", "5",
+         "--min-subjects", "3", "--round-timeout", str(ROUND_TIMEOUT), "--rejoin-timeout",
+         "240", "--out", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+        start_new_session=True)
+    relay = Relay(port)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    address = {s: f"127.0.0.1:{relay.port if s == 'Bravo' else port}" for s in SIZES}
+    clients = {s: client(s, caches[s], address[s], tmp_path / s, logs / f"{s}.log")
+               for s in SIZES}
+    restarted = None
+    try:
+        # the faults start with round 1, once every site has sent its histogram
+        wait_for(lambda: all("query.nyul" in audit_kinds(tmp_path / s) for s in SIZES), 600,
+                 "the histogram round", server)
+        time.sleep(5)  # their replies reach the SuperLink
+        kill_tree(clients["Delta"].pid)
+        relay.blackhole()
+        restore = threading.Timer(DARK_SECONDS, relay.restore)
+        restore.start()
+        clients["Delta"].wait()
+        restarted = client("Delta", caches["Delta"], address["Delta"], tmp_path / "Delta",
+                           logs / "Delta-restarted.log")
+        # round 2: Charlie's SuperExec and ClientApps freeze (SIGSTOP) past the round
+        # timeout; its SuperNode keeps its heartbeat: online, but slow
+        wait_for(lambda: checkpoint_round(run_dir) >= 1, 600, "round 1", server)
+        frozen = wait_for(lambda: superexec_of("Charlie"), 30, "Charlie's SuperExec", server)
+        kill_tree(frozen, signal.SIGSTOP)
+        time.sleep(ROUND_TIMEOUT + 15)
+        kill_tree(frozen, signal.SIGCONT)
+        out, _ = server.communicate(timeout=1200)
+        restore.join()
+        assert server.returncode == 0, out[-4000:]
+        for site, proc in {**clients, "Delta": restarted}.items():
+            assert proc.wait(timeout=120) == 0, (site, (logs / f"{site}.log").read_text()[-2000:])
+    finally:
+        relay.close()
+        for proc in (server, *clients.values(), *([restarted] if restarted else [])):
+            if proc.poll() is None:
+                kill_tree(proc.pid)
+                proc.wait()
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["sites"]["covered"] == sorted(SIZES) and metrics["sites"]["lost"] == {}
+    with (run_dir / "rounds.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    took_part = {s: sorted(int(r["round"]) for r in rows if r["site"] == s) for s in SIZES}
+    last = max(max(v) for v in took_part.values())
+    for site in ("Bravo", "Delta"):  # away in round 1, back later
+        assert 1 not in took_part[site] and took_part[site], (site, took_part)
+    missed = [r for r in range(2, last + 1) if r not in took_part["Charlie"]]
+    assert missed, took_part  # the straggler missed a round...
+    assert any(r > missed[0] for r in took_part["Charlie"]), took_part  # ...then came back
+    events = [json.loads(line) for line in
+              (run_dir / "site_events.jsonl").read_text().splitlines()]
+    for site in ("Bravo", "Charlie", "Delta"):
+        assert [e["event"] for e in events if e["site"] == site][:2] == ["lost", "rejoined"]
+    straggled = next(e for e in events if e["site"] == "Charlie" and e["event"] == "lost")
+    assert f"no reply to train within {ROUND_TIMEOUT} s" in straggled["reason"]
+    audit = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
+    for row in audit:  # the audit trail lists exactly the rows of rounds.csv
+        assert sorted(c["site"] for c in row["contributed"]) == sorted(
+            s for s, rounds in took_part.items() if row["round"] in rounds)
+    assert our_processes(tmp_path) == []
+    assert port_is_free(port)

@@ -1,0 +1,186 @@
+"""Faults against real processes (`fedcmr federate`: a SuperLink, one SuperNode per hospital,
+the ServerApp and ClientApps): a site killed for good, too few sites, the coordinator killed
+and the run resumed bit for bit, processes left by a killed launcher."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from cache_factory import write_cohort
+from process_tools import (
+    ENV,
+    checkpoint_round,
+    kill_tree,
+    our_processes,
+    processes,
+    site_node,
+    wait_for,
+)
+
+from fedcmr.common.flower_env import tool
+
+pytestmark = pytest.mark.slow
+SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (6, 6)}
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory) -> list[Path]:
+    return write_cohort(tmp_path_factory.mktemp("caches"), SIZES)
+
+
+def federate(caches: list[Path], run_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [tool("fedcmr"), "-q", "federate", "--cache", *map(str, caches), "--profile", "smoke",
+         "--fold", "0", "--min-subjects", "3", "--out", str(run_dir), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+        start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 900) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+            proc.wait()
+    return out
+
+
+def rounds_by_site(run_dir: Path) -> dict[int, set[str]]:
+    with (run_dir / "rounds.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    out: dict[int, set[str]] = {}
+    for row in rows:
+        out.setdefault(int(row["round"]), set()).add(row["site"])
+    return out
+
+
+def test_a_lost_site_stops_a_run_needing_it_and_a_resume_reports_without_it(caches, tmp_path):
+    """Charlie's SuperNode (and its ClientApp) is SIGKILLed after round 1. With min-sites 3
+    the run stops, naming Charlie, and keeps its checkpoint; resumed with min-sites 2 and
+    without Charlie's hospital, it finishes and says that the figures miss Charlie: in the
+    last line, in metrics.json, in the exit code."""
+    run_dir = tmp_path / "run"
+    common = ["--epochs", "3", "--round-timeout", "60", "--rejoin-timeout", "5"]
+    proc = federate(caches, run_dir, *common, "--min-sites", "3")
+    wait_for(lambda: checkpoint_round(run_dir) >= 1, 600, "round 1", proc)
+    node = wait_for(lambda: site_node("Charlie"), 10, "Charlie's SuperNode")
+    kill_tree(node)
+    out = finish(proc)
+    assert proc.returncode == 1, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert "fewer than min-sites (3)" in last and "Charlie" in last and "--resume" in last
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "stopped" and "Charlie" in status["reason"]
+    assert checkpoint_round(run_dir) >= 1
+    assert our_processes(run_dir) == []
+
+    # Charlie's hospital stays down: the coordinator resumes with the two others
+    proc = federate(caches[:2], run_dir, *common, "--min-sites", "2", "--resume")
+    out = finish(proc)
+    assert proc.returncode == 4, out[-3000:]
+    assert "the figures cover 2 of 3 sites: Alpha, Bravo; lost: Charlie" in out.splitlines()[-1]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["sites"]["covered"] == ["Alpha", "Bravo"]
+    assert list(metrics["sites"]["lost"]) == ["Charlie"]
+    assert set(metrics["auc"]) == {"total", "Alpha", "Bravo"}
+    by_round = rounds_by_site(run_dir)
+    assert by_round[1] == {"Alpha", "Bravo", "Charlie"}  # kept from the first attempt
+    assert all(sites == {"Alpha", "Bravo"} for r, sites in by_round.items() if r > 1)
+    events = [json.loads(line) for line in
+              (run_dir / "site_events.jsonl").read_text().splitlines()]
+    assert {(e["site"], e["event"]) for e in events} == {("Charlie", "lost")}
+    assert "resuming after round" in (run_dir / "logs" / "run.log").read_text()
+    assert our_processes(run_dir) == []
+
+
+def superlink_of(run_dir: Path) -> int | None:
+    for pid, (_, state, cmdline) in processes().items():
+        if state != "Z" and "flower-superlink" in cmdline:
+            try:
+                if Path(f"/proc/{pid}/cwd").resolve() == run_dir.resolve():
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def test_a_coordinator_killed_after_round_2_resumes_to_the_same_bits(caches, tmp_path):
+    """SIGKILL of the SuperLink after round 2 of a 4-round run: the launcher exits naming
+    --resume and leaves no process (not even the orphaned flwr-serverapp); the same command
+    with --resume gives the uninterrupted run's best model and predictions bit for bit."""
+    args = ["--epochs", "4", "--round-timeout", "120"]
+    caches = caches[:2]  # two hospitals: the least that federates, the quickest to run
+    reference = tmp_path / "reference"
+    proc = federate(caches, reference, *args)
+    out = finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+
+    run_dir = tmp_path / "killed"
+    proc = federate(caches, run_dir, *args)
+    wait_for(lambda: checkpoint_round(run_dir) >= 2, 600, "round 2", proc)
+    kill_tree(superlink_of(run_dir), signal.SIGKILL)
+    out = finish(proc, 120)
+    assert proc.returncode == 1 and "--resume" in out, out[-3000:]
+    time.sleep(1)
+    assert our_processes(run_dir) == []
+    assert not (run_dir / "metrics.json").exists()
+    # without --resume the folder is refused, not overwritten
+    again = subprocess.run([*federate_args(caches, run_dir), *args], capture_output=True,
+                           text=True, env=ENV, timeout=120)
+    assert again.returncode == 2 and "--resume" in again.stderr + again.stdout
+
+    proc = federate(caches, run_dir, *args, "--resume")
+    out = finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resuming after round" in (run_dir / "logs" / "run.log").read_text()
+    assert (run_dir / "predictions.csv").read_bytes() == \
+        (reference / "predictions.csv").read_bytes()
+    ours = torch.load(run_dir / "fold_0" / "best_model.pt")
+    theirs = torch.load(reference / "fold_0" / "best_model.pt")
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    def hashes(run: Path) -> list[tuple]:
+        rows = [json.loads(line) for line in (run / "audit.jsonl").read_text().splitlines()]
+        return [(r["round"], r["model_before"], r["model_after"]) for r in rows]
+
+    assert hashes(run_dir) == hashes(reference)
+    assert len(hashes(reference)) == 4
+    assert our_processes(run_dir) == []
+
+
+def federate_args(caches: list[Path], run_dir: Path) -> list[str]:
+    return [tool("fedcmr"), "-q", "federate", "--cache", *map(str, caches), "--profile",
+            "smoke", "--fold", "0", "--min-subjects", "3", "--out", str(run_dir)]
+
+
+def test_a_relaunch_stops_what_a_killed_launcher_left_running(tmp_path):
+    """A launcher killed with SIGKILL cannot stop its children; the next launcher in the
+    same folder does, before it starts anything (and never a process that reused a pid)."""
+    from fedcmr.server.processes import ProcessGroup
+
+    first = ProcessGroup(tmp_path, dict(ENV))
+    child = first.spawn("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"])
+    assert json.loads(first.pid_file.read_text())  # listed while it runs
+    second = ProcessGroup(tmp_path, dict(ENV))  # the killed launcher's successor
+    assert second.stop_leftovers() == [child.pid]
+    assert child.wait(timeout=10) == -signal.SIGTERM
+    assert not first.pid_file.exists()
+    # an entry whose pid now names another process (other start time) is left alone
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        first.pid_file.write_text(json.dumps([[other.pid, 1]]))
+        assert ProcessGroup(tmp_path, dict(ENV)).stop_leftovers() == []
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
