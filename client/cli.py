@@ -36,6 +36,11 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lazy("fedcmr.client.commands:cmd_prepare"))
 
 
+#: Seconds `fedcmr client` retries a coordinator it cannot reach before it gives up
+#: (Flower's SuperNode --max-wait-time, which bounds every retried call to the coordinator).
+COORDINATOR_WAIT_S = 600.0
+
+
 def add_client(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="one hospital: a SuperNode serving its prepared cache")
     p.add_argument("--site", required=True, help="the hospital's name")
@@ -47,7 +52,11 @@ def add_client(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--root-certificates", type=Path, default=None, help="the federation CA")
     p.add_argument("--auth-key", type=Path, default=None, help="the site's private key")
-    p.add_argument("--max-wait-time", type=float, default=None,
-                   help="give up after this many seconds without the coordinator "
-                        "(default: wait forever)")
+    p.add_argument("--max-wait-time", type=float, default=COORDINATOR_WAIT_S,
+                   help="give up (exit 1) after this many seconds without the coordinator, "
+                        "when starting or when it goes away mid-run; 0: retry forever "
+                        "(default: %(default)s)")
+    p.add_argument("--serve-forever", action="store_true",
+                   help="keep serving after the coordinator's run is over (default: stop "
+                        "with exit 0 when the coordinator says so)")
     p.set_defaults(func=lazy("fedcmr.client.commands:cmd_client"))

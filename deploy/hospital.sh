@@ -1,9 +1,14 @@
 #!/bin/sh
 # A hospital container: prepare the site's own data (a no-op when the cache is current),
-# then serve it as a SuperNode. Environment: SITE, SUPERLINK, optional CA and KEY (secure),
-# MAX_WAIT (seconds without the coordinator before giving up; default 300).
+# then serve it with `fedcmr client`, which stops with exit 0 when the coordinator says the
+# run is over (so that `docker compose up` returns). Environment: SITE, SUPERLINK, optional
+# CA and KEY (secure), MAX_WAIT (seconds without the coordinator before giving up; default:
+# fedcmr client's --max-wait-time, docs/cli.md).
 set -u
-wait_args="--max-wait-time ${MAX_WAIT:-300}"
+set --
+if [ -n "${MAX_WAIT:-}" ]; then
+  set -- --max-wait-time "$MAX_WAIT"
+fi
 fedcmr -q prepare --dataset folder --root /data/manifest.csv --out /site/cache \
   --workers "${WORKERS:-1}"
 rc=$?
@@ -12,8 +17,7 @@ if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ]; then
   exit "$rc"
 fi
 if [ -n "${CA:-}" ]; then
-  exec fedcmr client --site "$SITE" --data /site/cache --superlink "$SUPERLINK" \
-    --out /site/output --root-certificates "$CA" --auth-key "$KEY" $wait_args
+  set -- "$@" --root-certificates "$CA" --auth-key "$KEY"
 fi
 exec fedcmr client --site "$SITE" --data /site/cache --superlink "$SUPERLINK" \
-  --out /site/output $wait_args
+  --out /site/output "$@"

@@ -29,9 +29,8 @@ from fedcmr.server.settings import FederationSettings
 log = logging.getLogger("fedcmr.server")
 #: Seconds between checks while waiting for sites to connect or come back.
 POLL = 2.0
-#: A ClientApp's failure starts with "site NAME: " (client/client_app.py); Flower wraps the
-#: text as "<class '...'>:<'site NAME: ...'>".
-_SITE_IN_REASON = re.compile(r"(?:^|<')site ([^:<>']+?): ")
+#: A ClientApp's failure reads "site NAME: KIND failed: ..." (client/client_app.py).
+_SITE_IN_REASON = re.compile(r"(?:^|<'|failed: )site (.+?): [\w.]+ failed: ")
 
 
 @dataclass(frozen=True)

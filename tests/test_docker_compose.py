@@ -1,6 +1,7 @@
-"""`docker-compose up` of the real compose file: four hospital containers and a coordinator
-to a finished run. Needs a Docker engine: .ci/run starts one (deploy/docker_engine.sh);
-elsewhere the test is skipped with the reason."""
+"""`docker-compose up` of the real compose file, the README's command as it is: the cohort
+written once, a coordinator and four hospital containers to a finished run, and the command
+returns by itself with every container exited 0. Needs a Docker engine: .ci/run starts one
+(deploy/docker_engine.sh); elsewhere the test is skipped with the reason."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 #: A small package the image's dependencies also pull: fetching it probes the registry.
 PROBE_PACKAGE = "packaging"
+#: `docker-compose up` must have returned by then (the run itself takes about 5 minutes).
+UP_TIMEOUT = 2400
 HOSPITALS = ["hospital-vall-d-hebron", "hospital-sagrada-familia", "hospital-santpau",
              "hospital-acdc"]
 
@@ -52,7 +56,21 @@ def compose(env: dict, *args: str, timeout: float) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_compose_runs_four_hospitals_to_a_finished_federated_run(tmp_path):
+def container_exits(env: dict) -> dict[str, int]:
+    """service -> exit code of each of the project's containers (all of them exited)."""
+    ids = compose(env, "ps", "-q", timeout=120).stdout.split()
+    shown = subprocess.run(
+        ["docker", "inspect", "--format",
+         '{{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}} '
+         '{{.State.ExitCode}}', *ids], capture_output=True, text=True, timeout=120)
+    exits = {}
+    for line in shown.stdout.splitlines():
+        service, status, code = line.split()
+        exits[service] = int(code) if status == "exited" else -1  # -1: still running
+    return exits
+
+
+def test_compose_up_runs_four_hospitals_to_a_finished_run_and_returns(tmp_path):
     engine_or_skip()
     env = {**os.environ, "FEDCMR_DATA": str(tmp_path / "data"),
            "FEDCMR_RUNS": str(tmp_path / "runs"), "FEDCMR_SCALE": "0.1",
@@ -65,15 +83,23 @@ def test_compose_runs_four_hospitals_to_a_finished_federated_run(tmp_path):
         pytest.skip(f"the package registry is unreachable ({why}); build log:\n{log[-800:]}")
     assert build.returncode == 0, log
     try:
-        cohort = compose(env, "run", "--rm", "cohort", timeout=900)
-        assert cohort.returncode == 0, cohort.stdout[-2000:] + cohort.stderr[-2000:]
-        assert sorted(p.name for p in (tmp_path / "data" / "sites").iterdir()) == sorted(
-            h.removeprefix("hospital-") for h in HOSPITALS)
-        up = compose(env, "up", "--no-deps", "--abort-on-container-exit", "--exit-code-from",
-                     "coordinator", "coordinator", *HOSPITALS, timeout=2400)
-        assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-2000:]
+        # the README's command, as it is: it must return by itself once the run is over
+        started = time.monotonic()
+        up = compose(env, "up", timeout=UP_TIMEOUT)
+        took = time.monotonic() - started
+        output = up.stdout[-6000:] + up.stderr[-3000:]
+        assert up.returncode == 0, output
+        exits = container_exits(env)
     finally:
         compose(env, "down", "--volumes", "--remove-orphans", timeout=300)
+    assert sorted(exits) == sorted(["cohort", "coordinator", *HOSPITALS]), (exits, output)
+    assert all(code == 0 for code in exits.values()), (exits, output)
+    assert took < UP_TIMEOUT
+    for hospital in HOSPITALS:  # each stopped because the coordinator said the run is over
+        assert any(hospital in line and "the coordinator's run is over; SuperNode stopped"
+                   in line for line in up.stdout.splitlines()), (hospital, output)
+    assert sorted(p.name for p in (tmp_path / "data" / "sites").iterdir()) == sorted(
+        h.removeprefix("hospital-") for h in HOSPITALS)
     metrics = json.loads((tmp_path / "runs" / "federated" / "metrics.json").read_text())
     assert set(metrics["auc"]) == {"total", "Vall d'Hebron", "Sagrada Familia", "SantPau",
                                    "ACDC"}

@@ -265,3 +265,18 @@ def test_a_site_prepared_otherwise_is_refused_at_discovery_and_reported_lost(tmp
     coverage = site_coverage([], study.roster)
     assert coverage["asked"] == ["Alpha", "Bravo", "Charlie", "Delta"]
     assert coverage["lost"]["Delta"] == reason
+
+
+def test_a_site_failing_describe_is_named_not_numbered(tmp_path):
+    """A damaged cache at Vall d'Hebron: its describe fails in the ClientApp; the run goes
+    on with the others and names the site (parsed from the error reply) as lost."""
+    from fedcmr.server.fl_outputs import site_coverage
+
+    grid = make_grid(tmp_path, {"Alpha": (8, 8), "Bravo": (8, 8), "Vall d'Hebron": (8, 8)})
+    (tmp_path / "Vall d'Hebron" / "manifest.csv").write_text("garbage\n")
+    study = runner(grid, epochs=1)
+    assert sorted(study.roster.sites) == ["Alpha", "Bravo"]
+    assert "manifest.csv" in study.roster.refused["Vall d'Hebron"]
+    coverage = site_coverage([], study.roster)
+    assert coverage["asked"] == ["Alpha", "Bravo", "Vall d'Hebron"]
+    assert coverage["lost"]["Vall d'Hebron"] == study.roster.refused["Vall d'Hebron"]

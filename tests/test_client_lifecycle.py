@@ -1,0 +1,190 @@
+"""A hospital's `fedcmr client` over its life: it gives up on a coordinator it cannot reach
+with one line naming the address, it stops by itself (exit 0, no Flower process left) when
+the coordinator's run is over, and a failure of its ClientApp reaches the coordinator
+naming the site and the message kind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cache_factory import write_cohort, write_site_cache
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.supercore.task_identity import TaskIdentity
+from process_tools import ENV, descendants, kill_tree, our_processes, processes, wait_for
+
+from fedcmr.client import client_app
+from fedcmr.client.audit import AUDIT_FILE, audit_mod
+from fedcmr.common.flower_env import flower_env, tool
+from fedcmr.common.protocol import CONFIG, FINISHED_MARKER, Kind
+from fedcmr.common.replies import FinishedReply
+from fedcmr.server.processes import free_port, port_is_free
+
+FLOWER = ("flower-supernode", "flower-superexec", "flwr-clientapp")
+
+
+def client(site: str, cache: Path, superlink: str, out: Path, *extra: str,
+           log: Path | None = None) -> subprocess.Popen:
+    """`fedcmr client` as a hospital starts it, in its own folder (so that every process
+    it starts, flower-superexec included, has its working directory under `out`); its
+    output to a pipe, or to `log`."""
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        stdout = stack.enter_context(log.open("w")) if log else subprocess.PIPE
+        return subprocess.Popen(
+            [tool("fedcmr"), "client", "--site", site, "--data", str(cache), "--superlink",
+             superlink, "--port", str(free_port()), "--threads", "1", "--out", str(out),
+             *extra], stdout=stdout, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=out,
+            start_new_session=True)
+
+
+def flower_processes(root: Path) -> list[str]:
+    return [c for c in our_processes(root) if any(name in c for name in FLOWER)]
+
+
+def test_an_unreachable_coordinator_is_one_line_naming_the_address(tmp_path):
+    cache = write_site_cache(tmp_path / "cache", "Alpha", 3, 3)
+    started = time.monotonic()
+    proc = client("Alpha", cache, "127.0.0.1:1", tmp_path / "site", "--max-wait-time", "5")
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+    took = time.monotonic() - started
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert proc.returncode == 1, out[-3000:]
+    assert took < 90, took
+    assert "cannot reach the coordinator at 127.0.0.1:1 for " in lines[-1], out[-3000:]
+    assert "is `fedcmr server` running" in lines[-1] and "Fix:" in lines[-1]
+    # Flower's own retry warnings are summarised, each summary with the address
+    assert not [line for line in lines if "Connection attempt failed" in line], out[-3000:]
+    retrying = [line for line in lines if "retrying" in line]
+    assert retrying and all("127.0.0.1:1" in line for line in retrying), out[-3000:]
+    assert flower_processes(tmp_path) == []
+
+
+def test_a_coordinator_gone_mid_run_is_one_line_too(tmp_path):
+    """Flower's SuperNode gives up on a lost SuperLink after --max-wait-time but then hangs
+    (1.42): `fedcmr client` stops it and says so, naming the address."""
+    port = free_port()
+    superlink = subprocess.Popen(
+        [tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=tmp_path,
+        env=flower_env(ENV, FLWR_HOME=str(tmp_path / "flwr")), start_new_session=True)
+    log = tmp_path / "client.log"
+    proc = None
+    try:
+        cache = write_site_cache(tmp_path / "cache", "Alpha", 3, 3)
+        wait_for(lambda: not port_is_free(port), 120, "the SuperLink to listen", superlink)
+        proc = client("Alpha", cache, f"127.0.0.1:{port}", tmp_path / "site",
+                      "--max-wait-time", "10", log=log)
+        wait_for(lambda: "connected to the coordinator" in log.read_text(), 120,
+                 "the client to connect", proc)
+        kill_tree(superlink.pid)
+        superlink.wait()
+        assert proc.wait(timeout=90) == 1, log.read_text()[-3000:]
+    finally:
+        for p in (superlink, proc):
+            if p is not None and p.poll() is None:
+                kill_tree(p.pid)
+                p.wait()
+    last = [line for line in log.read_text().splitlines() if line.strip()][-1]
+    assert f"lost the coordinator at 127.0.0.1:{port} for " in last, last
+    assert flower_processes(tmp_path) == []
+
+
+@pytest.fixture
+def server_identity(monkeypatch):
+    """What the ServerApp process has under Flower's runtime: messages need a run id."""
+    for attr, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, attr, value)
+
+
+def deliver(kind: Kind, node_config: dict, content: RecordDict | None = None) -> Message:
+    """The message to the real ClientApp handler behind the audit gate, as a SuperNode
+    delivers it; the reply through Flower's wire format, as the coordinator receives it."""
+    context = Context(run_id=7, node_id=101, node_config=node_config, state=RecordDict(),
+                      run_config={})
+    msg = Message(content=content or RecordDict({CONFIG: ConfigRecord()}),
+                  message_type=kind, dst_node_id=101)
+    msg.metadata.__dict__["_message_id"] = f"m-{kind}"
+    msg.metadata.__dict__["_src_node_id"] = 0
+    reply = audit_mod(msg, context, client_app.HANDLERS[kind])
+    return message_from_proto(message_to_proto(reply))
+
+
+@pytest.mark.parametrize("kind", [Kind.DESCRIBE, Kind.NYUL, Kind.TRAIN, Kind.VALIDATE,
+                                  Kind.TEST])
+def test_a_site_failure_names_the_site_and_the_message(tmp_path, server_identity, kind):
+    broken = {"site": "Vall d'Hebron", "data-path": str(tmp_path / "no-such-cache"),
+              "out-dir": str(tmp_path / "out")}
+    reply = deliver(kind, broken)
+    assert reply.has_error()
+    assert reply.error.reason.startswith(f"site Vall d'Hebron: {kind} failed: "), \
+        reply.error.reason
+    assert "no-such-cache" in reply.error.reason  # and says what went wrong
+
+
+def test_finished_marks_the_run_over_and_its_reply_passes_the_audit(tmp_path,
+                                                                      server_identity):
+    node = {"site": "Alpha", "data-path": str(tmp_path / "cache"),
+            "out-dir": str(tmp_path / "out")}
+    reply = deliver(Kind.FINISHED, node)
+    assert not reply.has_error() and FinishedReply.from_message(reply).site == "Alpha"
+    assert json.loads((tmp_path / "out" / FINISHED_MARKER).read_text())["run_id"] == 7
+    (line,) = (tmp_path / "out" / AUDIT_FILE).read_text().splitlines()
+    assert json.loads(line)["type"] == Kind.FINISHED and json.loads(line)["blocked"] == []
+
+
+@pytest.mark.slow
+def test_every_client_stops_by_itself_when_the_coordinators_run_is_over(tmp_path):
+    """`fedcmr server` and two `fedcmr client`s: once the server is done, each client exits
+    0 by itself, and no SuperNode, SuperExec or ClientApp process is left."""
+    caches = write_cohort(tmp_path / "caches", {"Alpha": (4, 4), "Bravo": (4, 4)})
+    port = free_port()
+    server = subprocess.Popen(
+        [tool("fedcmr"), "-q", "server", "--sites", "2", "--host", "127.0.0.1", "--port",
+         str(port), "--profile", "smoke", "--epochs", "1", "--fold", "0",
+         "--min-subjects", "2", "--round-timeout", "300", "--out", str(tmp_path / "run")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+        start_new_session=True)
+    sites = {name: tmp_path / "sites" / name for name in ("Alpha", "Bravo")}
+    clients = {name: client(name, cache, f"127.0.0.1:{port}", out)
+               for (name, out), cache in zip(sites.items(), caches, strict=True)}
+    trees: set[int] = set()
+    try:
+        deadline = time.monotonic() + 900
+        while server.poll() is None and time.monotonic() < deadline:
+            table = processes()
+            trees |= {p for c in clients.values() for p in descendants(c.pid, table)
+                      if any(name in table[p][2] for name in FLOWER[:2])}
+            time.sleep(2)
+        out, _ = server.communicate(timeout=60)
+        assert server.returncode == 0, out[-3000:]
+        assert "run over: told 2 site(s)" in out, out[-3000:]
+        logs = {}
+        for name, proc in clients.items():
+            logs[name], _ = proc.communicate(timeout=120)  # by itself, without a signal
+            assert proc.returncode == 0, (name, logs[name][-3000:])
+    finally:
+        for proc in (server, *clients.values()):
+            if proc.poll() is None:
+                kill_tree(proc.pid)
+                proc.wait()
+    assert len(trees) >= 4, trees  # a SuperNode and a SuperExec per site were watched
+    for name, out_dir in sites.items():
+        assert "the coordinator's run is over" in logs[name].splitlines()[-1], logs[name]
+        assert (out_dir / FINISHED_MARKER).exists()
+        assert list(out_dir.glob("fold_0/predictions.csv"))
+    alive = [p for p in trees if (t := processes().get(p)) and t[1] != "Z"]
+    assert alive == [] and flower_processes(tmp_path) == []
+    assert port_is_free(port)
+    assert not os.path.exists(tmp_path / "run" / "status.json") or json.loads(
+        (tmp_path / "run" / "status.json").read_text())["status"] == "completed"
