@@ -6,7 +6,7 @@ Every handler is wrapped (`site_handler`): an exception becomes an error reply w
 starts with "site NAME: KIND failed: ", so that the coordinator's log names the hospital and
 the message, not only a node id. (Flower itself would send "<class 'X'>:<'...'>" and no
 name.) FINISHED marks the end of the run in the site's out-dir, where `fedcmr client`
-(client/commands.py) sees it and stops.
+(client/supernode_watch.py) sees it and stops.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ class Kind(StrEnum):
     VALIDATE = f"{MessageType.QUERY}.validate"  # validation of a global model (final round)
     TEST = f"{MessageType.QUERY}.test"  # scoring of the best model on the site's test split
     #: The study run is over: the site marks it in its out-dir and its `fedcmr client`
-    #: stops (client/commands.py); sent once, after the results are written.
+    #: stops (client/supernode_watch.py); sent once, after the results are written.
     FINISHED = f"{MessageType.QUERY}.finished"
 
     @property

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
 import threading
 import time
-from contextlib import suppress
 from pathlib import Path
+
+from fedcmr.common.proc_tree import descendants, signal_group, signal_pid, start_time
 
 log = logging.getLogger("fedcmr.processes")
 
@@ -79,8 +79,8 @@ class ProcessGroup:
     def remember(self) -> None:
         """Note every live descendant now (and list them in logs/pids.json)."""
         pids = {proc.pid for _, proc in self.processes if proc.poll() is None}
-        found = {(pid, start) for pid in pids | _descendants(pids)
-                 if (start := _start_time(pid)) is not None}
+        found = {(pid, start) for pid in pids | descendants(pids)
+                 if (start := start_time(pid)) is not None}
         if found - self.known:
             self.known |= found
             self._write_pid_file()
@@ -98,12 +98,12 @@ class ProcessGroup:
             entries = [tuple(e) for e in json.loads(self.pid_file.read_text())]
         except (OSError, ValueError):
             return []
-        alive = [pid for pid, start in entries if _start_time(pid) == start]
+        alive = [pid for pid, start in entries if start_time(pid) == start]
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in alive:
-                _signal_pid(pid, sig)
+                signal_pid(pid, sig)
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and any(_start_time(p) for p in alive):
+            while time.monotonic() < deadline and any(start_time(p) for p in alive):
                 time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
         return alive
@@ -113,20 +113,20 @@ class ProcessGroup:
         session of its own, so process groups alone miss it), then SIGKILL what is left."""
         self.remember()
         pids = {proc.pid for _, proc in self.processes}
-        pids |= _descendants(pids) | self._known_alive()
+        pids |= descendants(pids) | self._known_alive()
         for _, proc in reversed(self.processes):
-            _signal_group(proc, signal.SIGTERM)
+            signal_group(proc, signal.SIGTERM)
         for pid in pids:
-            _signal_pid(pid, signal.SIGTERM)
+            signal_pid(pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
         for name, proc in reversed(self.processes):
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop on SIGTERM; killing it", name)
-            _signal_group(proc, signal.SIGKILL)
-        for pid in pids | _descendants(pids) | self._known_alive():
-            _signal_pid(pid, signal.SIGKILL)
+            signal_group(proc, signal.SIGKILL)
+        for pid in pids | descendants(pids) | self._known_alive():
+            signal_pid(pid, signal.SIGKILL)
         for _, proc in self.processes:
             proc.wait()
         self.processes.clear()
@@ -134,7 +134,7 @@ class ProcessGroup:
         self.pid_file.unlink(missing_ok=True)
 
     def _known_alive(self) -> set[int]:
-        return {pid for pid, start in self.known if _start_time(pid) == start}
+        return {pid for pid, start in self.known if start_time(pid) == start}
 
 
 def exit_on_termination() -> None:
@@ -148,42 +148,3 @@ def exit_on_termination() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, leave)
-
-
-def _descendants(roots: set[int]) -> set[int]:
-    """Every live descendant of `roots`, from /proc (Linux)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found: set[int] = set()
-    todo = list(roots)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _signal_pid(pid: int, sig: int) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time (clock ticks after boot), None when it is gone: with the pid
-    it names one process, never a later one that reuses the pid."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else int(fields[19])

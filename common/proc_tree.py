@@ -1,0 +1,54 @@
+"""The process tree, read from /proc (Linux): what both the coordinator's launchers and a
+hospital's `fedcmr client` need to stop a Flower process with every descendant (Flower's
+superexec and clientapps start sessions of their own, so process groups alone miss them)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import suppress
+from pathlib import Path
+
+
+def descendants(roots: set[int]) -> set[int]:
+    """Every live descendant of `roots`, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def signal_pid(pid: int, sig: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def signal_group(proc: subprocess.Popen, sig: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot), None when it is gone: with the pid
+    it names one process, never a later one that reuses the pid."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    return start_time(pid) is not None
