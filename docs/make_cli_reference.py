@@ -31,7 +31,8 @@ EXIT_CODES = """\
 | 1 | the run failed: one line says why (`-v` shows the traceback); `prepare --strict`: a skip |
 | 2 | bad input: one line names the file or option and the fix; nothing was run |
 | 3 | `prepare`: done, but some subjects were skipped (listed in CACHE/skipped.csv) |
-| 4 | `federate`, `server`, `demo`: finished, but the figures miss a site (named in the last line and in metrics.json `sites.lost`) |
+| 4 | `federate`, `server`, `demo`: finished, but the figures miss a site (named in the \
+last line and in metrics.json `sites.lost`) |
 | 130 | interrupted (Ctrl-C); everything the command started is stopped |
 """
 
