@@ -86,7 +86,8 @@ def cmd_client(args: argparse.Namespace) -> int:
     """Serve the hospital's cache as a SuperNode (a child process) until the coordinator
     says the run is over (exit 0), or give up on a coordinator it cannot reach (one line
     naming the address, exit 1)."""
-    from fedcmr.client.supernode_watch import SUPERNODE_MAIN, SuperNodeWatch, clog
+    from fedcmr.client.supernode_main import SUPERNODE_MAIN
+    from fedcmr.client.supernode_watch import SuperNodeWatch, clog
     from fedcmr.common.flower_env import flower_env, tool
     from fedcmr.common.node_config import NodeConfig
     from fedcmr.common.protocol import FINISHED_MARKER

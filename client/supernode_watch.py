@@ -15,19 +15,11 @@ import threading
 import time
 from pathlib import Path
 
+from fedcmr.client.supernode_main import LOOP_ENDED
 from fedcmr.common.cli_options import EXIT_FAILED, EXIT_OK
 from fedcmr.common.proc_tree import alive, descendants
 
 clog = logging.getLogger("fedcmr.client")
-#: Exit code of the SuperNode once its connection loop has ended (see SUPERNODE_MAIN).
-LOOP_ENDED = 75
-#: `flower-supernode` itself, but exiting when its connection loop ends. Flower 1.42 logs
-#: the error that ended it (a coordinator lost for --max-wait-time, an HTTP 500) and then
-#: hangs for ever on its Runtime API thread; the SuperExec it started follows its exit.
-SUPERNODE_MAIN = (
-    "import os, sys; sys.argv = sys.argv[1:]; "
-    "from flwr.supernode.cli import flower_supernode; flower_supernode(); "
-    f"sys.stdout.flush(); sys.stderr.flush(); os._exit({LOOP_ENDED})")
 #: Seconds between two "still no coordinator" lines while the SuperNode retries.
 RETRY_REPORT_S = 60.0
 #: Seconds the SuperNode stays after it sent its FINISHED reply: the SuperLink answers a

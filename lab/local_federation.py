@@ -10,11 +10,13 @@ process start), for large studies and sweeps on one machine or a Ray cluster.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedcmr.client.site_work import read_site_predictions
+from fedcmr.client.supernode_main import SUPERNODE_MAIN
 from fedcmr.common.atomic import write_json
 from fedcmr.common.cache_format import read_manifest
 from fedcmr.common.flower_env import tool
@@ -55,7 +57,8 @@ class LocalFederation(Coordinator):
             return
         for site in self.sites:
             self.processes.spawn(f"supernode-{Security.node_name(site.name)}", [
-                tool("flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
+                sys.executable, "-c", SUPERNODE_MAIN, tool("flower-supernode"),
+                "--superlink", f"127.0.0.1:{self.port}",
                 "--port", str(free_port()), "--node-config", self.node_config(site).to_text(),
                 *self._node_security(site)])
 

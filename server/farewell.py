@@ -14,11 +14,12 @@ from pydantic import ValidationError
 
 from fedcmr.common.protocol import CONFIG, Kind
 from fedcmr.common.replies import FinishedReply
+from fedcmr.server.roster import send_and_receive
 
 log = logging.getLogger("fedcmr.server")
 
 #: Seconds the ServerApp waits for the hospitals to confirm the end of the run (a reply
-#: costs a ClientApp start and two 3 s polls, about 10 s).
+#: costs a ClientApp start and a SuperNode's 3 s poll, a few seconds).
 FAREWELL_TIMEOUT = 60.0
 
 
@@ -35,7 +36,7 @@ def announce_finished(grid: Grid, node_ids: Iterable[int] | None = None,
             return {}
         messages = [Message(RecordDict({CONFIG: ConfigRecord()}), dst_node_id=node,
                             message_type=Kind.FINISHED) for node in nodes]
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        replies = send_and_receive(grid, messages, timeout)
         asked = {m.metadata.message_id: node for m, node in zip(messages, nodes, strict=True)}
     except Exception as err:  # a failed farewell must not fail a finished run
         log.warning("could not tell the hospitals that the run is over (%s); their "

@@ -29,8 +29,26 @@ from fedcmr.server.settings import FederationSettings
 log = logging.getLogger("fedcmr.server")
 #: Seconds between checks while waiting for sites to connect or come back.
 POLL = 2.0
+#: Seconds between checks for replies (Flower's `send_and_receive` waits 3 s each time).
+REPLY_POLL = 0.2
 #: A ClientApp's failure reads "site NAME: KIND failed: ..." (client/client_app.py).
 _SITE_IN_REASON = re.compile(r"(?:^|<'|failed: )site (.+?): [\w.]+ failed: ")
+
+
+def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+    """Flower's `Grid.send_and_receive` on a shorter schedule: push the messages, then pull
+    every REPLY_POLL s until each has its reply or `timeout` s have passed."""
+    waiting = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    received: list[Message] = []
+    while waiting:
+        got = list(grid.pull_messages(waiting))
+        received += got
+        waiting -= {m.metadata.reply_to_message_id for m in got}
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(REPLY_POLL)
+    return received
 
 
 @dataclass(frozen=True)
@@ -180,8 +198,8 @@ class Roster:
         comes after the timeout answers a message no later exchange waits for: it is never
         mixed into another round."""
         targets = {label: m.metadata.dst_node_id for label, m in messages.items()}
-        received = list(self.grid.send_and_receive(list(messages.values()),
-                                                   timeout=self.settings.round_timeout))
+        received = send_and_receive(self.grid, list(messages.values()),
+                                    self.settings.round_timeout)
         by_id = {m.metadata.message_id: label for label, m in messages.items()}
         ok: dict[str, Message] = {}
         failed: dict[str, str] = {}

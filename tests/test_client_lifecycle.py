@@ -1,23 +1,22 @@
 """A hospital's `fedcmr client` over its life: it gives up on a coordinator it cannot reach
 with one line naming the address, it stops by itself (exit 0, no Flower process left) when
-the coordinator's run is over, and a failure of its ClientApp reaches the coordinator
-naming the site and the message kind."""
+the coordinator's run is over (tested at the end of test_network_faults.py), and a failure
+of its ClientApp reaches the coordinator naming the site and the message kind."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from cache_factory import write_cohort, write_site_cache
+from cache_factory import write_site_cache
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.supercore.task_identity import TaskIdentity
-from process_tools import ENV, descendants, kill_tree, our_processes, processes, wait_for
+from process_tools import ENV, kill_tree, our_processes, wait_for
 
 from fedcmr.client import client_app
 from fedcmr.client.audit import AUDIT_FILE, audit_mod
@@ -141,50 +140,3 @@ def test_finished_marks_the_run_over_and_its_reply_passes_the_audit(tmp_path,
     assert json.loads((tmp_path / "out" / FINISHED_MARKER).read_text())["run_id"] == 7
     (line,) = (tmp_path / "out" / AUDIT_FILE).read_text().splitlines()
     assert json.loads(line)["type"] == Kind.FINISHED and json.loads(line)["blocked"] == []
-
-
-@pytest.mark.slow
-def test_every_client_stops_by_itself_when_the_coordinators_run_is_over(tmp_path):
-    """`fedcmr server` and two `fedcmr client`s: once the server is done, each client exits
-    0 by itself, and no SuperNode, SuperExec or ClientApp process is left."""
-    caches = write_cohort(tmp_path / "caches", {"Alpha": (4, 4), "Bravo": (4, 4)})
-    port = free_port()
-    server = subprocess.Popen(
-        [tool("fedcmr"), "-q", "server", "--sites", "2", "--host", "127.0.0.1", "--port",
-         str(port), "--profile", "smoke", "--epochs", "1", "--fold", "0",
-         "--min-subjects", "2", "--round-timeout", "300", "--out", str(tmp_path / "run")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
-        start_new_session=True)
-    sites = {name: tmp_path / "sites" / name for name in ("Alpha", "Bravo")}
-    clients = {name: client(name, cache, f"127.0.0.1:{port}", out)
-               for (name, out), cache in zip(sites.items(), caches, strict=True)}
-    trees: set[int] = set()
-    try:
-        deadline = time.monotonic() + 900
-        while server.poll() is None and time.monotonic() < deadline:
-            table = processes()
-            trees |= {p for c in clients.values() for p in descendants(c.pid, table)
-                      if any(name in table[p][2] for name in FLOWER[:2])}
-            time.sleep(2)
-        out, _ = server.communicate(timeout=60)
-        assert server.returncode == 0, out[-3000:]
-        assert "run over: told 2 site(s)" in out, out[-3000:]
-        logs = {}
-        for name, proc in clients.items():
-            logs[name], _ = proc.communicate(timeout=120)  # by itself, without a signal
-            assert proc.returncode == 0, (name, logs[name][-3000:])
-    finally:
-        for proc in (server, *clients.values()):
-            if proc.poll() is None:
-                kill_tree(proc.pid)
-                proc.wait()
-    assert len(trees) >= 4, trees  # a SuperNode and a SuperExec per site were watched
-    for name, out_dir in sites.items():
-        assert "the coordinator's run is over" in logs[name].splitlines()[-1], logs[name]
-        assert (out_dir / FINISHED_MARKER).exists()
-        assert list(out_dir.glob("fold_0/predictions.csv"))
-    alive = [p for p in trees if (t := processes().get(p)) and t[1] != "Z"]
-    assert alive == [] and flower_processes(tmp_path) == []
-    assert port_is_free(port)
-    assert not os.path.exists(tmp_path / "run" / "status.json") or json.loads(
-        (tmp_path / "run" / "status.json").read_text())["status"] == "completed"

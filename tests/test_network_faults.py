@@ -4,7 +4,7 @@ ClientApp) and restarted, one hospital's link goes dark for longer than the hear
 comes back (a loopback relay, tests/relay.py), and one hospital's SuperExec (which runs its
 ClientApps) is frozen for longer than the round timeout (a straggler). The run finishes
 with every site, each back in a later round, the straggler's late reply mixed into no
-round."""
+round; then every hospital stops by itself, leaving no Flower process."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from process_tools import (
 from relay import Relay
 
 from fedcmr.common.flower_env import tool
+from fedcmr.common.protocol import FINISHED_MARKER
 from fedcmr.server.processes import free_port, port_is_free
 
 pytestmark = pytest.mark.slow
@@ -42,12 +43,15 @@ DARK_SECONDS = 70
 
 
 def client(site: str, cache: Path, superlink: str, out: Path, log: Path) -> subprocess.Popen:
+    """`fedcmr client` as a hospital starts it, in its own folder (every process it starts,
+    flower-superexec included, then has its working directory under the test's folder)."""
+    out.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as handle:
         return subprocess.Popen(
             [tool("fedcmr"), "client", "--site", site, "--data", str(cache), "--superlink",
              superlink, "--port", str(free_port()), "--threads", "1", "--max-wait-time",
              "300", "--out", str(out)],
-            stdout=handle, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+            stdout=handle, stderr=subprocess.STDOUT, env=ENV, cwd=out, start_new_session=True)
 
 
 def superexec_of(site: str) -> int | None:
@@ -97,6 +101,8 @@ def test_kill_and_restart_a_cut_link_and_a_straggler_in_one_run(tmp_path):
         out, _ = server.communicate(timeout=1200)
         restore.join()
         assert server.returncode == 0, out[-4000:]
+        assert "run over: told 4 site(s)" in out, out[-3000:]
+        # every hospital stops by itself (exit 0, no signal) once the run is over
         for site, proc in {**clients, "Delta": restarted}.items():
             assert proc.wait(timeout=120) == 0, (site, (logs / f"{site}.log").read_text()[-2000:])
     finally:
@@ -127,5 +133,11 @@ def test_kill_and_restart_a_cut_link_and_a_straggler_in_one_run(tmp_path):
     for row in audit:  # the audit trail lists exactly the rows of rounds.csv
         assert sorted(c["site"] for c in row["contributed"]) == sorted(
             s for s, rounds in took_part.items() if row["round"] in rounds)
-    assert our_processes(tmp_path) == []
+    for site in SIZES:
+        log = "Delta-restarted" if site == "Delta" else site
+        last = [line for line in (logs / f"{log}.log").read_text().splitlines() if line][-1]
+        assert "the coordinator's run is over" in last, (site, last)
+        assert (tmp_path / site / FINISHED_MARKER).exists()
+        assert list((tmp_path / site).glob("fold_0/predictions.csv")), site
+    assert our_processes(tmp_path) == []  # no SuperNode, SuperExec or ClientApp left
     assert port_is_free(port)

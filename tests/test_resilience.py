@@ -54,13 +54,17 @@ def finish(proc: subprocess.Popen, timeout: float = 900) -> str:
     return out
 
 
-def rounds_by_site(run_dir: Path) -> dict[int, set[str]]:
+def rows_by_round(run_dir: Path) -> dict[int, list[dict[str, str]]]:
     with (run_dir / "rounds.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    out: dict[int, set[str]] = {}
+    out: dict[int, list[dict[str, str]]] = {}
     for row in rows:
-        out.setdefault(int(row["round"]), set()).add(row["site"])
+        out.setdefault(int(row["round"]), []).append(row)
     return out
+
+
+def rounds_by_site(run_dir: Path) -> dict[int, set[str]]:
+    return {rnd: {r["site"] for r in rows} for rnd, rows in rows_by_round(run_dir).items()}
 
 
 def test_a_lost_site_stops_a_run_needing_it_and_a_resume_reports_without_it(caches, tmp_path):
@@ -69,7 +73,7 @@ def test_a_lost_site_stops_a_run_needing_it_and_a_resume_reports_without_it(cach
     without Charlie's hospital, it finishes and says that the figures miss Charlie: in the
     last line, in metrics.json, in the exit code."""
     run_dir = tmp_path / "run"
-    common = ["--epochs", "3", "--round-timeout", "60", "--rejoin-timeout", "5"]
+    common = ["--epochs", "2", "--round-timeout", "60", "--rejoin-timeout", "5"]
     proc = federate(caches, run_dir, *common, "--min-sites", "3")
     wait_for(lambda: checkpoint_round(run_dir) >= 1, 600, "round 1", proc)
     node = wait_for(lambda: site_node("Charlie"), 10, "Charlie's SuperNode")
@@ -123,6 +127,10 @@ def test_a_coordinator_killed_after_round_2_resumes_to_the_same_bits(caches, tmp
     proc = federate(caches, reference, *args)
     out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
+    for sites in rows_by_round(reference).values():  # FedAvg: site k weighs n_k / sum(n)
+        total = sum(int(r["n_k"]) for r in sites)
+        assert len(sites) == 2 and all(float(r["weight"]) == pytest.approx(
+            int(r["n_k"]) / total, abs=1e-5) for r in sites)
 
     run_dir = tmp_path / "killed"
     proc = federate(caches, run_dir, *args)

@@ -1,0 +1,42 @@
+"""`flower-supernode` as fedcmr starts it (`fedcmr client` and the local launcher): Flower's
+own entry point with two changes. Its connection loop waits IDLE_POLL_S, not a hard-coded
+3 s, between two checks that found no message (every exchange waited half of that on
+average); and the process exits with LOOP_ENDED once that loop has ended (Flower 1.42 logs
+the error that ended it, a coordinator lost for --max-wait-time or an HTTP 500, and then
+hangs for ever on its Runtime API thread)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import types
+
+#: Seconds the SuperNode waits after a check that found no message (Flower: 3 s).
+IDLE_POLL_S = 0.5
+#: Exit code of the SuperNode once its connection loop has ended.
+LOOP_ENDED = 75
+#: The command line: `python -c SUPERNODE_MAIN flower-supernode ARGS...` (argv[1] names
+#: the tool, so that the process still reads as flower-supernode in `ps`).
+SUPERNODE_MAIN = "from fedcmr.client.supernode_main import main; main()"
+
+
+def _short_idle(clock: types.ModuleType, idle: float) -> types.SimpleNamespace:
+    """`clock` with a `sleep` that never waits more than `idle` s (the loop's only long
+    sleep is the idle wait; its other sleeps are 0.5 s)."""
+    shim = types.SimpleNamespace(**{n: getattr(clock, n) for n in dir(clock)
+                                    if not n.startswith("__")})
+    shim.sleep = lambda seconds: clock.sleep(min(seconds, idle))
+    return shim
+
+
+def main() -> None:
+    sys.argv = sys.argv[1:]
+    from flwr.supernode import start_client_internal as loop
+    from flwr.supernode.cli import flower_supernode
+
+    loop.time = _short_idle(time, IDLE_POLL_S)
+    flower_supernode()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(LOOP_ENDED)
