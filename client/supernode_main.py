@@ -13,7 +13,7 @@ import time
 import types
 
 #: Seconds the SuperNode waits after a check that found no message (Flower: 3 s).
-IDLE_POLL_S = 0.5
+IDLE_POLL_S = 1.0
 #: Exit code of the SuperNode once its connection loop has ended.
 LOOP_ENDED = 75
 #: The command line: `python -c SUPERNODE_MAIN flower-supernode ARGS...` (argv[1] names

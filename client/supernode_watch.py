@@ -1,6 +1,11 @@
 """`fedcmr client`'s SuperNode as a watched child: its output relayed (Flower's retry
 warnings summarised, with the address), signals forwarded, and it and every descendant
-stopped when the coordinator's run is over or the coordinator cannot be reached."""
+stopped when the coordinator's run is over or the coordinator cannot be reached.
+
+A coordinator that restarts (`fedcmr server --resume`) starts a SuperLink that no longer
+knows this node: Flower's SuperNode would go on polling as a node nobody sends to, its
+heartbeat thread dead. The watch sees Flower say so and starts the SuperNode again, which
+registers as a new node; the coordinator describes it and binds it to its site."""
 
 from __future__ import annotations
 
@@ -34,6 +39,10 @@ GAVE_UP_EXIT_S = 60.0
 STOP_GRACE_S = 15.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _GAVE_UP = re.compile(r"Giving up reconnection after ([0-9.]+) seconds")
+#: Flower's heartbeat, answered by a SuperLink that does not know the node (restarted).
+_FORGOTTEN = "does not recognize this SuperNode"
+#: At most this many registrations again without a message received in between.
+MAX_REJOINS = 3
 
 
 class SuperNodeWatch:
@@ -55,6 +64,8 @@ class SuperNodeWatch:
         self.finished_sent: float | None = None  # when the FINISHED reply left
         self.run_over = False  # the marker is there: retries are no news
         self.signalled = 0
+        self.forgotten = False  # the coordinator restarted and no longer knows this node
+        self.rejoins = 0  # registrations again since the last message received
 
     # -- output ---------------------------------------------------------------------
     def relay(self, stream) -> None:
@@ -64,6 +75,10 @@ class SuperNodeWatch:
             text = _ANSI.sub("", line).strip()
             if expect_reason and text:
                 self.reason, expect_reason = text, False
+            if _FORGOTTEN in text:
+                self.forgotten = True
+            if "Receiving:" in text:
+                self.rejoins = 0
             if "Connection attempt failed, retrying" in text:
                 self.on_retry()
                 continue
@@ -115,15 +130,45 @@ class SuperNodeWatch:
     # -- the process ----------------------------------------------------------------
     def run(self, command: list[str], env: dict[str, str], marker: Path,
             forever: bool) -> int:
+        previous = {sig: signal.signal(sig, self.on_signal)
+                    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            while True:
+                code = self.serve(command, env, marker, forever)
+                if not self.rejoin(code):
+                    break
+                why = ("it restarted and no longer knows this node" if self.forgotten
+                       else self.last_error or "the connection ended")
+                clog.warning("site %s: the coordinator at %s: %s; registering again as a new "
+                             "node", self.site, self.address, why)
+                # without a coordinator since it was forgotten: the next node ID says back
+                self.forgotten, self.refused = False, False
+                self.retry_since, self.retries = time.monotonic(), 0
+                self.finished_sending, self.finished_sent = False, None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if self.signalled:
+            clog.warning("site %s: stopped by signal %d", self.site, self.signalled)
+            return 128 + self.signalled
+        if marker.exists() and not forever:
+            clog.info("site %s: the coordinator's run is over; SuperNode stopped, exit 0",
+                      self.site)
+            return EXIT_OK
+        clog.error("%s", self.failure(code))
+        return EXIT_FAILED
+
+    def serve(self, command: list[str], env: dict[str, str], marker: Path,
+              forever: bool) -> int:
+        """One SuperNode, until the run is over, it gives up, a signal comes or the
+        coordinator forgot it; then it and its descendants are stopped. Its exit code."""
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         relay = threading.Thread(target=self.relay, args=(proc.stdout,), daemon=True)
         relay.start()
-        previous = {sig: signal.signal(sig, self.on_signal)
-                    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         finished_at = None
         try:
-            while proc.poll() is None and not self.signalled:
+            while proc.poll() is None and not self.signalled and not self.forgotten:
                 if marker.exists() and forever:
                     clog.info("site %s: the coordinator's run is over; serving on "
                               "(--serve-forever)", self.site)
@@ -141,17 +186,18 @@ class SuperNodeWatch:
         finally:
             stop_tree(proc)
             relay.join(timeout=5)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        if self.signalled:
-            clog.warning("site %s: stopped by signal %d", self.site, self.signalled)
-            return 128 + self.signalled
-        if marker.exists() and not forever:
-            clog.info("site %s: the coordinator's run is over; SuperNode stopped, exit 0",
-                      self.site)
-            return EXIT_OK
-        clog.error("%s", self.failure(proc.returncode))
-        return EXIT_FAILED
+        return proc.returncode
+
+    def rejoin(self, code: int | None) -> bool:
+        """Start a new SuperNode? Yes when the coordinator forgot this node, or when the
+        connection loop ended with an error (a reply the restarted SuperLink refused) before
+        the run was over, unless Flower gave up waiting or MAX_REJOINS in a row failed."""
+        if self.signalled or self.run_over or self.gave_up_after is not None:
+            return False
+        if not (self.forgotten or (code == LOOP_ENDED and self.connected)):
+            return False
+        self.rejoins += 1
+        return self.rejoins <= MAX_REJOINS
 
     def given_up(self) -> bool:
         """The SuperNode has been retrying well past its --max-wait-time."""

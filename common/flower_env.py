@@ -9,9 +9,6 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-#: Seconds between a SuperExec's checks for a message to run (Flower's default is 1.0).
-SUPEREXEC_POLL_S = 0.1
-
 
 def tool(name: str) -> str:
     """A console script of this environment (flower-superlink, flwr, ...)."""
@@ -22,10 +19,8 @@ def tool(name: str) -> str:
 def flower_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
     """The environment for Flower's processes. This environment's bin comes first on PATH:
     a SuperNode starts flower-superexec by name, also when fedcmr was called by its full
-    path without activating the environment. A SuperExec looks for new work every
-    SUPEREXEC_POLL_S (Flower's default: 1 s) unless the environment says otherwise."""
+    path without activating the environment."""
     env = dict(os.environ if base is None else base)
-    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(SUPEREXEC_POLL_S))
     env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", **extra)
     return env

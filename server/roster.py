@@ -30,7 +30,7 @@ log = logging.getLogger("fedcmr.server")
 #: Seconds between checks while waiting for sites to connect or come back.
 POLL = 2.0
 #: Seconds between checks for replies (Flower's `send_and_receive` waits 3 s each time).
-REPLY_POLL = 0.2
+REPLY_POLL = 0.5
 #: A ClientApp's failure reads "site NAME: KIND failed: ..." (client/client_app.py).
 _SITE_IN_REASON = re.compile(r"(?:^|<'|failed: )site (.+?): [\w.]+ failed: ")
 

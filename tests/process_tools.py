@@ -118,3 +118,55 @@ def started_at(pid: int) -> float:
     boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                 if line.startswith("btime"))
     return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def hospital(site: str, cache: Path, superlink: str, out: Path, *extra: str,
+             log: Path | None = None) -> subprocess.Popen:
+    """`fedcmr client` as a hospital starts it, in its own folder (every process it starts,
+    flower-superexec included, has its working directory under `out`); its output to a
+    pipe (text), or appended to `log`."""
+    from fedcmr.common.flower_env import tool
+    from fedcmr.server.processes import free_port
+
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        stdout = stack.enter_context(log.open("a")) if log else subprocess.PIPE
+        return subprocess.Popen(
+            [tool("fedcmr"), "client", "--site", site, "--data", str(cache), "--superlink",
+             superlink, "--port", str(free_port()), "--threads", "1", "--out", str(out),
+             *extra], stdout=stdout, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=out,
+            start_new_session=True)
+
+
+def server_command(run_dir: Path, port: int, sites: int, *extra: str) -> list[str]:
+    """`fedcmr server` on loopback for `sites` hospitals, smoke-sized, fold 0."""
+    from fedcmr.common.flower_env import tool
+
+    return [tool("fedcmr"), "-q", "server", "--sites", str(sites), "--host", "127.0.0.1",
+            "--port", str(port), "--profile", "smoke", "--fold", "0", "--min-subjects", "3",
+            "--out", str(run_dir), *extra]
+
+
+def start(command: list[str]) -> subprocess.Popen:
+    """A command in a session of its own, its output (text) to a pipe."""
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=ENV, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 900) -> str:
+    """Its output once it exited; killed with every descendant after `timeout` s."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+            proc.wait()
+    return out
+
+
+def stop_all(*procs: subprocess.Popen | None) -> None:
+    """Kill what is still running (and its descendants) and reap it."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            kill_tree(proc.pid)
+            proc.wait()

@@ -5,8 +5,8 @@ of its ClientApp reaches the coordinator naming the site and the message kind.""
 
 from __future__ import annotations
 
-import contextlib
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +16,7 @@ from cache_factory import write_site_cache
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.supercore.task_identity import TaskIdentity
-from process_tools import ENV, kill_tree, our_processes, wait_for
+from process_tools import ENV, hospital, kill_tree, our_processes, wait_for
 
 from fedcmr.client import client_app
 from fedcmr.client.audit import AUDIT_FILE, audit_mod
@@ -26,21 +26,7 @@ from fedcmr.common.replies import FinishedReply
 from fedcmr.server.processes import free_port, port_is_free
 
 FLOWER = ("flower-supernode", "flower-superexec", "flwr-clientapp")
-
-
-def client(site: str, cache: Path, superlink: str, out: Path, *extra: str,
-           log: Path | None = None) -> subprocess.Popen:
-    """`fedcmr client` as a hospital starts it, in its own folder (so that every process
-    it starts, flower-superexec included, has its working directory under `out`); its
-    output to a pipe, or to `log`."""
-    out.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        stdout = stack.enter_context(log.open("w")) if log else subprocess.PIPE
-        return subprocess.Popen(
-            [tool("fedcmr"), "client", "--site", site, "--data", str(cache), "--superlink",
-             superlink, "--port", str(free_port()), "--threads", "1", "--out", str(out),
-             *extra], stdout=stdout, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=out,
-            start_new_session=True)
+AGAIN = "no longer knows this node; registering again as a new node"
 
 
 def flower_processes(root: Path) -> list[str]:
@@ -50,7 +36,7 @@ def flower_processes(root: Path) -> list[str]:
 def test_an_unreachable_coordinator_is_one_line_naming_the_address(tmp_path):
     cache = write_site_cache(tmp_path / "cache", "Alpha", 3, 3)
     started = time.monotonic()
-    proc = client("Alpha", cache, "127.0.0.1:1", tmp_path / "site", "--max-wait-time", "5")
+    proc = hospital("Alpha", cache, "127.0.0.1:1", tmp_path / "site", "--max-wait-time", "5")
     try:
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -69,32 +55,47 @@ def test_an_unreachable_coordinator_is_one_line_naming_the_address(tmp_path):
     assert flower_processes(tmp_path) == []
 
 
-def test_a_coordinator_gone_mid_run_is_one_line_too(tmp_path):
-    """Flower's SuperNode gives up on a lost SuperLink after --max-wait-time but then hangs
-    (1.42): `fedcmr client` stops it and says so, naming the address."""
-    port = free_port()
-    superlink = subprocess.Popen(
-        [tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=tmp_path,
-        env=flower_env(ENV, FLWR_HOME=str(tmp_path / "flwr")), start_new_session=True)
+def test_a_restarted_coordinator_is_rejoined_and_one_gone_for_good_is_one_line(tmp_path):
+    """A SuperLink killed and started again on its port no longer knows the node (Flower's
+    SuperNode would poll on as a node nobody sends to): `fedcmr client` registers again as
+    a new node. Killed for good, Flower's SuperNode gives up after --max-wait-time but then
+    hangs (1.42): `fedcmr client` stops it and says so, naming the address."""
+    port, flwr_home = free_port(), tmp_path / "flwr"
+
+    def superlink() -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
+             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=tmp_path,
+            env=flower_env(ENV, FLWR_HOME=str(flwr_home)), start_new_session=True)
+        wait_for(lambda: not port_is_free(port), 120, "the SuperLink to listen", proc)
+        return proc
+
     log = tmp_path / "client.log"
-    proc = None
+    links, proc = [], None
     try:
         cache = write_site_cache(tmp_path / "cache", "Alpha", 3, 3)
-        wait_for(lambda: not port_is_free(port), 120, "the SuperLink to listen", superlink)
-        proc = client("Alpha", cache, f"127.0.0.1:{port}", tmp_path / "site",
-                      "--max-wait-time", "10", log=log)
+        links.append(superlink())
+        proc = hospital("Alpha", cache, f"127.0.0.1:{port}", tmp_path / "site",
+                      "--max-wait-time", "30", log=log)
         wait_for(lambda: "connected to the coordinator" in log.read_text(), 120,
                  "the client to connect", proc)
-        kill_tree(superlink.pid)
-        superlink.wait()
-        assert proc.wait(timeout=90) == 1, log.read_text()[-3000:]
+        kill_tree(links[-1].pid)
+        links[-1].wait()
+        links.append(superlink())  # the coordinator restarted: a SuperLink without nodes
+        wait_for(lambda: "reconnected to the coordinator" in log.read_text().partition(
+            AGAIN)[2], 120, "the client to register again", proc)
+        kill_tree(links[-1].pid)  # gone for good
+        links[-1].wait()
+        assert proc.wait(timeout=150) == 1, log.read_text()[-3000:]
     finally:
-        for p in (superlink, proc):
+        for p in (*links, proc):
             if p is not None and p.poll() is None:
                 kill_tree(p.pid)
                 p.wait()
-    last = [line for line in log.read_text().splitlines() if line.strip()][-1]
+    text = log.read_text()
+    ids = re.findall(r"SuperNode ID: (\d+)", text)
+    assert len(set(ids)) == 2, ids  # registered twice, under two node ids
+    last = [line for line in text.splitlines() if line.strip()][-1]
     assert f"lost the coordinator at 127.0.0.1:{port} for " in last, last
     assert flower_processes(tmp_path) == []
 

@@ -23,6 +23,7 @@ from process_tools import (
     audit_kinds,
     checkpoint_round,
     descendants,
+    hospital,
     kill_tree,
     our_processes,
     processes,
@@ -43,15 +44,7 @@ DARK_SECONDS = 70
 
 
 def client(site: str, cache: Path, superlink: str, out: Path, log: Path) -> subprocess.Popen:
-    """`fedcmr client` as a hospital starts it, in its own folder (every process it starts,
-    flower-superexec included, then has its working directory under the test's folder)."""
-    out.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as handle:
-        return subprocess.Popen(
-            [tool("fedcmr"), "client", "--site", site, "--data", str(cache), "--superlink",
-             superlink, "--port", str(free_port()), "--threads", "1", "--max-wait-time",
-             "300", "--out", str(out)],
-            stdout=handle, stderr=subprocess.STDOUT, env=ENV, cwd=out, start_new_session=True)
+    return hospital(site, cache, superlink, out, "--max-wait-time", "300", log=log)
 
 
 def superexec_of(site: str) -> int | None:
@@ -67,7 +60,7 @@ def test_kill_and_restart_a_cut_link_and_a_straggler_in_one_run(tmp_path):
     run_dir, port = tmp_path / "run", free_port()
     server = subprocess.Popen(
         [tool("fedcmr"), "-q", "server", "--sites", "4", "--host", "127.0.0.1", "--port",
-         str(port), "--profile", "smoke", "--fold", "0", "--epochs", "5",
+         str(port), "--profile", "smoke", "--fold", "0", "--epochs", "4",
          "--min-subjects", "3", "--round-timeout", str(ROUND_TIMEOUT), "--rejoin-timeout",
          "240", "--out", str(run_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,

@@ -1,6 +1,7 @@
 """Faults against real processes (`fedcmr federate`: a SuperLink, one SuperNode per hospital,
-the ServerApp and ClientApps): a site killed for good, too few sites, the coordinator killed
-and the run resumed bit for bit, processes left by a killed launcher."""
+the ServerApp and ClientApps; `fedcmr server` and a `fedcmr client` per hospital): a site
+killed for good, too few sites, the coordinator killed and the run resumed bit for bit with
+the hospitals registering again by themselves, processes left by a killed launcher."""
 
 from __future__ import annotations
 
@@ -18,14 +19,20 @@ from cache_factory import write_cohort
 from process_tools import (
     ENV,
     checkpoint_round,
+    finish,
+    hospital,
     kill_tree,
     our_processes,
     processes,
+    server_command,
     site_node,
+    start,
+    stop_all,
     wait_for,
 )
 
 from fedcmr.common.flower_env import tool
+from fedcmr.server.processes import free_port
 
 pytestmark = pytest.mark.slow
 SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (6, 6)}
@@ -42,16 +49,6 @@ def federate(caches: list[Path], run_dir: Path, *extra: str) -> subprocess.Popen
          "--fold", "0", "--min-subjects", "3", "--out", str(run_dir), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
         start_new_session=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 900) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc.pid)
-            proc.wait()
-    return out
 
 
 def rows_by_round(run_dir: Path) -> dict[int, list[dict[str, str]]]:
@@ -118,9 +115,13 @@ def superlink_of(run_dir: Path) -> int | None:
 
 
 def test_a_coordinator_killed_after_round_2_resumes_to_the_same_bits(caches, tmp_path):
-    """SIGKILL of the SuperLink after round 2 of a 4-round run: the launcher exits naming
-    --resume and leaves no process (not even the orphaned flwr-serverapp); the same command
-    with --resume gives the uninterrupted run's best model and predictions bit for bit."""
+    """The reference: an uninterrupted 4-round `fedcmr federate` of two hospitals. The same
+    run deployed (`fedcmr server`, a `fedcmr client` per hospital) loses its SuperLink to
+    SIGKILL after round 2: the server exits naming --resume and leaves no process (not even
+    the orphaned flwr-serverapp); without --resume the folder is refused; with --resume the
+    run continues, each hospital's client registers again by itself (the new SuperLink does
+    not know its node), and the best model, the predictions and the model hashes round by
+    round equal the reference's bit for bit."""
     args = ["--epochs", "4", "--round-timeout", "120"]
     caches = caches[:2]  # two hospitals: the least that federates, the quickest to run
     reference = tmp_path / "reference"
@@ -132,26 +133,39 @@ def test_a_coordinator_killed_after_round_2_resumes_to_the_same_bits(caches, tmp
         assert len(sites) == 2 and all(float(r["weight"]) == pytest.approx(
             int(r["n_k"]) / total, abs=1e-5) for r in sites)
 
-    run_dir = tmp_path / "killed"
-    proc = federate(caches, run_dir, *args)
-    wait_for(lambda: checkpoint_round(run_dir) >= 2, 600, "round 2", proc)
-    kill_tree(superlink_of(run_dir), signal.SIGKILL)
-    out = finish(proc, 120)
-    assert proc.returncode == 1 and "--resume" in out, out[-3000:]
-    time.sleep(1)
-    assert our_processes(run_dir) == []
-    assert not (run_dir / "metrics.json").exists()
-    # without --resume the folder is refused, not overwritten
-    again = subprocess.run([*federate_args(caches, run_dir), *args], capture_output=True,
-                           text=True, env=ENV, timeout=120)
-    assert again.returncode == 2 and "--resume" in again.stderr + again.stdout
+    run_dir, port, logs = tmp_path / "killed", free_port(), tmp_path / "logs"
+    logs.mkdir()
+    sites = dict(zip(("Alpha", "Bravo"), caches, strict=True))
+    command = server_command(run_dir, port, len(sites), *args)
+    proc = start(command)
+    clients = {s: hospital(s, cache, f"127.0.0.1:{port}", tmp_path / "sites" / s,
+                           "--max-wait-time", "300", log=logs / f"{s}.log")
+               for s, cache in sites.items()}
+    try:
+        wait_for(lambda: checkpoint_round(run_dir) >= 2, 600, "round 2", proc)
+        kill_tree(superlink_of(run_dir), signal.SIGKILL)
+        out = finish(proc, 120)
+        assert proc.returncode == 1 and "--resume" in out, out[-3000:]
+        time.sleep(1)
+        assert our_processes(run_dir) == []
+        assert not (run_dir / "metrics.json").exists()
+        # without --resume the folder is refused, not overwritten
+        again = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=120)
+        assert again.returncode == 2 and "--resume" in again.stderr + again.stdout
 
-    proc = federate(caches, run_dir, *args, "--resume")
-    out = finish(proc)
-    assert proc.returncode == 0, out[-3000:]
+        proc = start([*command, "--resume"])
+        out = finish(proc)
+        assert proc.returncode == 0, out[-3000:]
+        for site, client in clients.items():  # each stops by itself once the run is over
+            assert client.wait(timeout=120) == 0, (site, (logs / f"{site}.log").read_text())
+    finally:
+        stop_all(proc, *clients.values())
     assert "resuming after round" in (run_dir / "logs" / "run.log").read_text()
-    assert (run_dir / "predictions.csv").read_bytes() == \
-        (reference / "predictions.csv").read_bytes()
+    for site in sites:
+        assert "registering again as a new node" in (logs / f"{site}.log").read_text()
+        ours = tmp_path / "sites" / site / "fold_0" / "predictions.csv"
+        theirs = reference / "sites" / site.lower() / "fold_0" / "predictions.csv"
+        assert ours.read_bytes() == theirs.read_bytes(), site
     ours = torch.load(run_dir / "fold_0" / "best_model.pt")
     theirs = torch.load(reference / "fold_0" / "best_model.pt")
     assert ours.keys() == theirs.keys()
@@ -163,12 +177,7 @@ def test_a_coordinator_killed_after_round_2_resumes_to_the_same_bits(caches, tmp
 
     assert hashes(run_dir) == hashes(reference)
     assert len(hashes(reference)) == 4
-    assert our_processes(run_dir) == []
-
-
-def federate_args(caches: list[Path], run_dir: Path) -> list[str]:
-    return [tool("fedcmr"), "-q", "federate", "--cache", *map(str, caches), "--profile",
-            "smoke", "--fold", "0", "--min-subjects", "3", "--out", str(run_dir)]
+    assert our_processes(tmp_path) == []
 
 
 def test_a_relaunch_stops_what_a_killed_launcher_left_running(tmp_path):

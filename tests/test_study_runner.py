@@ -35,14 +35,17 @@ class InProcessGrid:
         self.sent: list[str] = []
         self.routes: list[tuple[str, int]] = []  # (message type, destination node)
         self.trained: list[ArrayRecord] = []  # the global model each train exchange sent
+        self.waiting: dict[str, Message] = {}  # replies not pulled yet, by message id
 
     def get_node_ids(self) -> list[int]:
         return sorted(self.contexts)
 
-    def send_and_receive(self, messages, timeout=None) -> list[Message]:
-        replies = []
+    def push_messages(self, messages) -> list[str]:
+        """Each message answered at once by its node's handler; the replies wait to be
+        pulled, as at a SuperLink."""
         if messages and messages[0].metadata.message_type == Kind.TRAIN:
             self.trained.append(messages[0].content.array_records[ARRAYS])
+        ids = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = f"m{next(self.ids)}"
             msg.metadata.__dict__["_src_node_id"] = 0
@@ -51,8 +54,12 @@ class InProcessGrid:
             self.routes.append((msg.metadata.message_type, node))
             reply = audit_mod(msg, self.contexts[node], HANDLERS[msg.metadata.message_type])
             reply.metadata.__dict__["_src_node_id"] = node
-            replies.append(reply)
-        return replies
+            self.waiting[msg.metadata.message_id] = reply
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids) -> list[Message]:
+        return [self.waiting.pop(i) for i in list(message_ids) if i in self.waiting]
 
 
 @pytest.fixture(autouse=True)
