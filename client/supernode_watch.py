@@ -135,10 +135,11 @@ class SuperNodeWatch:
         try:
             while True:
                 code = self.serve(command, env, marker, forever)
-                if not self.rejoin(code):
+                if not self.rejoin():
                     break
                 why = ("it restarted and no longer knows this node" if self.forgotten
-                       else self.last_error or "the connection ended")
+                       else f"the SuperNode stopped ({self.last_error or f'exit {code}'}); "
+                       "a restarted coordinator does not know this node")
                 clog.warning("site %s: the coordinator at %s: %s; registering again as a new "
                              "node", self.site, self.address, why)
                 # without a coordinator since it was forgotten: the next node ID says back
@@ -188,13 +189,14 @@ class SuperNodeWatch:
             relay.join(timeout=5)
         return proc.returncode
 
-    def rejoin(self, code: int | None) -> bool:
-        """Start a new SuperNode? Yes when the coordinator forgot this node, or when the
-        connection loop ended with an error (a reply the restarted SuperLink refused) before
-        the run was over, unless Flower gave up waiting or MAX_REJOINS in a row failed."""
-        if self.signalled or self.run_over or self.gave_up_after is not None:
-            return False
-        if not (self.forgotten or (code == LOOP_ENDED and self.connected)):
+    def rejoin(self) -> bool:
+        """Start a new SuperNode? Yes when the SuperNode had been connected and then ended
+        or was forgotten before the run was over: a restarted SuperLink does not know the
+        node (its heartbeat fails, or is refused and Flower stops the SuperNode), or it
+        refused a reply. No after a signal, when Flower or the watch gave up waiting for
+        the coordinator, or after MAX_REJOINS in a row without a message received."""
+        if (self.signalled or self.run_over or not self.connected
+                or self.gave_up_after is not None or self.given_up()):
             return False
         self.rejoins += 1
         return self.rejoins <= MAX_REJOINS

@@ -26,7 +26,7 @@ from fedcmr.common.replies import FinishedReply
 from fedcmr.server.processes import free_port, port_is_free
 
 FLOWER = ("flower-supernode", "flower-superexec", "flwr-clientapp")
-AGAIN = "no longer knows this node; registering again as a new node"
+AGAIN = "registering again as a new node"
 
 
 def flower_processes(root: Path) -> list[str]:
