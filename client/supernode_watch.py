@@ -29,7 +29,7 @@ clog = logging.getLogger("fedcmr.client")
 RETRY_REPORT_S = 60.0
 #: Seconds the SuperNode stays after it sent its FINISHED reply: the SuperLink answers a
 #: node that went offline with "Node Unavailable" in place of its reply, so the node stays
-#: until the ServerApp (polling every 3 s) has collected it.
+#: until the ServerApp (polling every 0.5 s) has collected it.
 FINISHED_LINGER_S = 15.0
 #: After the run-over mark, at most this long in all before the SuperNode is stopped.
 FINISHED_GRACE_S = 60.0

@@ -19,7 +19,7 @@ from fedcmr.server.roster import send_and_receive
 log = logging.getLogger("fedcmr.server")
 
 #: Seconds the ServerApp waits for the hospitals to confirm the end of the run (a reply
-#: costs a ClientApp start and a SuperNode's 3 s poll, a few seconds).
+#: costs a ClientApp start and a SuperNode's idle wait, a few seconds).
 FAREWELL_TIMEOUT = 60.0
 
 

@@ -43,11 +43,12 @@ def caches(tmp_path_factory) -> list[Path]:
     return write_cohort(tmp_path_factory.mktemp("caches"), SIZES)
 
 
-def federate(caches: list[Path], run_dir: Path, *extra: str) -> subprocess.Popen:
+def federate(caches: list[Path], run_dir: Path, *extra: str,
+             env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [tool("fedcmr"), "-q", "federate", "--cache", *map(str, caches), "--profile", "smoke",
          "--fold", "0", "--min-subjects", "3", "--out", str(run_dir), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or ENV,
         start_new_session=True)
 
 
@@ -100,6 +101,33 @@ def test_a_lost_site_stops_a_run_needing_it_and_a_resume_reports_without_it(cach
               (run_dir / "site_events.jsonl").read_text().splitlines()]
     assert {(e["site"], e["event"]) for e in events} == {("Charlie", "lost")}
     assert "resuming after round" in (run_dir / "logs" / "run.log").read_text()
+    assert our_processes(run_dir) == []
+
+
+def test_bad_updates_from_a_real_site_are_rejected_and_the_rounds_go_on(caches, tmp_path):
+    """Bravo's real ClientApp processes spoil its updates (tests/poison/): NaN in round 1, a
+    reply to another round in round 2. The coordinator rejects each before aggregation,
+    logs the site and the reason, lists it in the audit trail, and the rounds go on with
+    Alpha under Flower's FedMedian (`--strategy median`, `--min-sites 1`); Bravo is still
+    tested. (Every other rule, the norm rule included: tests/test_update_checks.py.)"""
+    run_dir = tmp_path / "run"
+    env = {**ENV, "PYTHONPATH": str(Path(__file__).parent / "poison"),
+           "FEDCMR_TEST_POISON": "Bravo=nan,round"}
+    proc = federate(caches[:2], run_dir, "--epochs", "2", "--strategy", "median",
+                    "--min-sites", "1", env=env)
+    out = finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert rounds_by_site(run_dir) == {1: {"Alpha"}, 2: {"Alpha"}}
+    audit = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
+    reasons = {(r["round"], r["site"]): r["reason"] for row in audit for r in row["rejected"]}
+    assert sorted(reasons) == [(1, "Bravo"), (2, "Bravo")], reasons
+    assert reasons[1, "Bravo"].endswith("holds NaN or Inf")
+    assert reasons[2, "Bravo"] == "a reply to round 7, not to round 2"
+    assert all(row["model_before"] != row["model_after"] for row in audit)
+    log = (run_dir / "logs" / "run.log").read_text()
+    assert f"round 2: rejected the update of site Bravo: {reasons[2, 'Bravo']}" in log
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["sites"]["covered"] == ["Alpha", "Bravo"]
     assert our_processes(run_dir) == []
 
 
