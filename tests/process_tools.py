@@ -53,20 +53,6 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
     return tree
 
 
-def command_of(pid: int) -> tuple[list[str], dict[str, str], str]:
-    """What started a process: its argv, environment and working directory."""
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-    env_items = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    env = dict(item.decode().split("=", 1) for item in env_items if b"=" in item)
-    return [a.decode() for a in argv], env, os.readlink(f"/proc/{pid}/cwd")
-
-
-def restart(argv: list[str], env: dict[str, str], cwd: str, log: Path) -> subprocess.Popen:
-    with log.open("ab") as handle:
-        return subprocess.Popen(argv, env=env, cwd=cwd, stdout=handle,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-
-
 def wait_for(condition: Callable[[], object], timeout: float, what: str,
              proc: subprocess.Popen | None = None) -> object:
     deadline = time.monotonic() + timeout
@@ -110,14 +96,6 @@ def our_processes(marker: Path) -> list[str]:
             if state != "Z" and (str(marker) in cmdline or cwd.startswith(str(marker))):
                 found.append(cmdline)
     return found
-
-
-def started_at(pid: int) -> float:
-    """When the process started (seconds since the epoch)."""
-    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                if line.startswith("btime"))
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def hospital(site: str, cache: Path, superlink: str, out: Path, *extra: str,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cache_factory import write_cohort
+from process_tools import our_processes
 
 from fedcmr.common.flower_env import tool
 from fedcmr.common.replies import ANY_KEY, REPLY_ALLOWED
@@ -36,36 +37,10 @@ def caches(tmp_path_factory) -> list[Path]:
     return write_cohort(tmp_path_factory.mktemp("caches"), SIZES)
 
 
-def listening(port: int) -> bool:
-    """Something accepts connections on the port (connecting never races a server's bind)."""
-    import socket
-
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-        return True
-    return False
-
-
 def settings(strategy: str, alpha: float = 1.0, epochs: int | None = None
              ) -> FederationSettings:
     run = RunConfig(profile="smoke", folds=(0,), min_subjects=3, epochs=epochs)
     return FederationSettings(strategy=strategy, vote_alpha=alpha, round_timeout=300, run=run)
-
-
-def our_processes(marker: Path) -> list[str]:
-    """Live processes that belong to a run: its folder is in their command line or is
-    their working directory (the launcher starts everything there). Read from /proc: no
-    truncated `ps` columns."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            cwd = os.readlink(proc / "cwd")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and (str(marker) in cmdline or cwd.startswith(str(marker))):
-            found.append(cmdline)
-    return found
 
 
 def check_run(run_dir: Path, alpha: float) -> None:
