@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from fedcmr.client.prep_config import PrepConfig
@@ -36,6 +37,16 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lazy("fedcmr.client.commands:cmd_prepare"))
 
 
+#: The variable naming a default policy file (the hospital's environment, never the
+#: coordinator's run config).
+POLICY_ENV = "FEDCMR_SITE_POLICY"
+
+
+def policy_default() -> Path | None:
+    value = os.environ.get(POLICY_ENV, "")
+    return Path(value) if value else None
+
+
 #: Seconds `fedcmr client` retries a coordinator it cannot reach before it gives up
 #: (Flower's SuperNode --max-wait-time, which bounds every retried call to the coordinator).
 COORDINATOR_WAIT_S = 600.0
@@ -50,8 +61,12 @@ def add_client(sub: argparse._SubParsersAction) -> None:
                    help="private output folder (predictions, audit log)")
     p.add_argument("--port", type=int, default=9094, help="local port of the SuperNode")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    p.add_argument("--root-certificates", type=Path, default=None, help="the federation CA")
+    p.add_argument("--root-certificates", type=Path, default=None,
+                   help="the federation CA (without it: plaintext, with a warning)")
     p.add_argument("--auth-key", type=Path, default=None, help="the site's private key")
+    p.add_argument("--policy", type=Path, default=policy_default(),
+                   help="the hospital's release policy, a TOML file (docs/security.md); "
+                        f"default: ${POLICY_ENV} where set, else the safe defaults")
     p.add_argument("--max-wait-time", type=float, default=COORDINATOR_WAIT_S,
                    help="give up (exit 1) after this many seconds without the coordinator, "
                         "when starting or when it goes away mid-run; 0: retry forever "

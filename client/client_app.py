@@ -3,9 +3,13 @@ reply back into a message. Which site this node is comes from its NodeConfig
 (common/node_config.py): a SuperNode's `--node-config`, or the simulated-node table.
 
 Every handler is wrapped (`site_handler`): an exception becomes an error reply whose reason
-starts with "site NAME: KIND failed: ", so that the coordinator's log names the hospital and
-the message, not only a node id. (Flower itself would send "<class 'X'>:<'...'>" and no
-name.) FINISHED marks the end of the run in the site's out-dir, where `fedcmr client`
+starts with "site NAME: KIND failed: " and then names only a category (`error_reason`), so
+that the coordinator's log names the hospital and the message, not only a node id, while
+paths and subject ids in the exception's text stay in the site's log. (Flower itself would
+send "<class 'X'>:<'...'>" and no name.) A request the site's policy refuses says
+"site NAME: KIND refused by the site's policy (RULE): ...".
+
+FINISHED marks the end of the run in the site's out-dir, where `fedcmr client`
 (client/supernode_watch.py) sees it and stops.
 """
 
@@ -23,7 +27,10 @@ from flwr.common.constant import ErrorCode
 
 from fedcmr.client import site_work
 from fedcmr.client.audit import audit_mod
+from fedcmr.client.site_policy import PolicyRefusal, SitePolicy
 from fedcmr.common.atomic import write_json
+from fedcmr.common.cache_format import CacheError
+from fedcmr.common.handshake import FingerprintError
 from fedcmr.common.node_config import NodeConfig
 from fedcmr.common.protocol import ARRAYS, CONFIG, FINISHED_MARKER, Kind, Order
 from fedcmr.common.replies import FinishedReply
@@ -37,7 +44,8 @@ def open_site(context: Context) -> site_work.Site:
     node = NodeConfig.resolve(context.node_config, context.run_config)
     if node.threads > 0:
         torch.set_num_threads(node.threads)
-    return site_work.Site.open(node.site, list(node.data_path), node.out_dir)
+    return site_work.Site.open(node.site, list(node.data_path), node.out_dir,
+                               SitePolicy.load(node.policy))
 
 
 def site_name(context: Context) -> str:
@@ -51,9 +59,32 @@ def site_name(context: Context) -> str:
 Handler = Callable[[Message, Context], Message]
 
 
+#: What an error reply may say of a failure: a category and a fixed message per kind of
+#: exception (first match). The exception's own text, which may hold paths and subject
+#: ids, stays in the site's log.
+ERROR_CATEGORIES: tuple[tuple[type[BaseException], str, str], ...] = (
+    (CacheError, "data", "the site's prepared cache cannot be read or is inconsistent"),
+    (FingerprintError, "data", "the site's prepared caches disagree"),
+    (OSError, "data", "the site cannot read its prepared data"),
+    (MemoryError, "resources", "the site ran out of memory"),
+    (ValueError, "input", "the site could not use the request with its data"),
+    (Exception, "internal", "the site's software failed"),
+)
+
+
+def error_reason(site: str, kind: Kind, err: BaseException) -> str:
+    """The error reply's text: the site, the message kind and what kind of failure, never
+    the exception's own words (a policy refusal's are safe: they name the rule only)."""
+    if isinstance(err, PolicyRefusal):
+        return f"site {site}: {kind} {err}"
+    category, text = next((c, t) for cls, c, t in ERROR_CATEGORIES if isinstance(err, cls))
+    return (f"site {site}: {kind} failed: {category} error ({type(err).__name__}): {text}; "
+            "the details are in the site's own log")
+
+
 def site_handler(kind: Kind) -> Callable[[Handler], Handler]:
-    """The handler, its exceptions turned into an error reply that names the site and the
-    message kind (the traceback stays in the site's own log)."""
+    """The handler, its exceptions turned into an error reply that names the site, the
+    message kind and the category of failure (the traceback stays in the site's log)."""
 
     def wrap(handler: Handler) -> Handler:
         @functools.wraps(handler)
@@ -62,9 +93,12 @@ def site_handler(kind: Kind) -> Callable[[Handler], Handler]:
                 return handler(msg, context)
             except Exception as err:  # every failure leaves as a reply naming the site
                 site = site_name(context)
-                text = str(err).removeprefix(f"site {site}: ")
-                reason = f"site {site}: {kind} failed: {type(err).__name__}: {text}"
-                log.error("%s", reason, exc_info=err)
+                reason = error_reason(site, kind, err)
+                if isinstance(err, PolicyRefusal):
+                    log.warning("%s", reason)
+                else:
+                    log.error("site %s: %s failed: %s: %s", site, kind, type(err).__name__,
+                              err, exc_info=err)
                 return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                      reason=reason), reply_to=msg)
 

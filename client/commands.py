@@ -86,6 +86,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     """Serve the hospital's cache as a SuperNode (a child process) until the coordinator
     says the run is over (exit 0), or give up on a coordinator it cannot reach (one line
     naming the address, exit 1)."""
+    from fedcmr.client.site_policy import SitePolicy
     from fedcmr.client.supernode_main import SUPERNODE_MAIN
     from fedcmr.client.supernode_watch import SuperNodeWatch, clog
     from fedcmr.common.flower_env import flower_env, tool
@@ -97,24 +98,50 @@ def cmd_client(args: argparse.Namespace) -> int:
         log.error("%s: no prepared cache (manifest.csv). Fix: fedcmr prepare ... --out %s",
                   missing[0], missing[0])
         return EXIT_BAD_INPUT
+    try:
+        security = security_args(args.root_certificates, args.auth_key)
+        policy = SitePolicy.load(args.policy)
+    except ValueError as err:
+        log.error("%s", err)
+        return EXIT_BAD_INPUT
     out = args.out.resolve()
     node = NodeConfig(site=args.site, data_path=tuple(p.resolve() for p in args.data),
-                      out_dir=out, threads=args.threads)
+                      out_dir=out, threads=args.threads,
+                      policy=args.policy.resolve() if args.policy else None)
     command = [sys.executable, "-c", SUPERNODE_MAIN, tool("flower-supernode"), "--superlink",
-               args.superlink, "--port", str(args.port), "--node-config", node.to_text()]
-    if args.root_certificates:
-        command += ["--root-certificates", str(args.root_certificates)]
-        if args.auth_key:
-            command += ["--auth-supernode-private-key", str(args.auth_key)]
-    else:
-        command.append("--insecure")
+               args.superlink, "--port", str(args.port), "--node-config", node.to_text(),
+               *security]
     if args.max_wait_time > 0:
         command += ["--max-wait-time", f"{args.max_wait_time:g}"]
     out.mkdir(parents=True, exist_ok=True)
     (out / FINISHED_MARKER).unlink(missing_ok=True)  # an earlier run's
     watch = SuperNodeWatch(args.site, args.superlink, args.max_wait_time)
+    clog.info("site %s release policy (%s): %s", args.site, args.policy or "the defaults",
+              "; ".join(policy.lines()))
+    if "--insecure" in security:
+        clog.warning("INSECURE: no --root-certificates, so this site talks to %s in "
+                     "plaintext and unauthenticated; anyone on the network can read and "
+                     "change what passes. Fix: --root-certificates CA --auth-key KEY "
+                     "(docs/security.md)", args.superlink)
     clog.info("site %s serving %s to the coordinator at %s (%s)", args.site,
               ", ".join(map(str, args.data)), args.superlink,
               "serving until stopped" if args.serve_forever else
               "stops when the coordinator's run is over")
     return watch.run(command, flower_env(), out / FINISHED_MARKER, args.serve_forever)
+
+
+def security_args(ca: Path | None, key: Path | None) -> list[str]:
+    """flower-supernode's security flags; ValueError for settings that would not protect
+    what the site thinks they protect (fail closed, never a silent fallback)."""
+    for what, path in (("--root-certificates", ca), ("--auth-key", key)):
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"{what} {path}: no such file. Fix: point it at the file "
+                             "deploy/make_certificates.sh wrote for this site")
+    if key is not None and ca is None:
+        raise ValueError("--auth-key without --root-certificates: node authentication needs "
+                         "TLS, and without the CA this site would talk in plaintext. Fix: "
+                         "add --root-certificates CA (the federation's ca.crt)")
+    if ca is None:
+        return ["--insecure"]
+    args = ["--root-certificates", str(ca)]
+    return args + (["--auth-supernode-private-key", str(key)] if key else [])

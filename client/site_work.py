@@ -3,6 +3,12 @@
 The Flower layer (client_app.py) only converts messages; everything here is testable
 without a federation. Every reply is a typed model of common/replies.py, and nothing in one
 is per subject: per-subject predictions go to the site's own output folder.
+
+Before anything leaves, the site's own policy (client/site_policy.py) admits the request,
+and every aggregate passes `Site.release`: enough subjects behind it, and a subject set the
+differencing guard (client/release_ledger.py) allows. A training aggregate that may not
+leave refuses the request; validation or test counts that may not leave are withheld (the
+reply says why) and the rest of the reply goes.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord
 
+from fedcmr.client.release_ledger import ReleaseLedger
+from fedcmr.client.site_policy import PolicyRefusal, SitePolicy
 from fedcmr.common.device import placement
 from fedcmr.common.handshake import site_fingerprint
 from fedcmr.common.learning.data import CachedFrame, FrameDataset, load_cache
@@ -50,11 +58,36 @@ class Site:
     out_dir: Path
     #: The prepared caches the frames come from (their prep.json make the fingerprint).
     caches: tuple[Path, ...] = ()
+    #: The hospital's release policy (its defaults where the site set none).
+    policy: SitePolicy = SitePolicy()
 
     @classmethod
-    def open(cls, name: str, caches: list[Path], out_dir: Path) -> Site:
+    def open(cls, name: str, caches: list[Path], out_dir: Path,
+             policy: SitePolicy | None = None) -> Site:
         return cls(name=name, frames=load_cache(caches), out_dir=out_dir,
-                   caches=tuple(Path(c) for c in caches))
+                   caches=tuple(Path(c) for c in caches), policy=policy or SitePolicy())
+
+    @property
+    def ledger(self) -> ReleaseLedger:
+        return ReleaseLedger(self.policy.ledger_path(self.out_dir), self.policy)
+
+    def release(self, kind: str, frames: list[CachedFrame], floor: int, what: str) -> None:
+        """Admit an aggregate over `frames` (kind "train" or "scores") or raise
+        PolicyRefusal naming the rule."""
+        subjects = {f.subject for f in frames}
+        if len(subjects) < floor:
+            rule = "min_subjects" if kind == "train" else "min_eval_subjects"
+            raise PolicyRefusal(rule, f"{what} would come from {len(subjects)} subject(s); "
+                                f"the minimum is {floor}")
+        self.ledger.release(kind, subjects, what)
+
+    def release_scores(self, frames: list[CachedFrame], what: str) -> str | None:
+        """None when scores of `frames` may leave; else why they are withheld."""
+        try:
+            self.release("scores", frames, self.policy.eval_floor(), what)
+        except PolicyRefusal as refusal:
+            return str(refusal)
+        return None
 
     @property
     def centres(self) -> list[str]:
@@ -74,10 +107,13 @@ def describe(site: Site) -> DescribeReply:
 
 def histogram_summary(site: Site, order: Order) -> NyulReply:
     """The Nyul summary of the training frames, or a refusal the server can log."""
+    site.policy.admit(order.run)
+    train = site.parts(order)["train"]
+    floor = site.policy.training_floor(order.run)
     try:
-        summary = Harmoniser(order.run.prior).summary(site.parts(order)["train"],
-                                                      order.run.min_subjects)
-    except PrivacyError as err:
+        site.release("train", train, floor, f"fold {order.fold} histogram summary")
+        summary = Harmoniser(order.run.prior).summary(train, floor)
+    except (PrivacyError, PolicyRefusal) as err:
         return NyulReply(site=site.name, refused=str(err))
     return NyulReply(site=site.name, summary=summary)
 
@@ -103,6 +139,15 @@ def _counts(scores: Scores) -> ScoreCounts:
     return ScoreCounts.of(scores.labels, scores.scores, scores.loss)
 
 
+def _val_counts(site: Site, order: Order, model, where) -> tuple[ScoreCounts | None, str | None]:
+    """The validation counts of `model`, or None and why they are withheld."""
+    frames = site.parts(order)["val"]
+    withheld = site.release_scores(frames, f"fold {order.fold} validation counts")
+    if withheld:
+        return None, withheld
+    return _counts(score(model, _dataset(site, order, "val"), where)), None
+
+
 def round_seed(order: Order, site: Site) -> int:
     return derive_seed(order.run.seed, order.fold, order.server_round, site.name)
 
@@ -110,8 +155,11 @@ def round_seed(order: Order, site: Site) -> int:
 def train(site: Site, order: Order, state: StateDict) -> TrainReply:
     """Validate the received global model, then the paper's local step: `local_iterations`
     batches sized so that they cover the site's training frames once."""
+    site.policy.admit(order.run)
+    site.release("train", site.parts(order)["train"], site.policy.training_floor(order.run),
+                 f"fold {order.fold} model update")
     model, where = _model(state)
-    val = _counts(score(model, _dataset(site, order, "val"), where))
+    val, withheld = _val_counts(site, order, model, where)
     seed = round_seed(order, site)
     generator = seed_run(seed)
     data = _dataset(site, order, "train", seed)
@@ -124,23 +172,28 @@ def train(site: Site, order: Order, state: StateDict) -> TrainReply:
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return TrainReply(site=site.name, arrays=ArrayRecord(weights), num_examples=len(data),
                       train_loss=stats.loss, train_batches=stats.n_batches, batch_size=batch,
-                      server_round=order.server_round, val=val)
+                      server_round=order.server_round, val=val, withheld=withheld)
 
 
 def validate(site: Site, order: Order, state: StateDict) -> ValidateReply:
+    site.policy.admit(order.run)
     model, where = _model(state)
-    return ValidateReply(site=site.name,
-                         val=_counts(score(model, _dataset(site, order, "val"), where)))
+    val, withheld = _val_counts(site, order, model, where)
+    return ValidateReply(site=site.name, val=val, withheld=withheld)
 
 
 def test(site: Site, order: Order, state: StateDict) -> TestReply:
-    """Score the test split; per-frame scores stay in the site's own folder."""
+    """Score the test split; per-frame scores stay in the site's own folder, and the
+    counts leave where the policy allows."""
+    site.policy.admit(order.run)
     model, where = _model(state)
     frames = site.parts(order)["test"]
     scores = score(model, _dataset(site, order, "test"), where)
     write_predictions(site.out_dir / f"fold_{order.fold}" / "predictions.csv",
                       prediction_rows(frames, scores.scores, order.fold))
-    return TestReply(site=site.name, test=_counts(scores))
+    withheld = site.release_scores(frames, f"fold {order.fold} test counts")
+    return TestReply(site=site.name, test=None if withheld else _counts(scores),
+                     withheld=withheld)
 
 
 def read_site_predictions(out_dir: Path) -> list[dict]:

@@ -22,7 +22,8 @@ SIM_SITES = "sim-sites"
 
 
 class NodeConfig(BaseModel):
-    """Keys as Flower's node config spells them: site, data-path, out-dir, threads."""
+    """Keys as Flower's node config spells them: site, data-path, out-dir, threads,
+    policy."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True,
                               alias_generator=lambda name: name.replace("_", "-"))
@@ -35,6 +36,13 @@ class NodeConfig(BaseModel):
     out_dir: Path
     #: CPU threads for torch (0: torch's default).
     threads: int = Field(0, ge=0)
+    #: The hospital's release policy file (client/site_policy.py); None: its defaults.
+    policy: Path | None = None
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _no_policy(cls, value: object) -> object:
+        return value or None
 
     @field_validator("data_path", mode="before")
     @classmethod
@@ -46,7 +54,8 @@ class NodeConfig(BaseModel):
     def to_flower(self) -> dict[str, str | int]:
         """The node-config mapping (plain strings and ints, as Flower holds it)."""
         return {"site": self.site, "data-path": ",".join(str(p) for p in self.data_path),
-                "out-dir": str(self.out_dir), "threads": self.threads}
+                "out-dir": str(self.out_dir), "threads": self.threads,
+                "policy": str(self.policy or "")}
 
     def to_text(self) -> str:
         """The `--node-config` argument of `flower-supernode`."""

@@ -191,20 +191,26 @@ class TrainReply(Reply):
     batch_size: Annotated[int, Wire(METRICS)]
     #: The round this reply answers (a late reply to an earlier round is rejected).
     server_round: Annotated[int, Wire(METRICS)]
-    val: Annotated[ScoreCounts, Wire(METRICS, prefix="val")]
+    #: None where the site's policy withholds them; `withheld` says why.
+    val: Annotated[ScoreCounts | None, Wire(METRICS, prefix="val")] = None
+    withheld: Annotated[str | None, Wire(SITE)] = None
 
 
 class ValidateReply(Reply):
     kind = Kind.VALIDATE
 
-    val: Annotated[ScoreCounts, Wire(METRICS, prefix="val")]
+    #: None where the site's policy withholds them; `withheld` says why.
+    val: Annotated[ScoreCounts | None, Wire(METRICS, prefix="val")] = None
+    withheld: Annotated[str | None, Wire(SITE)] = None
 
 
 class TestReply(Reply):
     __test__ = False  # not a pytest class
     kind = Kind.TEST
 
-    test: Annotated[ScoreCounts, Wire(METRICS, prefix="test")]
+    #: None where the site's policy withholds them; `withheld` says why.
+    test: Annotated[ScoreCounts | None, Wire(METRICS, prefix="test")] = None
+    withheld: Annotated[str | None, Wire(SITE)] = None
 
 
 class FinishedReply(Reply):

@@ -31,6 +31,7 @@ def add_federate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--secure", type=Path, default=None, metavar="CERT_DIR",
                    help="TLS + SuperNode authentication with the files of "
                         "deploy/make_certificates.sh in CERT_DIR")
+    add_site_policy_option(p, "the defaults")
     p.add_argument("--threads-per-site", type=int, default=1,
                    help="CPU threads of each hospital's training")
     p.add_argument("--runtime", choices=RUNTIMES, default="deployment",
@@ -59,4 +60,14 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     add_strategy_options(p)
     p.add_argument("--workers", type=int, default=2,
                    help="processes for synthesis and preparation")
+    add_site_policy_option(p, "lab/policies.py SMALL_SYNTHETIC_SITES: the synthetic sites' "
+                              "validation splits are 1-2 subjects")
     p.set_defaults(func=lazy("fedcmr.lab.commands:cmd_demo"))
+
+
+def add_site_policy_option(p: argparse.ArgumentParser, otherwise: str) -> None:
+    from fedcmr.client.cli import POLICY_ENV, policy_default
+
+    p.add_argument("--site-policy", type=Path, default=policy_default(), metavar="FILE",
+                   help="every simulated hospital's release policy (as fedcmr client "
+                        f"--policy); default: ${POLICY_ENV} where set, else {otherwise}")

@@ -36,14 +36,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def federate(caches: list[Path], settings, out: Path, security=None,
              threads_per_site: int = 1, runtime: str = "deployment",
-             quiet: bool = False) -> int:
+             quiet: bool = False, site_policy: Path | None = None) -> int:
     """A local federation of the caches, its AUC table printed."""
     from fedcmr.common.results import auc_table
     from fedcmr.lab.local_federation import run_local_federation
     from fedcmr.server.commands import exit_code
 
     metrics = run_local_federation(caches, settings, out, security, threads_per_site,
-                                   echo=(lambda _: None) if quiet else print, runtime=runtime)
+                                   echo=(lambda _: None) if quiet else print, runtime=runtime,
+                                   site_policy=site_policy)
     print(auc_table(metrics))
     log.info("federated run in %s (%.0f s): metrics.json, predictions.csv, rounds.csv",
              out, metrics.get("elapsed_s", 0))
@@ -51,12 +52,14 @@ def federate(caches: list[Path], settings, out: Path, security=None,
 
 
 def cmd_federate(args: argparse.Namespace) -> int:
+    from fedcmr.client.site_policy import SitePolicy
     from fedcmr.lab.local_federation import sites_from_caches
     from fedcmr.server.checkpoint import check_resume
     from fedcmr.server.commands import settings_from_args
     from fedcmr.server.security import security_from_dir
 
     try:
+        SitePolicy.load(args.site_policy)
         sites = sites_from_caches(args.cache)
         settings = settings_from_args(args, [])
         check_resume(args.out.resolve(), settings)
@@ -69,7 +72,7 @@ def cmd_federate(args: argparse.Namespace) -> int:
         log.error("%s", err)
         return EXIT_BAD_INPUT
     return federate(args.cache, settings, args.out, security, args.threads_per_site,
-                    args.runtime, args.quiet)
+                    args.runtime, args.quiet, args.site_policy)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -78,13 +81,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fedcmr.client.loaders.acdc import load_acdc
     from fedcmr.client.loaders.mnms import load_mnms
     from fedcmr.client.prep_config import PrepConfig
+    from fedcmr.client.site_policy import SitePolicy
+    from fedcmr.common.atomic import write_json
     from fedcmr.common.centres import ACDC_CENTRE, STUDY_MNMS_CENTRES, slug
+    from fedcmr.lab.policies import SMALL_SYNTHETIC_SITES
     from fedcmr.lab.synthetic import synthesize
     from fedcmr.server.checkpoint import check_resume
     from fedcmr.server.settings import FederationSettings, strategy_alpha
     from fedcmr.server.superlink import require_ray
 
     try:
+        SitePolicy.load(args.site_policy)
         if args.runtime == "simulation":  # say so now, not after preparing the data
             require_ray()
         settings = FederationSettings(
@@ -109,5 +116,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         prepare_loaded(load(), PrepConfig(), caches / slug(centre), args.workers, progress)
     log.info("3/3 federating four hospitals (%s runtime, %s, profile %s, fold %s)",
              args.runtime, args.strategy, args.profile, args.fold)
+    policy = args.site_policy
+    if policy is None:
+        policy = args.out / "site-policy.json"
+        write_json(policy, SMALL_SYNTHETIC_SITES.model_dump(mode="json"))
+        log.info("the synthetic hospitals' release policy: %s",
+                 "; ".join(SMALL_SYNTHETIC_SITES.lines()))
     return federate([caches / slug(c) for c, _ in jobs], settings, args.out / "federated",
-                    runtime=args.runtime, quiet=args.quiet)
+                    runtime=args.runtime, quiet=args.quiet, site_policy=policy)

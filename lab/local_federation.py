@@ -49,6 +49,8 @@ class LocalFederation(Coordinator):
 
     sites: list[SiteSpec] = field(default_factory=list)
     threads_per_site: int = 1
+    #: Every hospital's release policy file (None: the defaults).
+    site_policy: Path | None = None
 
     def start(self) -> None:
         super().start()
@@ -67,7 +69,8 @@ class LocalFederation(Coordinator):
 
     def node_config(self, site: SiteSpec) -> NodeConfig:
         return NodeConfig(site=site.name, data_path=tuple(site.caches),
-                          out_dir=self.site_dir(site), threads=self.threads_per_site)
+                          out_dir=self.site_dir(site), threads=self.threads_per_site,
+                          policy=self.site_policy.resolve() if self.site_policy else None)
 
     @property
     def node_table(self) -> Path:
@@ -96,14 +99,15 @@ class LocalFederation(Coordinator):
 def run_local_federation(caches: list[Path], settings: FederationSettings, run_dir: Path,
                          security: Security | None = None, threads_per_site: int = 1,
                          echo=print, timeout: float | None = None,
-                         runtime: Runtime = "deployment") -> dict:
+                         runtime: Runtime = "deployment",
+                         site_policy: Path | None = None) -> dict:
     """Start everything, run, gather, stop everything; returns metrics.json's content."""
     run_dir = run_dir.resolve()
     sites = sites_from_caches(caches)
     settings = settings.model_copy(update={"out_dir": run_dir, "sites": len(sites)})
     started = time.monotonic()
     with LocalFederation(run_dir, security, runtime=runtime, sites=sites,
-                         threads_per_site=threads_per_site) as fed:
+                         threads_per_site=threads_per_site, site_policy=site_policy) as fed:
         echo(f"SuperLink ({runtime}) on 127.0.0.1:{fed.port}; {len(sites)} hospitals: "
              + ", ".join(s.name for s in sites))
         fed.run_to_completion(settings, echo, timeout)

@@ -74,6 +74,8 @@ class StudyRunner:
         self.roster = Roster(grid, settings)
         self.run: RunConfig = settings.run
         self.checkpoint = checkpoint
+        #: (fold, site) whose withheld validation counts were logged; (fold, None): none.
+        self._withheld: set[tuple[int, str | None]] = set()
         #: Called after every completed round with the fold's outcome so far.
         self.on_round: Callable[[FoldOutcome], None] = lambda outcome: None
 
@@ -194,7 +196,8 @@ class StudyRunner:
             if stopped:
                 break
             ok, trained = self._train_round(fold, rnd, arrays, strategy, state, outcome)
-            val_auc, val_loss = self._pooled_val([t.val for t in trained.values()])
+            counts = self._released_val(fold, trained.values())
+            val_auc, val_loss = self._pooled_val(counts)
             new_arrays, _ = strategy.aggregate_train(rnd, ok)
             weights = strategy.weights.get(rnd, {})
             self._log_round(outcome, rnd, trained, weights, val_auc, val_loss)
@@ -202,7 +205,7 @@ class StudyRunner:
             # 1's is the untrained initialisation: never a candidate (the centralised loop
             # never scores its untrained model either), though its loss of ln 2 can beat
             # overconfident trained models on a validation split of a few frames.
-            if rnd > 1 and stopper.update(val_auc, val_loss, rnd - 1):
+            if rnd > 1 and (not counts or stopper.update(val_auc, val_loss, rnd - 1)):
                 best_arrays, best_round = arrays, rnd - 1
             new_arrays = new_arrays if new_arrays is not None else arrays
             outcome.audit.append(self._audit_row(fold, rnd, trained, weights, outcome,
@@ -219,8 +222,9 @@ class StudyRunner:
                 {ARRAYS: arrays, CONFIG: Order(run=self.run, fold=fold,
                                                landmarks=state.landmarks).to_record()}),
                 f"fold {fold} final validation")
-            final_val = [replies.ValidateReply.from_message(m).val for m in final.values()]
-            if stopper.update(*self._pooled_val(final_val), max_rounds):
+            final_val = self._released_val(fold, [replies.ValidateReply.from_message(m)
+                                                  for m in final.values()])
+            if not final_val or stopper.update(*self._pooled_val(final_val), max_rounds):
                 best_arrays, best_round = arrays, max_rounds
         outcome.best_round, outcome.best_arrays = best_round, best_arrays
         self.test_round(fold, state.landmarks, best_arrays, outcome)
@@ -324,7 +328,28 @@ class StudyRunner:
                                       f"fold {fold} test")
         for message in answers.values():
             reply = replies.TestReply.from_message(message)
+            if reply.test is None:
+                log.warning("fold %d: site %s withheld its test counts: %s", fold, reply.site,
+                            reply.withheld)
+                continue
             outcome.test[reply.site] = reply.test
+
+    def _released_val(self, fold: int, answers) -> list[ScoreCounts]:
+        """The validation counts the sites released; a site's policy may withhold its own
+        (said once per fold). With none at all, the latest model counts as the best."""
+        counts = []
+        for reply in answers:
+            if reply.val is not None:
+                counts.append(reply.val)
+            elif (fold, reply.site) not in self._withheld:
+                self._withheld.add((fold, reply.site))
+                log.warning("fold %d: site %s withholds its validation counts: %s", fold,
+                            reply.site, reply.withheld)
+        if not counts and (fold, None) not in self._withheld:
+            self._withheld.add((fold, None))
+            log.warning("fold %d: no site released validation counts; the latest model is "
+                        "kept as the best", fold)
+        return counts
 
     @staticmethod
     def _pooled_val(counts: list[ScoreCounts]) -> tuple[float | None, float]:
@@ -347,7 +372,8 @@ class StudyRunner:
                 "fold": outcome.fold, "round": rnd, "site": r.site,
                 "n_k": r.num_examples, "weight": round(weights.get(node, 0.0), 6),
                 "train_loss": r.train_loss, "batch_size": r.batch_size,
-                "val_loss_received": r.val.loss, "val_auc_received": r.val.auc(),
+                "val_loss_received": r.val.loss if r.val else None,
+                "val_auc_received": r.val.auc() if r.val else None,
                 "pooled_val_loss_received": pooled_val,
                 "pooled_val_auc_received": pooled_auc})
         shown = ", ".join(f"{row['site']} {row['weight']:.3f}" for row in outcome.rounds

@@ -29,6 +29,15 @@ def acdc_sample() -> Path:
     return Path(value)
 
 
+#: The release policy of the tests' small sites (tests/small-site-policy.toml says why).
+SMALL_SITE_POLICY = Path(__file__).with_name("small-site-policy.toml")
+
+
+@pytest.fixture(autouse=True)
+def _small_site_policy(monkeypatch):
+    monkeypatch.setenv("FEDCMR_SITE_POLICY", str(SMALL_SITE_POLICY))
+
+
 @pytest.fixture(autouse=True)
 def _quiet_flower(monkeypatch):
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")

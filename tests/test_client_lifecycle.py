@@ -122,14 +122,22 @@ def deliver(kind: Kind, node_config: dict, content: RecordDict | None = None) ->
 
 @pytest.mark.parametrize("kind", [Kind.DESCRIBE, Kind.NYUL, Kind.TRAIN, Kind.VALIDATE,
                                   Kind.TEST])
-def test_a_site_failure_names_the_site_and_the_message(tmp_path, server_identity, kind):
+def test_a_site_failure_names_the_site_and_the_message(tmp_path, server_identity, kind,
+                                                        caplog):
+    """The error reply names the site, the message and the kind of failure; the path in
+    the exception's text stays in the site's log, and the gate logs the request and the
+    error it answered with."""
     broken = {"site": "Vall d'Hebron", "data-path": str(tmp_path / "no-such-cache"),
               "out-dir": str(tmp_path / "out")}
     reply = deliver(kind, broken)
     assert reply.has_error()
-    assert reply.error.reason.startswith(f"site Vall d'Hebron: {kind} failed: "), \
-        reply.error.reason
-    assert "no-such-cache" in reply.error.reason  # and says what went wrong
+    assert reply.error.reason == (f"site Vall d'Hebron: {kind} failed: data error "
+                                  "(FileNotFoundError): the site cannot read its prepared "
+                                  "data; the details are in the site's own log")
+    assert "no-such-cache" in caplog.text  # the details, at the site only
+    (line,) = [json.loads(x) for x in (tmp_path / "out" / AUDIT_FILE).read_text().splitlines()]
+    assert line["type"] == kind and line["error"] == reply.error.reason
+    assert "run_id" in line["request"]
 
 
 def test_finished_marks_the_run_over_and_its_reply_passes_the_audit(tmp_path,

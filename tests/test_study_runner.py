@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from cache_factory import write_site_cache
+from conftest import SMALL_SITE_POLICY
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -74,7 +75,7 @@ def make_grid(root, sizes: dict[str, tuple[int, int]]) -> InProcessGrid:
     for node, (centre, (n_nor, n_hcm)) in enumerate(sizes.items(), start=101):
         write_site_cache(root / centre, centre, n_nor, n_hcm, seed=node)
         config = {"site": centre, "data-path": str(root / centre),
-                  "out-dir": str(root / f"out-{centre}")}
+                  "out-dir": str(root / f"out-{centre}"), "policy": str(SMALL_SITE_POLICY)}
         contexts[node] = Context(run_id=1, node_id=node, node_config=config, state=RecordDict(),
                                  run_config={})
     return InProcessGrid(contexts)
@@ -165,7 +166,8 @@ def test_histogram_refusals_are_left_out_and_named(tmp_path, monkeypatch, caplog
         harmoniser = study.histogram_round(0, outcome)
     # Charlie (too few subjects) refused, Delta sent no summary: neither counts
     assert sorted(outcome.refused) == ["Charlie", "Delta"]
-    assert "Charlie sent no histogram summary: refusing" in caplog.text
+    assert ("Charlie sent no histogram summary: refused by the site's policy (min_subjects)"
+            in caplog.text)
     assert "Delta sent no histogram summary: no summary" in caplog.text
     alpha = site_work.Site.open("Alpha", [tmp_path / "Alpha"], tmp_path / "x")
     order = Order(run=study.run, fold=0)
@@ -283,7 +285,8 @@ def test_a_site_failing_describe_is_named_not_numbered(tmp_path):
     (tmp_path / "Vall d'Hebron" / "manifest.csv").write_text("garbage\n")
     study = runner(grid, epochs=1)
     assert sorted(study.roster.sites) == ["Alpha", "Bravo"]
-    assert "manifest.csv" in study.roster.refused["Vall d'Hebron"]
+    reason = study.roster.refused["Vall d'Hebron"]
+    assert "data error (CacheError)" in reason and "manifest" not in reason  # no path leaves
     coverage = site_coverage([], study.roster)
     assert coverage["asked"] == ["Alpha", "Bravo", "Vall d'Hebron"]
     assert coverage["lost"]["Vall d'Hebron"] == study.roster.refused["Vall d'Hebron"]

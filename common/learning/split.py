@@ -29,31 +29,51 @@ def _rng(seed: int, centre: str, label: int, purpose: str) -> np.random.Generato
     return np.random.default_rng(words)
 
 
-def _train_val(ids: list[str], fraction: float, rng: np.random.Generator) -> dict[str, Split]:
-    order = list(rng.permutation(sorted(ids)))
-    n_val = int(round(fraction * len(order))) if len(order) >= 3 else 0
-    n_val = max(n_val, 1) if len(order) >= 3 else n_val
-    return {s: ("val" if i < n_val else "train") for i, s in enumerate(order)}
+def _n_val(n_rest: int, fraction: float) -> int:
+    """Validation subjects of one label: `fraction` of what is not test, at least one
+    where three or more are left, none below that."""
+    if n_rest < 3:
+        return 0
+    return max(int(round(fraction * n_rest)), 1)
+
+
+def _blocks(ids: list[str], centre: str, label: int, config: RunConfig) -> list[list[str]]:
+    """One label's subjects in n_folds_ccv blocks of a fixed permutation (block f is CCV
+    fold f's test set); a function of the split seed only, never of the fold."""
+    order = [str(s) for s in _rng(config.split_seed, centre, label, "ccv").permutation(ids)]
+    k = config.n_folds_ccv
+    return [order[b::k] for b in range(k)]
 
 
 def centre_split(labels: Mapping[str, int], centre: str, config: RunConfig,
                  fold: int) -> dict[str, Split]:
-    """subject -> split for one centre (stratified by label within the centre)."""
+    """subject -> split for one centre (stratified by label within the centre).
+
+    The validation subjects are chosen so that the subject sets a site releases aggregates
+    of are either identical or several subjects apart (client/release_ledger.py refuses a
+    set that differs from an earlier one by only a few subjects):
+    - CCV fold f: the first subjects of block f+1 (the next fold's test block, then the one
+      after), so two folds' validation sets never overlap;
+    - LCO, a training centre: the LAST subjects of block 0 onwards, the same for every
+      held-out centre (its train/validation split does not depend on which other centre
+      is held out) and apart from every CCV validation set.
+    """
     out: dict[str, Split] = {}
     for label in sorted(set(labels.values())):
         ids = sorted(s for s, y in labels.items() if y == label)
+        blocks = _blocks(ids, centre, label, config)
+        k = len(blocks)
         if config.protocol == "lco":
             if centre == config.test_centre(fold):
                 out.update(dict.fromkeys(ids, "test"))
                 continue
-            rest = ids
+            test: list[str] = []
+            candidates = [s for block in blocks for s in reversed(block)]
         else:
-            order = _rng(config.split_seed, centre, label, "ccv").permutation(ids)
-            in_test = {s for i, s in enumerate(order) if i % config.n_folds_ccv == fold}
-            out.update(dict.fromkeys(in_test, "test"))
-            rest = [s for s in ids if s not in in_test]
-        rng = _rng(config.split_seed, centre, label, f"val{fold}")
-        out.update(_train_val(rest, config.val_fraction, rng))
+            test = blocks[fold]
+            candidates = [s for b in range(1, k) for s in blocks[(fold + b) % k]]
+        val = set(candidates[:_n_val(len(ids) - len(test), config.val_fraction)])
+        out.update({s: "test" if s in test else "val" if s in val else "train" for s in ids})
     return out
 
 
