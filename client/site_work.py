@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
@@ -75,6 +76,8 @@ class Site:
         """Admit an aggregate over `frames` (kind "train" or "scores") or raise
         PolicyRefusal naming the rule."""
         subjects = {f.subject for f in frames}
+        if not subjects and kind == "scores":
+            return  # counts of nothing (a training centre's empty LCO test split)
         if len(subjects) < floor:
             rule = "min_subjects" if kind == "train" else "min_eval_subjects"
             raise PolicyRefusal(rule, f"{what} would come from {len(subjects)} subject(s); "
@@ -107,10 +110,10 @@ def describe(site: Site) -> DescribeReply:
 
 def histogram_summary(site: Site, order: Order) -> NyulReply:
     """The Nyul summary of the training frames, or a refusal the server can log."""
-    site.policy.admit(order.run)
     train = site.parts(order)["train"]
     floor = site.policy.training_floor(order.run)
     try:
+        site.policy.admit(order.run)
         site.release("train", train, floor, f"fold {order.fold} histogram summary")
         summary = Harmoniser(order.run.prior).summary(train, floor)
     except (PrivacyError, PolicyRefusal) as err:
@@ -139,12 +142,13 @@ def _counts(scores: Scores) -> ScoreCounts:
     return ScoreCounts.of(scores.labels, scores.scores, scores.loss)
 
 
-def _val_counts(site: Site, order: Order, model, where) -> tuple[ScoreCounts | None, str | None]:
-    """The validation counts of `model`, or None and why they are withheld."""
+def _val_counts(site: Site, order: Order, model, where) -> tuple[ScoreCounts, str | None]:
+    """The validation counts of `model`, or counts of nothing and why the real ones are
+    withheld (a train reply keeps its metric keys: Flower aggregates them)."""
     frames = site.parts(order)["val"]
     withheld = site.release_scores(frames, f"fold {order.fold} validation counts")
     if withheld:
-        return None, withheld
+        return ScoreCounts.of(np.zeros(0), np.zeros(0), 0.0), withheld
     return _counts(score(model, _dataset(site, order, "val"), where)), None
 
 

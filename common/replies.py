@@ -191,8 +191,8 @@ class TrainReply(Reply):
     batch_size: Annotated[int, Wire(METRICS)]
     #: The round this reply answers (a late reply to an earlier round is rejected).
     server_round: Annotated[int, Wire(METRICS)]
-    #: None where the site's policy withholds them; `withheld` says why.
-    val: Annotated[ScoreCounts | None, Wire(METRICS, prefix="val")] = None
+    #: Counts of nothing where the site's policy withholds them (`withheld` says why).
+    val: Annotated[ScoreCounts, Wire(METRICS, prefix="val")]
     withheld: Annotated[str | None, Wire(SITE)] = None
 
 

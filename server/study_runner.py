@@ -339,7 +339,7 @@ class StudyRunner:
         (said once per fold). With none at all, the latest model counts as the best."""
         counts = []
         for reply in answers:
-            if reply.val is not None:
+            if reply.val is not None and not reply.withheld:
                 counts.append(reply.val)
             elif (fold, reply.site) not in self._withheld:
                 self._withheld.add((fold, reply.site))
@@ -372,8 +372,8 @@ class StudyRunner:
                 "fold": outcome.fold, "round": rnd, "site": r.site,
                 "n_k": r.num_examples, "weight": round(weights.get(node, 0.0), 6),
                 "train_loss": r.train_loss, "batch_size": r.batch_size,
-                "val_loss_received": r.val.loss if r.val else None,
-                "val_auc_received": r.val.auc() if r.val else None,
+                "val_loss_received": None if r.withheld else r.val.loss,
+                "val_auc_received": None if r.withheld else r.val.auc(),
                 "pooled_val_loss_received": pooled_val,
                 "pooled_val_auc_received": pooled_auc})
         shown = ", ".join(f"{row['site']} {row['weight']:.3f}" for row in outcome.rounds

@@ -70,12 +70,15 @@ def server_identity(monkeypatch):
         monkeypatch.setattr(TaskIdentity, attr, value)
 
 
-def make_grid(root, sizes: dict[str, tuple[int, int]]) -> InProcessGrid:
+def make_grid(root, sizes: dict[str, tuple[int, int]], policy=SMALL_SITE_POLICY
+              ) -> InProcessGrid:
+    """One in-process node per site, with the small-site policy (or `policy`; "": the
+    defaults)."""
     contexts = {}
     for node, (centre, (n_nor, n_hcm)) in enumerate(sizes.items(), start=101):
         write_site_cache(root / centre, centre, n_nor, n_hcm, seed=node)
         config = {"site": centre, "data-path": str(root / centre),
-                  "out-dir": str(root / f"out-{centre}"), "policy": str(SMALL_SITE_POLICY)}
+                  "out-dir": str(root / f"out-{centre}"), "policy": str(policy)}
         contexts[node] = Context(run_id=1, node_id=node, node_config=config, state=RecordDict(),
                                  run_config={})
     return InProcessGrid(contexts)
@@ -290,3 +293,27 @@ def test_a_site_failing_describe_is_named_not_numbered(tmp_path):
     coverage = site_coverage([], study.roster)
     assert coverage["asked"] == ["Alpha", "Bravo", "Vall d'Hebron"]
     assert coverage["lost"]["Vall d'Hebron"] == study.roster.refused["Vall d'Hebron"]
+
+
+def test_on_the_default_policy_the_run_goes_on_without_withheld_counts(tmp_path, caplog):
+    """A SantPau-sized site (validation split 1 NOR + 1 HCM) beside an ACDC-sized one, both
+    on the default policy: SantPau trains and tests but withholds its validation counts,
+    the coordinator says so once and selects on ACDC's, and every request is in each
+    site's audit log with its settings."""
+    grid = make_grid(tmp_path, {"ACDC": (20, 20), "SantPau": (14, 10)}, policy="")
+    study = runner(grid, epochs=2)
+    with caplog.at_level("WARNING", logger="fedcmr.server"):
+        outcome = study.run_fold(0)
+    rows = {(r["round"], r["site"]): r for r in outcome.rounds}
+    assert rows[2, "SantPau"]["val_auc_received"] is None and rows[2, "SantPau"]["n_k"] > 0
+    assert rows[2, "ACDC"]["val_loss_received"] is not None
+    assert caplog.text.count("site SantPau withholds its validation counts: refused by the "
+                             "site's policy (min_eval_subjects)") == 1
+    assert sorted(outcome.test) == ["ACDC", "SantPau"] and outcome.best_round >= 1
+    import json
+
+    log = [json.loads(line) for line in (tmp_path / "out-SantPau" / "audit.jsonl").open()]
+    train = [entry for entry in log if entry["type"] == "train"]
+    assert len(train) == 2 and all("min_eval_subjects" in e["withheld"] for e in train)
+    assert train[0]["request"]["order"]["run"]["split_seed"] == 0
+    assert train[0]["request"]["order"]["server_round"] == 1

@@ -1,0 +1,213 @@
+"""The hospital's release policy and differencing guard against the attacks they exist for:
+a coordinator varying split seed and fold to solve for one subject, requests for splits
+of one or two subjects, and two releases one swapped subject apart; and the paper's
+protocols, which pass the default policy by design."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+from cache_factory import write_site_cache
+
+from fedcmr.client import site_work
+from fedcmr.client.release_ledger import ReleaseLedger
+from fedcmr.client.site_policy import PolicyRefusal, SitePolicy
+from fedcmr.common.cache_format import FrameEntry
+from fedcmr.common.flower_env import tool
+from fedcmr.common.learning.data import CachedFrame
+from fedcmr.common.learning.harmonise import Harmoniser
+from fedcmr.common.model import build_model
+from fedcmr.common.protocol import Order
+from fedcmr.common.run_config import RunConfig
+
+#: Table 1 of the paper: NOR, HCM per centre.
+TABLE_1 = {"Vall d'Hebron": (21, 25), "Sagrada Familia": (33, 37), "SantPau": (14, 10),
+           "ACDC": (20, 20)}
+#: No limits at all: what the site released before this issue.
+OPEN = SitePolicy(min_subjects=1, min_eval_subjects=1, min_difference=1,
+                  max_released_sets=10_000, ccv_folds=tuple(range(1, 30)), split_seed=None)
+
+
+@pytest.fixture(scope="module")
+def santpau(tmp_path_factory):
+    """A SantPau-sized site (14 NOR, 10 HCM) of real frames."""
+    root = tmp_path_factory.mktemp("santpau")
+    return write_site_cache(root / "cache", "SantPau", *TABLE_1["SantPau"], seed=3)
+
+
+def open_site(cache, out, policy: SitePolicy) -> site_work.Site:
+    return site_work.Site.open("SantPau", [cache], out, policy)
+
+
+def order(fold: int = 0, **run) -> Order:
+    return Order(run=RunConfig(profile="smoke", centres=("SantPau",), **run), fold=fold)
+
+
+def differencing_attack(site: site_work.Site) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """200 histogram queries varying split seed and fold (each over 17 subjects, past
+    min-subjects 5): the inclusion matrix and landmark sums of what the site released."""
+    subjects = sorted({f.subject for f in site.frames})
+    rows, sums, refusals = [], [], []
+    for seed in range(40):
+        for fold in range(5):
+            query = order(fold, split_seed=seed)
+            reply = site_work.histogram_summary(site, query)
+            if reply.summary is None:
+                refusals.append(reply.refused)
+                continue
+            train = {f.subject for f in site.parts(query)["train"]}
+            rows.append([s in train for s in subjects])
+            sums.append(reply.summary.landmark_sum)
+    return np.asarray(rows, float).reshape(-1, len(subjects)), np.asarray(sums), refusals
+
+
+def isolable(matrix: np.ndarray, index: int) -> bool:
+    """Whether some linear combination of the released sets is one subject alone."""
+    target = np.eye(matrix.shape[1])[index]
+    if not len(matrix):
+        return False
+    y = np.linalg.lstsq(matrix.T, target, rcond=None)[0]
+    return bool(np.linalg.norm(matrix.T @ y - target) < 1e-6)
+
+
+def test_without_the_policy_the_attack_recovers_one_subject_exactly(santpau, tmp_path):
+    """The attack as filed: with no limits, 200 seed/fold queries have full rank and give
+    back one planted subject's landmark vector to rounding error."""
+    site = open_site(santpau, tmp_path, OPEN)
+    matrix, sums, refusals = differencing_attack(site)
+    assert not refusals and np.linalg.matrix_rank(matrix) == matrix.shape[1]
+    solved = np.linalg.lstsq(matrix, sums, rcond=None)[0]
+    planted = "SAN007"
+    frames = [f for f in site.frames if f.subject == planted]
+    truth = Harmoniser("structures").summary(frames, 1).landmark_sum
+    subjects = sorted({f.subject for f in site.frames})
+    assert np.abs(solved[subjects.index(planted)] - truth).max() < 1e-6
+
+
+def test_the_default_policy_refuses_the_attack_and_no_subject_can_be_isolated(santpau,
+                                                                             tmp_path):
+    site = open_site(santpau, tmp_path, SitePolicy())
+    matrix, _, refusals = differencing_attack(site)
+    assert len(matrix) == 5  # the five folds of the site's own split seed, nothing else
+    assert len(refusals) == 195
+    assert all("(split_seed): this site splits with its own seed 0" in r for r in refusals)
+    assert not any(isolable(matrix, i) for i in range(matrix.shape[1]))
+
+
+def test_an_unpinned_seed_is_still_bounded_by_the_guard(santpau, tmp_path):
+    """A site that lets the coordinator choose the split seed: the guard stops at
+    max_released_sets, and the sets it let out isolate no subject."""
+    site = open_site(santpau, tmp_path, SitePolicy(split_seed=None))
+    matrix, _, refusals = differencing_attack(site)
+    assert len(matrix) == SitePolicy().max_released_sets
+    assert all("(max_released_sets)" in r or "(min_difference)" in r for r in refusals)
+    assert not any(isolable(matrix, i) for i in range(matrix.shape[1]))
+
+
+def test_the_guard_remembers_across_runs_and_refuses_a_swapped_subject(tmp_path):
+    """LCO's old split released train sets one swapped subject apart: their difference is
+    about two subjects. The second is refused, also by a new process reading the file."""
+    policy = SitePolicy()
+    ids = [f"S{i:02d}" for i in range(20)]
+    ReleaseLedger(tmp_path / "ledger.json", policy).release("train", ids[:17], "run 1")
+    swapped = ids[:16] + ids[17:18]
+    later = ReleaseLedger(tmp_path / "ledger.json", policy)  # another run, another process
+    with pytest.raises(PolicyRefusal, match=r"\(min_difference\): .* by 2 subject"):
+        later.release("train", swapped, "run 2")
+    later.release("train", list(reversed(ids[:17])), "run 2, same set")  # equal: allowed
+    later.release("scores", swapped, "another kind of aggregate")
+    unguarded = ReleaseLedger(tmp_path / "other.json", OPEN)
+    unguarded.release("train", ids[:17], "run 1")
+    unguarded.release("train", swapped, "run 2")  # what the guard prevents
+
+
+def test_small_split_requests_are_refused_or_withheld(santpau, tmp_path):
+    """14 CCV folds (test splits of 1-2 subjects) are refused by rule; a validation split
+    of 1 NOR + 1 HCM (SantPau's under the paper's split) is withheld, and so are test counts
+    of a split below min_eval_subjects, while the request itself is answered."""
+    site = open_site(santpau, tmp_path / "default", SitePolicy())
+    fourteen = order(0, n_folds_ccv=14)
+    reply = site_work.histogram_summary(site, fourteen)
+    assert reply.summary is None and "(ccv_folds): 14 CCV folds asked" in reply.refused
+    state = build_model("none", seed=0, quiet=True)[0].state_dict()
+    with pytest.raises(PolicyRefusal, match="ccv_folds"):
+        site_work.test(site, fourteen, state)
+    val = site_work.validate(site, order(0), state)
+    assert len({f.subject for f in site.parts(order(0))["val"]}) == 2
+    assert val.val.examples == 0 and "(min_eval_subjects): fold 0 validation counts would come " \
+        "from 2 subject(s); the minimum is 4" in val.withheld
+    many_folds = open_site(santpau, tmp_path / "folds", SitePolicy(ccv_folds=(5, 14)))
+    test = site_work.test(many_folds, fourteen, state)
+    assert test.test is None and "(min_eval_subjects)" in test.withheld
+    assert (many_folds.out_dir / "fold_0" / "predictions.csv").exists()  # kept at the site
+
+
+def cohort_site(centre: str, tmp_path) -> site_work.Site:
+    """A Table 1-sized site of frame records (splits and releases need no pixels)."""
+    nor, hcm = TABLE_1[centre]
+    empty = np.zeros((1, 1, 1), np.float32)
+    frames = [CachedFrame(FrameEntry(subject=f"{centre[:3]}{i:03d}", centre=centre,
+                                     vendor="v", label=int(i >= nor), phase=phase, file="x",
+                                     key="k"), empty, empty.astype(np.uint8))
+              for i in range(nor + hcm) for phase in ("ED", "ES")]
+    return site_work.Site(name=centre, frames=frames, out_dir=tmp_path / centre)
+
+
+def test_the_papers_protocols_pass_the_default_policy_by_design(tmp_path):
+    """Every release of the paper's CCV (5 folds) and LCO (4 folds), over several network
+    seeds, at each Table 1 centre on the default policy and one ledger per site: no
+    training aggregate is refused, no test count withheld; validation counts are withheld
+    only at SantPau, whose validation split is 1 NOR + 1 HCM."""
+    withheld: dict[str, set[str]] = {}
+    for centre in TABLE_1:
+        site = cohort_site(centre, tmp_path)
+        for protocol, seed in [(p, s) for p in ("ccv", "lco") for s in range(3)]:
+            run = RunConfig(protocol=protocol, seed=seed, centres=tuple(sorted(TABLE_1)))
+            for fold in run.fold_list():
+                query = Order(run=run, fold=fold)
+                site.policy.admit(run)
+                parts = site.parts(query)
+                if run.test_centre(fold) != centre:
+                    site.release("train", parts["train"], site.policy.training_floor(run),
+                                 "train")
+                    if why := site.release_scores(parts["val"], "val"):
+                        withheld.setdefault(centre, set()).add(why.split(":")[0])
+                assert site.release_scores(parts["test"], "test") is None, (centre, fold)
+    assert withheld == {"SantPau": {"refused by the site's policy (min_eval_subjects)"}}
+
+
+def test_policy_files_and_rules_are_named(tmp_path):
+    bad = tmp_path / "policy.toml"
+    bad.write_text("min_subjects = 0\n")
+    with pytest.raises(ValueError, match=r"policy.toml: site policy field 'min_subjects'"):
+        SitePolicy.load(bad)
+    bad.write_text("min_subject = 3\n")
+    with pytest.raises(ValueError, match="field 'min_subject': Extra inputs"):
+        SitePolicy.load(bad)
+    strict = SitePolicy(protocols=("ccv",))
+    with pytest.raises(PolicyRefusal, match=r"\(protocols\): protocol 'lco'"):
+        strict.admit(RunConfig(protocol="lco"))
+    with pytest.raises(PolicyRefusal, match=r"\(val_fractions\): validation fraction 0.3"):
+        strict.admit(RunConfig(val_fraction=0.3))
+    assert SitePolicy().training_floor(RunConfig(min_subjects=8)) == 8  # only tightened
+    assert SitePolicy().training_floor(RunConfig(min_subjects=2)) == 5
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--auth-key", "{key}"], "--auth-key without --root-certificates"),
+    (["--root-certificates", "{tmp}/missing-ca.crt"], "missing-ca.crt: no such file"),
+    (["--policy", "{tmp}/missing.toml"], "missing.toml: cannot read the site policy"),
+])
+def test_client_security_settings_fail_closed(tmp_path, flags, said):
+    """Settings that would not protect what the hospital thinks are refused before
+    anything connects (exit 2), with what is missing."""
+    cache = write_site_cache(tmp_path / "cache", "Alpha", 2, 2)
+    key = tmp_path / "site.key"
+    key.write_text("not used")
+    args = [f.format(key=key, tmp=tmp_path) for f in flags]
+    result = subprocess.run([tool("fedcmr"), "client", "--site", "Alpha", "--data", str(cache),
+                             "--superlink", "127.0.0.1:9", "--out", str(tmp_path / "out"),
+                             *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and said in result.stderr, result.stderr
