@@ -64,7 +64,7 @@ def add_client(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root-certificates", type=Path, default=None,
                    help="the federation CA (without it: plaintext, with a warning)")
     p.add_argument("--auth-key", type=Path, default=None, help="the site's private key")
-    p.add_argument("--policy", type=Path, default=policy_default(),
+    p.add_argument("--policy", type=Path, default=None,
                    help="the hospital's release policy, a TOML file (docs/security.md); "
                         f"default: ${POLICY_ENV} where set, else the safe defaults")
     p.add_argument("--max-wait-time", type=float, default=COORDINATOR_WAIT_S,

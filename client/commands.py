@@ -86,9 +86,11 @@ def cmd_client(args: argparse.Namespace) -> int:
     """Serve the hospital's cache as a SuperNode (a child process) until the coordinator
     says the run is over (exit 0), or give up on a coordinator it cannot reach (one line
     naming the address, exit 1)."""
+    from fedcmr.client.app_approval import APPROVED_ENV
     from fedcmr.client.site_policy import SitePolicy
     from fedcmr.client.supernode_main import SUPERNODE_MAIN
     from fedcmr.client.supernode_watch import SuperNodeWatch, clog
+    from fedcmr.common.app_bundle import bundle_digest
     from fedcmr.common.flower_env import flower_env, tool
     from fedcmr.common.node_config import NodeConfig
     from fedcmr.common.protocol import FINISHED_MARKER
@@ -98,12 +100,17 @@ def cmd_client(args: argparse.Namespace) -> int:
         log.error("%s: no prepared cache (manifest.csv). Fix: fedcmr prepare ... --out %s",
                   missing[0], missing[0])
         return EXIT_BAD_INPUT
+    from fedcmr.client.cli import policy_default
+
+    args.policy = args.policy or policy_default()
     try:
         security = security_args(args.root_certificates, args.auth_key)
         policy = SitePolicy.load(args.policy)
-    except ValueError as err:
+        own = bundle_digest()  # FileNotFoundError: not installed from its source folder
+    except (ValueError, FileNotFoundError) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
+    approved = {own, *(d.lower() for d in policy.approved_bundles)}
     out = args.out.resolve()
     node = NodeConfig(site=args.site, data_path=tuple(p.resolve() for p in args.data),
                       out_dir=out, threads=args.threads,
@@ -118,6 +125,8 @@ def cmd_client(args: argparse.Namespace) -> int:
     watch = SuperNodeWatch(args.site, args.superlink, args.max_wait_time)
     clog.info("site %s release policy (%s): %s", args.site, args.policy or "the defaults",
               "; ".join(policy.lines()))
+    clog.info("site %s runs only app bundles it approved: this installation's (sha256 "
+              "%s…) and %d more", args.site, own[:12], len(approved) - 1)
     if "--insecure" in security:
         clog.warning("INSECURE: no --root-certificates, so this site talks to %s in "
                      "plaintext and unauthenticated; anyone on the network can read and "
@@ -127,7 +136,8 @@ def cmd_client(args: argparse.Namespace) -> int:
               ", ".join(map(str, args.data)), args.superlink,
               "serving until stopped" if args.serve_forever else
               "stops when the coordinator's run is over")
-    return watch.run(command, flower_env(), out / FINISHED_MARKER, args.serve_forever)
+    env = flower_env(**{APPROVED_ENV: ",".join(sorted(approved))})
+    return watch.run(command, env, out / FINISHED_MARKER, args.serve_forever)
 
 
 def security_args(ca: Path | None, key: Path | None) -> list[str]:

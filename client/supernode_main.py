@@ -1,9 +1,12 @@
 """`flower-supernode` as fedcmr starts it (`fedcmr client` and the local launcher): Flower's
-own entry point with two changes. Its connection loop waits IDLE_POLL_S, not a hard-coded
-3 s, between two checks that found no message (every exchange waited half of that on
-average); and the process exits with LOOP_ENDED once that loop has ended (Flower 1.42 logs
-the error that ended it, a coordinator lost for --max-wait-time or an HTTP 500, and then
-hangs for ever on its Runtime API thread)."""
+own entry point with three changes. It runs only app bundles the site approved
+(client/app_approval.py): the digests in $FEDCMR_APPROVED_BUNDLES (`fedcmr client` sets
+them from its policy), or, without it, only the bundle this installation builds. Its
+connection loop waits IDLE_POLL_S, not a hard-coded 3 s, between two checks that found no
+message (every exchange waited half of that on average); and the process exits with
+LOOP_ENDED once that loop has ended (Flower 1.42 logs the error that ended it, a
+coordinator lost for --max-wait-time or an HTTP 500, and then hangs for ever on its
+Runtime API thread)."""
 
 from __future__ import annotations
 
@@ -30,11 +33,26 @@ def _short_idle(clock: types.ModuleType, idle: float) -> types.SimpleNamespace:
     return shim
 
 
+def approved_bundles() -> set[str]:
+    """The app bundle digests this SuperNode runs (client/app_approval.py); a variable set
+    but empty approves none."""
+    from fedcmr.client.app_approval import APPROVED_ENV
+    from fedcmr.common.app_bundle import bundle_digest
+
+    if (listed := os.environ.get(APPROVED_ENV)) is None:
+        return {bundle_digest()}
+    return {d.strip().lower() for d in listed.split(",") if d.strip()}
+
+
 def main() -> None:
     sys.argv = sys.argv[1:]
+    from flwr.common.logger import FLOWER_LOGGER
     from flwr.supernode import start_client_internal as loop
     from flwr.supernode.cli import flower_supernode
 
+    from fedcmr.client.app_approval import install_approval
+
+    install_approval(loop, approved_bundles(), FLOWER_LOGGER)
     loop.time = _short_idle(time, IDLE_POLL_S)
     flower_supernode()
     sys.stdout.flush()

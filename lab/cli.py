@@ -60,14 +60,14 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     add_strategy_options(p)
     p.add_argument("--workers", type=int, default=2,
                    help="processes for synthesis and preparation")
-    add_site_policy_option(p, "lab/policies.py SMALL_SYNTHETIC_SITES: the synthetic sites' "
-                              "validation splits are 1-2 subjects")
+    add_site_policy_option(p, "deploy/synthetic-site-policy.toml (synthetic sites' "
+                              "validation splits are 1-3 subjects)")
     p.set_defaults(func=lazy("fedcmr.lab.commands:cmd_demo"))
 
 
 def add_site_policy_option(p: argparse.ArgumentParser, otherwise: str) -> None:
-    from fedcmr.client.cli import POLICY_ENV, policy_default
+    from fedcmr.client.cli import POLICY_ENV
 
-    p.add_argument("--site-policy", type=Path, default=policy_default(), metavar="FILE",
+    p.add_argument("--site-policy", type=Path, default=None, metavar="FILE",
                    help="every simulated hospital's release policy (as fedcmr client "
                         f"--policy); default: ${POLICY_ENV} where set, else {otherwise}")

@@ -52,6 +52,7 @@ def federate(caches: list[Path], settings, out: Path, security=None,
 
 
 def cmd_federate(args: argparse.Namespace) -> int:
+    from fedcmr.client.cli import policy_default
     from fedcmr.client.site_policy import SitePolicy
     from fedcmr.lab.local_federation import sites_from_caches
     from fedcmr.server.checkpoint import check_resume
@@ -59,6 +60,7 @@ def cmd_federate(args: argparse.Namespace) -> int:
     from fedcmr.server.security import security_from_dir
 
     try:
+        args.site_policy = args.site_policy or policy_default()
         SitePolicy.load(args.site_policy)
         sites = sites_from_caches(args.cache)
         settings = settings_from_args(args, [])
@@ -75,22 +77,27 @@ def cmd_federate(args: argparse.Namespace) -> int:
                     args.runtime, args.quiet, args.site_policy)
 
 
+#: The demo's hospitals' policy, relative to the source folder (the file says why).
+SYNTHETIC_SITE_POLICY = "deploy/synthetic-site-policy.toml"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """synth -> prepare (one cache per hospital) -> federate -> AUC table."""
+    from fedcmr.client.cli import policy_default
     from fedcmr.client.commands import prepare_loaded
     from fedcmr.client.loaders.acdc import load_acdc
     from fedcmr.client.loaders.mnms import load_mnms
     from fedcmr.client.prep_config import PrepConfig
     from fedcmr.client.site_policy import SitePolicy
-    from fedcmr.common.atomic import write_json
+    from fedcmr.common.app_bundle import app_dir
     from fedcmr.common.centres import ACDC_CENTRE, STUDY_MNMS_CENTRES, slug
-    from fedcmr.lab.policies import SMALL_SYNTHETIC_SITES
     from fedcmr.lab.synthetic import synthesize
     from fedcmr.server.checkpoint import check_resume
     from fedcmr.server.settings import FederationSettings, strategy_alpha
     from fedcmr.server.superlink import require_ray
 
     try:
+        args.site_policy = args.site_policy or policy_default()
         SitePolicy.load(args.site_policy)
         if args.runtime == "simulation":  # say so now, not after preparing the data
             require_ray()
@@ -116,11 +123,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         prepare_loaded(load(), PrepConfig(), caches / slug(centre), args.workers, progress)
     log.info("3/3 federating four hospitals (%s runtime, %s, profile %s, fold %s)",
              args.runtime, args.strategy, args.profile, args.fold)
-    policy = args.site_policy
-    if policy is None:
-        policy = args.out / "site-policy.json"
-        write_json(policy, SMALL_SYNTHETIC_SITES.model_dump(mode="json"))
-        log.info("the synthetic hospitals' release policy: %s",
-                 "; ".join(SMALL_SYNTHETIC_SITES.lines()))
+    policy = args.site_policy or app_dir() / SYNTHETIC_SITE_POLICY
+    log.info("the synthetic hospitals' release policy (%s): %s", policy,
+             "; ".join(SitePolicy.load(policy).lines()))
     return federate([caches / slug(c) for c, _ in jobs], settings, args.out / "federated",
                     runtime=args.runtime, quiet=args.quiet, site_policy=policy)

@@ -8,23 +8,13 @@ import subprocess
 import threading
 from pathlib import Path
 
+from fedcmr.common.app_bundle import app_dir
 from fedcmr.common.atomic import write_text
 from fedcmr.common.flower_env import tool
 from fedcmr.server.settings import FederationSettings
 
 #: The connection's name in FLWR_HOME/config.toml.
 CONNECTION = "fedcmr-local"
-
-
-def app_dir() -> Path:
-    """The project folder holding pyproject.toml's [tool.flwr.app] (the installed source)."""
-    import fedcmr.common
-
-    root = Path(fedcmr.common.__file__).resolve().parent.parent
-    if not (root / "pyproject.toml").exists():
-        raise FileNotFoundError(f"{root}: no pyproject.toml beside the installed code. Fix: "
-                                "install fedcmr from its source folder (pip install -e .)")
-    return root
 
 
 class FlwrCli:

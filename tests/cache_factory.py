@@ -71,3 +71,29 @@ def write_cohort(root: Path, sizes: dict[str, tuple[int, int]] | None = None,
     sizes = sizes or {"Alpha": (6, 6), "Bravo": (7, 6), "Charlie": (5, 6), "Delta": (6, 7)}
     return [write_site_cache(root / name.lower(), name, *counts, seed=seed + i)
             for i, (name, counts) in enumerate(sizes.items())]
+
+
+#: What `plant_markers` writes into one subject: an id and values found nowhere else.
+MARKER_SUBJECT = "ZQX-MARKER-SUBJECT-7731"
+#: 16 float32 image values and 24 label values in a row of one slice.
+MARKER_IMAGE = np.float32(1234.5) + np.arange(16, dtype=np.float32) * np.float32(0.1171875)
+MARKER_LABELS = np.array([3, 1, 2, 0, 2, 3, 1, 1, 0, 3, 2, 2, 1, 0, 0, 3, 2, 1, 3, 3, 0, 1, 2,
+                          0], np.uint8)
+
+
+def plant_markers(cache: Path, subject: str) -> None:
+    """Rename `subject` to MARKER_SUBJECT and write MARKER_IMAGE / MARKER_LABELS into a row
+    of its frames (in the cache format), for a test that searches what leaves the site."""
+    from fedcmr.common.cache_format import load_frame, read_manifest
+
+    entries = read_manifest(cache)
+    for i, entry in enumerate(entries):
+        if entry.subject != subject:
+            continue
+        image, labels = load_frame(cache / entry.file, cache)
+        image, labels = image.copy(), labels.copy()
+        image[0, 0, :16] = MARKER_IMAGE
+        labels[0, 1, :24] = MARKER_LABELS
+        save_frame(cache / entry.file, image, labels, key=entry.key)
+        entries[i] = entry.model_copy(update={"subject": MARKER_SUBJECT})
+    write_manifest(cache, entries)

@@ -29,8 +29,8 @@ def acdc_sample() -> Path:
     return Path(value)
 
 
-#: The release policy of the tests' small sites (tests/small-site-policy.toml says why).
-SMALL_SITE_POLICY = Path(__file__).with_name("small-site-policy.toml")
+#: The release policy of the tests' small sites (the file says why).
+SMALL_SITE_POLICY = Path(__file__).parent.parent / "deploy" / "synthetic-site-policy.toml"
 
 
 @pytest.fixture(autouse=True)

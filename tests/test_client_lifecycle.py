@@ -53,6 +53,10 @@ def test_an_unreachable_coordinator_is_one_line_naming_the_address(tmp_path):
     retrying = [line for line in lines if "retrying" in line]
     assert retrying and all("127.0.0.1:1" in line for line in retrying), out[-3000:]
     assert flower_processes(tmp_path) == []
+    # started without --root-certificates, the site says it is in plaintext, and how
+    # its policy reads
+    assert "INSECURE: no --root-certificates" in out and "Fix: --root-certificates" in out
+    assert "release policy (" in out and "split seed pinned to 0" in out
 
 
 def test_a_restarted_coordinator_is_rejoined_and_one_gone_for_good_is_one_line(tmp_path):

@@ -4,7 +4,9 @@ ClientApp) and restarted, one hospital's link goes dark for longer than the hear
 comes back (a loopback relay, tests/relay.py), and one hospital's SuperExec (which runs its
 ClientApps) is frozen for longer than the round timeout (a straggler). The run finishes
 with every site, each back in a later round, the straggler's late reply mixed into no
-round; then every hospital stops by itself, leaving no Flower process."""
+round; then every hospital stops by itself, leaving no Flower process. Every byte Bravo
+sends passes the relay and is recorded: none is a subject id or image data (a marker
+subject planted in its cache is searched for)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
-from cache_factory import write_cohort
+from cache_factory import (
+    MARKER_IMAGE,
+    MARKER_LABELS,
+    MARKER_SUBJECT,
+    plant_markers,
+    write_cohort,
+)
 from process_tools import (
     ENV,
     audit_kinds,
@@ -31,6 +39,7 @@ from process_tools import (
     wait_for,
 )
 from relay import Relay
+from traffic import sent_by_site
 
 from fedcmr.common.flower_env import tool
 from fedcmr.common.protocol import FINISHED_MARKER
@@ -57,6 +66,7 @@ def superexec_of(site: str) -> int | None:
 
 def test_kill_and_restart_a_cut_link_and_a_straggler_in_one_run(tmp_path):
     caches = dict(zip(SIZES, write_cohort(tmp_path / "caches", SIZES), strict=True))
+    plant_markers(caches["Bravo"], "BRA004")
     run_dir, port = tmp_path / "run", free_port()
     server = subprocess.Popen(
         [tool("fedcmr"), "-q", "server", "--sites", "4", "--host", "127.0.0.1", "--port",
@@ -65,7 +75,7 @@ def test_kill_and_restart_a_cut_link_and_a_straggler_in_one_run(tmp_path):
          "240", "--out", str(run_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
         start_new_session=True)
-    relay = Relay(port)
+    relay = Relay(port, record=tmp_path / "bravo-sent")
     logs = tmp_path / "logs"
     logs.mkdir()
     address = {s: f"127.0.0.1:{relay.port if s == 'Bravo' else port}" for s in SIZES}
@@ -134,3 +144,24 @@ def test_kill_and_restart_a_cut_link_and_a_straggler_in_one_run(tmp_path):
         assert list((tmp_path / site).glob("fold_0/predictions.csv")), site
     assert our_processes(tmp_path) == []  # no SuperNode, SuperExec or ClientApp left
     assert port_is_free(port)
+
+    assert_no_subject_data_left(tmp_path / "bravo-sent", caches["Bravo"])
+
+
+def assert_no_subject_data_left(recorded: Path, cache: Path) -> None:
+    """Bravo's traffic (HTTP/2 streams reassembled) holds its name and model updates, and
+    no subject id, no run of the planted image values (float32, any 4 in a row), no run of
+    its planted labels."""
+    from fedcmr.common.cache_format import read_manifest
+
+    sent = sent_by_site(recorded)
+    assert sum(map(len, sent)) > 100e6  # four rounds of model updates went through it
+    assert any(b"Bravo" in chunk for chunk in sent)  # the search finds what is there
+    subjects = sorted({e.subject for e in read_manifest(cache)})
+    assert MARKER_SUBJECT in subjects
+    image, labels = MARKER_IMAGE.tobytes(), MARKER_LABELS.tobytes()
+    markers = [*(s.encode() for s in subjects),
+               *(image[i:i + 16] for i in range(0, len(image) - 12, 4)),
+               *(labels[i:i + 12] for i in range(len(labels) - 11))]
+    found = [m for m in markers if any(m in chunk for chunk in sent)]
+    assert not found, found
