@@ -122,7 +122,9 @@ def cmd_client(args: argparse.Namespace) -> int:
         command += ["--max-wait-time", f"{args.max_wait_time:g}"]
     out.mkdir(parents=True, exist_ok=True)
     (out / FINISHED_MARKER).unlink(missing_ok=True)  # an earlier run's
-    watch = SuperNodeWatch(args.site, args.superlink, args.max_wait_time)
+    watch = SuperNodeWatch(args.site, args.superlink, args.max_wait_time,
+                           tls=args.root_certificates is not None,
+                           auth_key=args.auth_key is not None)
     clog.info("site %s release policy (%s): %s", args.site, args.policy or "the defaults",
               "; ".join(policy.lines()))
     clog.info("site %s runs only app bundles it approved: this installation's (sha256 "

@@ -50,8 +50,11 @@ class SuperNodeWatch:
     retry warnings summarised, with the address), SIGTERM/SIGINT/SIGHUP forwarded, and it
     and every descendant (flower-superexec, flwr-clientapp) stopped when the run is over."""
 
-    def __init__(self, site: str, address: str, max_wait: float):
+    def __init__(self, site: str, address: str, max_wait: float, tls: bool = False,
+                 auth_key: bool = False):
         self.site, self.address, self.max_wait = site, address, max_wait
+        #: What the site brought: the CA (TLS) and its own key (node authentication).
+        self.tls, self.auth_key = tls, auth_key
         self.connected = False  # the SuperNode has been connected at some point
         self.retry_since: float | None = None
         self.gave_up_after: float | None = None  # Flower's own count, when it gives up
@@ -219,7 +222,16 @@ class SuperNodeWatch:
                     f"{waited}: is the address right, is `fedcmr server` running there, does "
                     "a firewall block the port? Fix: check --superlink HOST:PORT (the "
                     "coordinator's --port), start the coordinator, or wait longer with "
-                    "--max-wait-time")
+                    "--max-wait-time" + ("" if self.tls else
+                    ". Without --root-certificates this site speaks plaintext, which a "
+                    "coordinator with TLS (fedcmr server --secure) cannot answer: then add "
+                    "--root-certificates CA"))
+        if self.refused and not self.connected and self.tls and not self.auth_key:
+            return (f"site {self.site}: the coordinator at {self.address} refused the "
+                    f"connection ({self.reason or 'see the SuperNode output above'}): it "
+                    "requires node authentication, and this site has no --auth-key. Fix: "
+                    "add --auth-key KEY (this site's private key from "
+                    "deploy/make_certificates.sh; the coordinator registers its .pub)")
         if self.refused and not self.connected:
             return (f"site {self.site}: the coordinator at {self.address} refused the "
                     f"connection: {self.reason or 'see the SuperNode output above'}. Fix: "

@@ -29,13 +29,11 @@ def acdc_sample() -> Path:
     return Path(value)
 
 
-#: The release policy of the tests' small sites (the file says why).
+#: The release policy of the tests' small sites (the file says why), for every hospital the
+#: tests start, in process or as a `fedcmr client` (set before any test module builds its
+#: environment); a test of the defaults passes its own.
 SMALL_SITE_POLICY = Path(__file__).parent.parent / "deploy" / "synthetic-site-policy.toml"
-
-
-@pytest.fixture(autouse=True)
-def _small_site_policy(monkeypatch):
-    monkeypatch.setenv("FEDCMR_SITE_POLICY", str(SMALL_SITE_POLICY))
+os.environ["FEDCMR_SITE_POLICY"] = str(SMALL_SITE_POLICY)
 
 
 @pytest.fixture(autouse=True)

@@ -77,8 +77,16 @@ def test_secure_and_gpu_variants_are_valid():
     secure = compose_config("docker-compose.yml", "docker-compose.secure.yml")
     assert "--secure" in text(secure["services"]["coordinator"]["command"])
     for name in HOSPITALS:
-        env = secure["services"][f"hospital-{name}"]["environment"]
+        service = secure["services"][f"hospital-{name}"]
+        env = service["environment"]
         assert env["CA"] == "/certs/ca.crt" and env["KEY"] == "/certs/site.key"
+        # the CA and its own private key, read-only; no other site's key, no CA key
+        mounts = [v.rsplit(":", 2) for v in service["volumes"] if ":/certs/" in v]
+        certs = sorted((src.split("/certs/")[-1], target, mode) for src, target, mode in mounts)
+        assert certs == [("ca.crt", "/certs/ca.crt", "ro"),
+                         (f"sites/{name}", "/certs/site.key", "ro")], certs
+        # the synthetic cohort's release policy, from the image, never from the coordinator
+        assert env["FEDCMR_SITE_POLICY"] == "/app/deploy/synthetic-site-policy.toml"
     gpu = compose_config("docker-compose.yml", "docker-compose.gpu.yml")
     devices = gpu["services"]["hospital-acdc"]["deploy"]["resources"]["reservations"]
     assert devices["devices"][0]["capabilities"] == ["gpu"]

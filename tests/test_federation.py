@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 from cache_factory import write_cohort
-from process_tools import our_processes
+from process_tools import finish, hospital, our_processes
 
 from fedcmr.common.flower_env import tool
 from fedcmr.common.replies import ANY_KEY, REPLY_ALLOWED
 from fedcmr.common.run_config import RunConfig
 from fedcmr.lab.local_federation import LocalFederation, run_local_federation, sites_from_caches
-from fedcmr.server.processes import free_port, port_is_free
+from fedcmr.server.processes import port_is_free
 from fedcmr.server.security import security_from_dir
 from fedcmr.server.settings import FederationSettings
 
@@ -164,25 +164,28 @@ def test_secure_federation_with_tempered_votes_and_refused_nodes(caches, tmp_pat
     check_run(run_dir, 0.5)
     assert our_processes(run_dir) == []
 
+    # Hospitals whose security settings do not match the coordinator's, as `fedcmr client`
+    # starts them: each is refused, and says what is missing.
     with LocalFederation(tmp_path / "refusals", security=security,
                          sites=sites_from_caches(caches)[:1]) as fed:
-        base = [tool("flower-supernode"), "--superlink", f"127.0.0.1:{fed.port}",
-                "--max-retries", "1", "--max-wait-time", "20", "--node-config",
-                'site="x" data-path="/nonexistent" out-dir="/tmp/x"']
-        intruder_key = str(certs / "sites" / "intruder")
-        unregistered = fed.processes.spawn("intruder", [
-            *base, "--port", str(free_port()), "--root-certificates", str(security.ca),
-            "--auth-supernode-private-key", intruder_key])
-        no_ca = fed.processes.spawn("no-ca", [*base, "--port", str(free_port())])
-        for proc in (unregistered, no_ca):
-            deadline = time.monotonic() + 120
-            while proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(1)
-            assert proc.returncode not in (None, 0)
-        logs = fed.run_dir / "logs"
-        assert "Failed to activate SuperNode" in (logs / "intruder.log").read_text()
-        assert "CERTIFICATE_VERIFY_FAILED" in (logs / "no-ca.log").read_text()
+        address, ca = f"127.0.0.1:{fed.port}", str(security.ca)
+        tries = {"intruder": ["--root-certificates", ca, "--auth-key",
+                              str(certs / "sites" / "intruder")],  # a key nobody registered
+                 "no-key": ["--root-certificates", ca],  # TLS, but no node authentication
+                 "plaintext": []}  # no CA: plaintext against a TLS coordinator
+        started = {name: hospital(name, caches[0], address, tmp_path / "refused" / name,
+                                  "--max-wait-time", "20", *args)
+                   for name, args in tries.items()}
+        said = {name: finish(proc, 180) for name, proc in started.items()}
+        for name, proc in started.items():
+            assert proc.returncode == 1, (name, said[name][-2000:])
+        last = {name: [x for x in out.splitlines() if x.strip()][-1] for name, out in said.items()}
+        assert "refused the connection" in last["intruder"] and "--auth-key" in last["intruder"]
+        assert "requires node authentication, and this site has no --auth-key" in last["no-key"]
+        assert "INSECURE: no --root-certificates" in said["plaintext"]
+        assert "then add --root-certificates CA" in last["plaintext"], last["plaintext"]
     assert our_processes(tmp_path / "refusals") == []
+    assert our_processes(tmp_path / "refused") == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
