@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from fedcmr.client.prep_config import PrepConfig
+from fedcmr.client.site_policy import POLICY_ENV
 from fedcmr.common.cli_options import lazy
 
 
@@ -35,16 +35,6 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="processes preparing subjects")
     p.add_argument("--strict", action="store_true", help="any skipped subject fails the run")
     p.set_defaults(func=lazy("fedcmr.client.commands:cmd_prepare"))
-
-
-#: The variable naming a default policy file (the hospital's environment, never the
-#: coordinator's run config).
-POLICY_ENV = "FEDCMR_SITE_POLICY"
-
-
-def policy_default() -> Path | None:
-    value = os.environ.get(POLICY_ENV, "")
-    return Path(value) if value else None
 
 
 #: Seconds `fedcmr client` retries a coordinator it cannot reach before it gives up

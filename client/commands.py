@@ -100,7 +100,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         log.error("%s: no prepared cache (manifest.csv). Fix: fedcmr prepare ... --out %s",
                   missing[0], missing[0])
         return EXIT_BAD_INPUT
-    from fedcmr.client.cli import policy_default
+    from fedcmr.client.site_policy import policy_default
 
     args.policy = args.policy or policy_default()
     try:

@@ -1,6 +1,7 @@
 """The hospital's release policy: what its site answers, set by the hospital, never by the
 coordinator (`fedcmr client --policy FILE`, a TOML or JSON file of these fields; without
-one, the defaults below).
+one, the file $FEDCMR_SITE_POLICY names in the hospital's environment, else the defaults
+below).
 
 The coordinator's run config can only tighten it: the smallest subject count a site
 releases a training aggregate about is the larger of the policy's and the run's
@@ -13,12 +14,22 @@ does not allow is refused, with the rule named. The differencing guard
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedcmr.common.run_config import Protocol, RunConfig
+
+#: The variable naming the policy file where none is given (`fedcmr client --policy`, a
+#: node config's `policy`): the hospital's own environment, never the coordinator's.
+POLICY_ENV = "FEDCMR_SITE_POLICY"
+
+
+def policy_default() -> Path | None:
+    value = os.environ.get(POLICY_ENV, "")
+    return Path(value) if value else None
 
 
 class PolicyRefusal(RuntimeError):
@@ -52,8 +63,8 @@ class SitePolicy(BaseModel):
     ccv_folds: tuple[int, ...] = (5,)
     #: Allowed validation fractions.
     val_fractions: tuple[float, ...] = (0.1,)
-    #: The split seed this site splits with; a run asking for another is refused. None:
-    #: any seed the coordinator asks for (every new seed gives new subject sets).
+    #: The split seed this site splits with; a run asking for another is refused. "any"
+    #: (None): any seed the coordinator asks for (every new seed gives new subject sets).
     split_seed: int | None = 0
     #: App bundles (sha256 of the FAB) this site runs besides the one its own installed
     #: fedcmr builds (client/app_approval.py).
@@ -61,10 +72,16 @@ class SitePolicy(BaseModel):
     #: Where the differencing guard remembers what was released; default: in the out-dir.
     ledger: Path | None = None
 
+    @field_validator("split_seed", mode="before")
+    @classmethod
+    def _any_seed(cls, value: object) -> object:
+        return None if value == "any" else value
+
     @classmethod
     def load(cls, path: Path | None) -> SitePolicy:
-        """The policy in `path` (TOML or JSON), or the defaults for None; a clear error
-        naming the file and the fix otherwise."""
+        """The policy in `path` (TOML or JSON; None: $FEDCMR_SITE_POLICY's, else the
+        defaults); a clear error naming the file and the fix otherwise."""
+        path = path or policy_default()
         if path is None:
             return cls()
         fix = "Fix: see docs/security.md for the policy file's fields"

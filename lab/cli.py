@@ -66,7 +66,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def add_site_policy_option(p: argparse.ArgumentParser, otherwise: str) -> None:
-    from fedcmr.client.cli import POLICY_ENV
+    from fedcmr.client.site_policy import POLICY_ENV
 
     p.add_argument("--site-policy", type=Path, default=None, metavar="FILE",
                    help="every simulated hospital's release policy (as fedcmr client "

@@ -52,8 +52,7 @@ def federate(caches: list[Path], settings, out: Path, security=None,
 
 
 def cmd_federate(args: argparse.Namespace) -> int:
-    from fedcmr.client.cli import policy_default
-    from fedcmr.client.site_policy import SitePolicy
+    from fedcmr.client.site_policy import SitePolicy, policy_default
     from fedcmr.lab.local_federation import sites_from_caches
     from fedcmr.server.checkpoint import check_resume
     from fedcmr.server.commands import settings_from_args
@@ -83,12 +82,11 @@ SYNTHETIC_SITE_POLICY = "deploy/synthetic-site-policy.toml"
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """synth -> prepare (one cache per hospital) -> federate -> AUC table."""
-    from fedcmr.client.cli import policy_default
     from fedcmr.client.commands import prepare_loaded
     from fedcmr.client.loaders.acdc import load_acdc
     from fedcmr.client.loaders.mnms import load_mnms
     from fedcmr.client.prep_config import PrepConfig
-    from fedcmr.client.site_policy import SitePolicy
+    from fedcmr.client.site_policy import SitePolicy, policy_default
     from fedcmr.common.app_bundle import app_dir
     from fedcmr.common.centres import ACDC_CENTRE, STUDY_MNMS_CENTRES, slug
     from fedcmr.lab.synthetic import synthesize

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from cache_factory import write_cohort
-from process_tools import finish, hospital, our_processes
+from process_tools import finish, hospital, kill_tree, our_processes, wait_for
 
 from fedcmr.common.flower_env import tool
 from fedcmr.common.replies import ANY_KEY, REPLY_ALLOWED
@@ -176,6 +176,15 @@ def test_secure_federation_with_tempered_votes_and_refused_nodes(caches, tmp_pat
         started = {name: hospital(name, caches[0], address, tmp_path / "refused" / name,
                                   "--max-wait-time", "20", *args)
                    for name, args in tries.items()}
+        # and one that has what it needs: TLS, a registered key; it is let in
+        log = tmp_path / "refused" / "bravo.log"
+        let_in = hospital("Bravo", caches[1], address, tmp_path / "refused" / "bravo",
+                          "--root-certificates", ca, "--auth-key",
+                          str(security.site_keys["Bravo"]), log=log)
+        wait_for(lambda: log.exists() and "SuperNode ID" in log.read_text(), 120,
+                 "Bravo's authenticated node", let_in)
+        kill_tree(let_in.pid)
+        let_in.wait()
         said = {name: finish(proc, 180) for name, proc in started.items()}
         for name, proc in started.items():
             assert proc.returncode == 1, (name, said[name][-2000:])

@@ -191,6 +191,8 @@ def test_policy_files_and_rules_are_named(tmp_path):
         strict.admit(RunConfig(protocol="lco"))
     with pytest.raises(PolicyRefusal, match=r"\(val_fractions\): validation fraction 0.3"):
         strict.admit(RunConfig(val_fraction=0.3))
+    bad.write_text('split_seed = "any"\n')
+    assert SitePolicy.load(bad).split_seed is None
     assert SitePolicy().training_floor(RunConfig(min_subjects=8)) == 8  # only tightened
     assert SitePolicy().training_floor(RunConfig(min_subjects=2)) == 5
 

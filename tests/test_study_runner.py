@@ -295,11 +295,13 @@ def test_a_site_failing_describe_is_named_not_numbered(tmp_path):
     assert coverage["lost"]["Vall d'Hebron"] == study.roster.refused["Vall d'Hebron"]
 
 
-def test_on_the_default_policy_the_run_goes_on_without_withheld_counts(tmp_path, caplog):
+def test_on_the_default_policy_the_run_goes_on_without_withheld_counts(tmp_path, caplog,
+                                                                       monkeypatch):
     """A SantPau-sized site (validation split 1 NOR + 1 HCM) beside an ACDC-sized one, both
     on the default policy: SantPau trains and tests but withholds its validation counts,
     the coordinator says so once and selects on ACDC's, and every request is in each
     site's audit log with its settings."""
+    monkeypatch.delenv("FEDCMR_SITE_POLICY")  # no policy file: the defaults
     grid = make_grid(tmp_path, {"ACDC": (20, 20), "SantPau": (14, 10)}, policy="")
     study = runner(grid, epochs=2)
     with caplog.at_level("WARNING", logger="fedcmr.server"):
