@@ -4,7 +4,7 @@ one, the file $FEDCMR_SITE_POLICY names in the hospital's environment, else the 
 below).
 
 The coordinator's run config can only tighten it: the smallest subject count a site
-releases a training aggregate about is the larger of the policy's and the run's
+releases a histogram summary of is the larger of the policy's and the run's
 `min-subjects`; a run
 that asks for a protocol, a fold count, a validation fraction or a split seed the policy
 does not allow is refused, with the rule named. The differencing guard
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fedcmr.common.protocol import POLICY_REFUSED
 from fedcmr.common.run_config import Protocol, RunConfig
 
 #: The variable naming the policy file where none is given (`fedcmr client --policy`, a
@@ -37,7 +38,7 @@ class PolicyRefusal(RuntimeError):
     path or subject, so it may leave the site in full."""
 
     def __init__(self, rule: str, text: str):
-        super().__init__(f"refused by the site's policy ({rule}): {text}")
+        super().__init__(f"{POLICY_REFUSED} ({rule}): {text}")
         self.rule = rule
 
 
@@ -48,7 +49,8 @@ class SitePolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     #: Training aggregates (histogram summary, model weights and n_k) come from at least
-    #: this many subjects; the run's min-subjects may raise it, never lower it.
+    #: this many subjects; the run's min-subjects (a histogram minimum) may raise it for
+    #: histograms, never lower it.
     min_subjects: int = Field(5, ge=1)
     #: Validation and test score counts come from at least this many subjects; below it a
     #: site withholds them (its weights still go).
@@ -101,7 +103,8 @@ class SitePolicy(BaseModel):
     def ledger_path(self, out_dir: Path) -> Path:
         return self.ledger or Path(out_dir) / "released-sets.json"
 
-    def training_floor(self, run: RunConfig) -> int:
+    def histogram_floor(self, run: RunConfig) -> int:
+        """Subjects behind a histogram summary: the run's min-subjects may raise it."""
         return max(self.min_subjects, run.min_subjects)
 
     def eval_floor(self) -> int:

@@ -111,7 +111,7 @@ def describe(site: Site) -> DescribeReply:
 def histogram_summary(site: Site, order: Order) -> NyulReply:
     """The Nyul summary of the training frames, or a refusal the server can log."""
     train = site.parts(order)["train"]
-    floor = site.policy.training_floor(order.run)
+    floor = site.policy.histogram_floor(order.run)
     try:
         site.policy.admit(order.run)
         site.release("train", train, floor, f"fold {order.fold} histogram summary")
@@ -160,7 +160,7 @@ def train(site: Site, order: Order, state: StateDict) -> TrainReply:
     """Validate the received global model, then the paper's local step: `local_iterations`
     batches sized so that they cover the site's training frames once."""
     site.policy.admit(order.run)
-    site.release("train", site.parts(order)["train"], site.policy.training_floor(order.run),
+    site.release("train", site.parts(order)["train"], site.policy.min_subjects,
                  f"fold {order.fold} model update")
     model, where = _model(state)
     val, withheld = _val_counts(site, order, model, where)

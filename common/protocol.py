@@ -37,6 +37,9 @@ class Kind(StrEnum):
 ARRAYS, CONFIG, METRICS, SITE = "arrays", "config", "metrics", "site"
 #: The file a site writes into its out-dir on FINISHED (its run id and time, as JSON).
 FINISHED_MARKER = ".run-finished"
+#: How a site's refusal under its own policy reads (an error reply, a withheld part): the
+#: same request would be refused again, so the coordinator does not wait for it to heal.
+POLICY_REFUSED = "refused by the site's policy"
 
 
 class Order(BaseModel):

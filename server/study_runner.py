@@ -27,7 +27,7 @@ from fedcmr.common.learning.early_stopping import EarlyStopping
 from fedcmr.common.learning.harmonise import Harmoniser
 from fedcmr.common.metrics import auc_from_counts
 from fedcmr.common.model import build_model
-from fedcmr.common.protocol import ARRAYS, CONFIG, Kind, Order
+from fedcmr.common.protocol import ARRAYS, CONFIG, POLICY_REFUSED, Kind, Order
 from fedcmr.common.replies import ScoreCounts, TrainReply
 from fedcmr.common.run_config import RunConfig
 from fedcmr.server.audit_trail import model_hash
@@ -290,8 +290,11 @@ class StudyRunner:
         targets = {m.metadata.dst_node_id: m for m in
                    strategy.configure_train(rnd, arrays, order, self.grid)}
         by_name = {n: self.roster.sites[n].node_id for n in present}
-        answers, _ = self.roster.exchange_messages(
+        answers, failed = self.roster.exchange_messages(
             Kind.TRAIN, {n: targets[node] for n, node in by_name.items()}, when)
+        # a site's policy refuses the same request again: rejected, not waited for
+        outcome.rejected += [{"round": rnd, "site": n, "reason": r}
+                             for n, r in failed.items() if POLICY_REFUSED in r]
         received, rejected = screen(list(answers.values()), arrays, self.roster.node_frames(),
                                     self.roster.node_names(), rnd)
         outcome.rejected += [{"round": rnd, "site": r.site, "reason": r.reason}

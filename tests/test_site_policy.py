@@ -170,7 +170,7 @@ def test_the_papers_protocols_pass_the_default_policy_by_design(tmp_path):
                 site.policy.admit(run)
                 parts = site.parts(query)
                 if run.test_centre(fold) != centre:
-                    site.release("train", parts["train"], site.policy.training_floor(run),
+                    site.release("train", parts["train"], site.policy.histogram_floor(run),
                                  "train")
                     if why := site.release_scores(parts["val"], "val"):
                         withheld.setdefault(centre, set()).add(why.split(":")[0])
@@ -193,8 +193,8 @@ def test_policy_files_and_rules_are_named(tmp_path):
         strict.admit(RunConfig(val_fraction=0.3))
     bad.write_text('split_seed = "any"\n')
     assert SitePolicy.load(bad).split_seed is None
-    assert SitePolicy().training_floor(RunConfig(min_subjects=8)) == 8  # only tightened
-    assert SitePolicy().training_floor(RunConfig(min_subjects=2)) == 5
+    assert SitePolicy().histogram_floor(RunConfig(min_subjects=8)) == 8  # only tightened
+    assert SitePolicy().histogram_floor(RunConfig(min_subjects=2)) == 5
 
 
 @pytest.mark.parametrize(("flags", "said"), [

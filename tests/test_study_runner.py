@@ -319,3 +319,29 @@ def test_on_the_default_policy_the_run_goes_on_without_withheld_counts(tmp_path,
     assert len(train) == 2 and all("min_eval_subjects" in e["withheld"] for e in train)
     assert train[0]["request"]["order"]["run"]["split_seed"] == 0
     assert train[0]["request"]["order"]["server_round"] == 1
+
+
+def test_a_site_whose_policy_refuses_its_update_is_rejected_not_waited_for(tmp_path):
+    """Charlie's policy wants 50 subjects behind a model update: its refusal names the rule,
+    is listed as rejected in the round, and the round goes on with the others at once
+    (the same request would be refused again; only an absence is waited for)."""
+    import time
+
+    grid = make_grid(tmp_path, {"Alpha": (8, 8), "Bravo": (8, 8), "Charlie": (8, 8)})
+    strict = tmp_path / "strict.toml"
+    strict.write_text("min_subjects = 50\nmin_eval_subjects = 1\nmin_difference = 1\n")
+    for context in grid.contexts.values():
+        if context.node_config["site"] == "Charlie":
+            context.node_config["policy"] = str(strict)
+    run = RunConfig(profile="smoke", epochs=1, min_subjects=5)
+    study = StudyRunner(grid, FederationSettings(sites=3, wait_sites_timeout=5,
+                                                 rejoin_timeout=120, run=run))
+    study.discover()
+    started = time.monotonic()
+    outcome = study.run_fold(0)
+    assert time.monotonic() - started < 60
+    (rejected,) = outcome.rejected
+    assert rejected["site"] == "Charlie" and rejected["round"] == 1
+    assert "refused by the site's policy (min_subjects): fold 0 model update would come " \
+        "from" in rejected["reason"]
+    assert {r["site"] for r in outcome.rounds} == {"Alpha", "Bravo"}
