@@ -87,7 +87,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     says the run is over (exit 0), or give up on a coordinator it cannot reach (one line
     naming the address, exit 1)."""
     from fedcmr.client.app_approval import APPROVED_ENV
-    from fedcmr.client.site_policy import SitePolicy
+    from fedcmr.client.site_policy import SitePolicy, policy_default
     from fedcmr.client.supernode_main import SUPERNODE_MAIN
     from fedcmr.client.supernode_watch import SuperNodeWatch, clog
     from fedcmr.common.app_bundle import bundle_digest
@@ -100,8 +100,6 @@ def cmd_client(args: argparse.Namespace) -> int:
         log.error("%s: no prepared cache (manifest.csv). Fix: fedcmr prepare ... --out %s",
                   missing[0], missing[0])
         return EXIT_BAD_INPUT
-    from fedcmr.client.site_policy import policy_default
-
     args.policy = args.policy or policy_default()
     try:
         security = security_args(args.root_certificates, args.auth_key)

@@ -107,9 +107,6 @@ class SitePolicy(BaseModel):
         """Subjects behind a histogram summary: the run's min-subjects may raise it."""
         return max(self.min_subjects, run.min_subjects)
 
-    def eval_floor(self) -> int:
-        return self.min_eval_subjects
-
     def admit(self, run: RunConfig) -> None:
         """Raise PolicyRefusal when the run asks for settings this site does not allow."""
         if run.protocol not in self.protocols:

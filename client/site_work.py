@@ -87,7 +87,7 @@ class Site:
     def release_scores(self, frames: list[CachedFrame], what: str) -> str | None:
         """None when scores of `frames` may leave; else why they are withheld."""
         try:
-            self.release("scores", frames, self.policy.eval_floor(), what)
+            self.release("scores", frames, self.policy.min_eval_subjects, what)
         except PolicyRefusal as refusal:
             return str(refusal)
         return None

@@ -199,8 +199,8 @@ class TrainReply(Reply):
 class ValidateReply(Reply):
     kind = Kind.VALIDATE
 
-    #: None where the site's policy withholds them; `withheld` says why.
-    val: Annotated[ScoreCounts | None, Wire(METRICS, prefix="val")] = None
+    #: Counts of nothing where the site's policy withholds them (`withheld` says why).
+    val: Annotated[ScoreCounts, Wire(METRICS, prefix="val")]
     withheld: Annotated[str | None, Wire(SITE)] = None
 
 

@@ -52,15 +52,14 @@ def federate(caches: list[Path], settings, out: Path, security=None,
 
 
 def cmd_federate(args: argparse.Namespace) -> int:
-    from fedcmr.client.site_policy import SitePolicy, policy_default
+    from fedcmr.client.site_policy import SitePolicy
     from fedcmr.lab.local_federation import sites_from_caches
     from fedcmr.server.checkpoint import check_resume
     from fedcmr.server.commands import settings_from_args
     from fedcmr.server.security import security_from_dir
 
     try:
-        args.site_policy = args.site_policy or policy_default()
-        SitePolicy.load(args.site_policy)
+        SitePolicy.load(args.site_policy)  # a bad file is named now ($FEDCMR_SITE_POLICY too)
         sites = sites_from_caches(args.cache)
         settings = settings_from_args(args, [])
         check_resume(args.out.resolve(), settings)

@@ -22,7 +22,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from pydantic import ValidationError
 
-from fedcmr.common.protocol import CONFIG, Kind
+from fedcmr.common.protocol import CONFIG, POLICY_REFUSED, Kind
 from fedcmr.common.replies import DescribeReply
 from fedcmr.server.settings import FederationSettings
 
@@ -216,7 +216,9 @@ class Roster:
                 failed[label] = (f"no reply to {kind} within {self.settings.round_timeout:.0f}"
                                  " s (--round-timeout)")
         for label, reason in failed.items():
-            if label in self.sites:
+            if POLICY_REFUSED in reason:  # the site is there; it answered no
+                log.warning("%s: %s", label, reason)
+            elif label in self.sites:
                 self.note_lost(label, reason, when)
             else:
                 log.error("%s: %s", label, reason)

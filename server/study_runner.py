@@ -342,7 +342,7 @@ class StudyRunner:
         (said once per fold). With none at all, the latest model counts as the best."""
         counts = []
         for reply in answers:
-            if reply.val is not None and not reply.withheld:
+            if not reply.withheld:
                 counts.append(reply.val)
             elif (fold, reply.site) not in self._withheld:
                 self._withheld.add((fold, reply.site))

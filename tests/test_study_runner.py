@@ -345,3 +345,4 @@ def test_a_site_whose_policy_refuses_its_update_is_rejected_not_waited_for(tmp_p
     assert "refused by the site's policy (min_subjects): fold 0 model update would come " \
         "from" in rejected["reason"]
     assert {r["site"] for r in outcome.rounds} == {"Alpha", "Bravo"}
+    assert "Charlie" not in study.roster.away and not study.roster.events  # not lost
