@@ -1,7 +1,9 @@
 """`flower-supernode` as fedcmr starts it (`fedcmr client` and the local launcher): Flower's
-own entry point with three changes. It runs only app bundles the site approved
+own entry point with four changes. It runs only app bundles the site approved
 (client/app_approval.py): the digests in $FEDCMR_APPROVED_BUNDLES (`fedcmr client` sets
 them from its policy), or, without it, only the bundle this installation builds. Its
+SuperExec forks each ClientApp from a process that has imported torch once
+(client/superexec_main.py), instead of starting a fresh one per message. Its
 connection loop waits IDLE_POLL_S, not a hard-coded 3 s, between two checks that found no
 message (every exchange waited half of that on average); and the process exits with
 LOOP_ENDED once that loop has ended (Flower 1.42 logs the error that ended it, a
@@ -11,6 +13,7 @@ Runtime API thread)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 import types
@@ -33,6 +36,17 @@ def _short_idle(clock: types.ModuleType, idle: float) -> types.SimpleNamespace:
     return shim
 
 
+def _superexec_via_fedcmr(processes: types.ModuleType) -> types.SimpleNamespace:
+    """`processes` (subprocess) whose Popen starts Flower's `flower-superexec` command
+    through client/superexec_main.py."""
+    from fedcmr.client.superexec_main import superexec_command
+
+    shim = types.SimpleNamespace(**{n: getattr(processes, n) for n in dir(processes)
+                                    if not n.startswith("__")})
+    shim.Popen = lambda command, *a, **k: processes.Popen(superexec_command(command), *a, **k)
+    return shim
+
+
 def approved_bundles() -> set[str]:
     """The app bundle digests this SuperNode runs (client/app_approval.py); a variable set
     but empty approves none."""
@@ -51,9 +65,12 @@ def main() -> None:
     from flwr.supernode.cli import flower_supernode
 
     from fedcmr.client.app_approval import install_approval
+    from fedcmr.client.superexec_main import start_mode
 
+    start_mode()  # a wrong $FEDCMR_CLIENTAPP_START stops the SuperNode here, named
     install_approval(loop, approved_bundles(), FLOWER_LOGGER)
     loop.time = _short_idle(time, IDLE_POLL_S)
+    loop.subprocess = _superexec_via_fedcmr(subprocess)
     flower_supernode()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -106,6 +106,11 @@ def equal_vote_run(caches, tmp_path_factory) -> Path:
 def test_hospitals_as_separate_processes_leave_nothing_running(equal_vote_run):
     check_run(equal_vote_run, 0.0)
     assert our_processes(equal_vote_run) == []
+    # every message's ClientApp was forked from its site's SuperExec (superexec_main.py)
+    for log in (equal_vote_run / "logs").glob("supernode-*.log"):
+        text = log.read_text()
+        assert text.count("fedcmr: ClientApp forked") == text.count(
+            "Start `flwr-clientapp` process") > 0, log.name
     # every port our processes used is free again
     # (not the clients' ephemeral ports in the SuperLink's access log: TIME_WAIT holds those)
     texts = ["\n".join(line for line in p.read_text().splitlines() if "uvicorn.access" not in line)
