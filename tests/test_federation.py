@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 from cache_factory import write_cohort
-from process_tools import finish, hospital, kill_tree, our_processes, wait_for
+from process_tools import finish, hospital, our_processes, server_command, start
 
 from fedcmr.common.flower_env import tool
 from fedcmr.common.replies import ANY_KEY, REPLY_ALLOWED
 from fedcmr.common.run_config import RunConfig
-from fedcmr.lab.local_federation import LocalFederation, run_local_federation, sites_from_caches
-from fedcmr.server.processes import port_is_free
+from fedcmr.lab.local_federation import run_local_federation, sites_from_caches
+from fedcmr.server.processes import free_port, port_is_free
 from fedcmr.server.security import security_from_dir
 from fedcmr.server.settings import FederationSettings
 
@@ -43,15 +43,16 @@ def settings(strategy: str, alpha: float = 1.0, epochs: int | None = None
     return FederationSettings(strategy=strategy, vote_alpha=alpha, round_timeout=300, run=run)
 
 
-def check_run(run_dir: Path, alpha: float) -> None:
+def check_run(run_dir: Path, alpha: float, predictions: bool = True) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["auc"]) == {"total", *SIZES}
     assert metrics["n"]["total"]["frames"] == sum(m["frames"] for c, m in metrics["n"].items()
                                                   if c != "total")
-    with (run_dir / "predictions.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == metrics["n"]["total"]["frames"]
-    assert set(rows[0]) == {"subject", "centre", "phase", "fold", "label", "score"}
+    if predictions:  # the local launcher gathers the sites' predictions; a server cannot
+        with (run_dir / "predictions.csv").open() as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) == metrics["n"]["total"]["frames"]
+        assert set(rows[0]) == {"subject", "centre", "phase", "fold", "label", "score"}
     # the model that scored the test sets was trained (round 0 is the initialisation)
     assert json.loads((run_dir / "fold_0" / "summary.json").read_text())["best_round"] >= 1
     with (run_dir / "rounds.csv").open() as handle:
@@ -156,50 +157,49 @@ def test_simulation_runtime_gives_the_deployment_results(caches, equal_vote_run,
         assert value == pytest.approx(deployed[key], abs=1e-5), key
 
 
-def test_secure_federation_with_tempered_votes_and_refused_nodes(caches, tmp_path):
+def test_secure_server_and_clients_with_tempered_votes_and_refused_nodes(caches, tmp_path):
+    """`fedcmr server --secure` with one `fedcmr client --root-certificates --auth-key` per
+    hospital, as real sites run them; beside them, hospitals whose security settings do not
+    match the coordinator's are each refused, and say what is missing."""
     names = [s.name for s in sites_from_caches(caches)]
-    certs = tmp_path / "certs"
-    subprocess.run([str(REPO / "deploy" / "make_certificates.sh"), str(certs), *names,
-                    "Intruder"], check=True, capture_output=True)
+    certs, other = tmp_path / "certs", tmp_path / "other-certs"
+    for folder, sites in ((certs, names), (other, ["Intruder"])):
+        subprocess.run([str(REPO / "deploy" / "make_certificates.sh"), str(folder), *sites],
+                       check=True, capture_output=True)
     security = security_from_dir(certs, names)
-    run_dir = tmp_path / "secure"
+    run_dir, port = tmp_path / "secure", free_port()
     # one round: the weights, TLS and node authentication are what is checked here
-    run_local_federation(caches, settings("tempered", 0.5, epochs=1), run_dir,
-                         security=security, echo=lambda _: None)
-    check_run(run_dir, 0.5)
-    assert our_processes(run_dir) == []
+    server = start(server_command(run_dir, port, len(names), "--strategy", "tempered",
+                                  "--vote-alpha", "0.5", "--epochs", "1", "--secure",
+                                  str(certs)))
+    address, ca = f"127.0.0.1:{port}", str(security.ca)
+    tries = {"intruder": ["--root-certificates", ca, "--auth-key",
+                          str(other / "sites" / "intruder")],  # a key nobody registered
+             "no-key": ["--root-certificates", ca],  # TLS, but no node authentication
+             "plaintext": []}  # no CA: plaintext against a TLS coordinator
+    refused = {name: hospital(name, caches[0], address, tmp_path / "refused" / name,
+                              "--max-wait-time", "20", *args) for name, args in tries.items()}
+    logs = {name: tmp_path / f"{name}.log" for name in names}
+    sites = {name: hospital(name, cache, address, run_dir / "sites" / name.lower(),
+                            "--root-certificates", ca, "--auth-key",
+                            str(security.site_keys[name]), log=logs[name])
+             for name, cache in zip(names, caches, strict=True)}
+    out = finish(server, 900)
+    assert server.returncode == 0, out[-4000:]
+    for name, proc in sites.items():  # told the run is over, each stops by itself
+        assert proc.wait(timeout=120) == 0, (name, logs[name].read_text()[-2000:])
+        assert "INSECURE" not in logs[name].read_text()  # TLS, and its node authenticated
+    check_run(run_dir, 0.5, predictions=False)  # a real coordinator gets no predictions
 
-    # Hospitals whose security settings do not match the coordinator's, as `fedcmr client`
-    # starts them: each is refused, and says what is missing.
-    with LocalFederation(tmp_path / "refusals", security=security,
-                         sites=sites_from_caches(caches)[:1]) as fed:
-        address, ca = f"127.0.0.1:{fed.port}", str(security.ca)
-        tries = {"intruder": ["--root-certificates", ca, "--auth-key",
-                              str(certs / "sites" / "intruder")],  # a key nobody registered
-                 "no-key": ["--root-certificates", ca],  # TLS, but no node authentication
-                 "plaintext": []}  # no CA: plaintext against a TLS coordinator
-        started = {name: hospital(name, caches[0], address, tmp_path / "refused" / name,
-                                  "--max-wait-time", "20", *args)
-                   for name, args in tries.items()}
-        # and one that has what it needs: TLS, a registered key; it is let in
-        log = tmp_path / "refused" / "bravo.log"
-        let_in = hospital("Bravo", caches[1], address, tmp_path / "refused" / "bravo",
-                          "--root-certificates", ca, "--auth-key",
-                          str(security.site_keys["Bravo"]), log=log)
-        wait_for(lambda: log.exists() and "SuperNode ID" in log.read_text(), 120,
-                 "Bravo's authenticated node", let_in)
-        kill_tree(let_in.pid)
-        let_in.wait()
-        said = {name: finish(proc, 180) for name, proc in started.items()}
-        for name, proc in started.items():
-            assert proc.returncode == 1, (name, said[name][-2000:])
-        last = {name: [x for x in out.splitlines() if x.strip()][-1] for name, out in said.items()}
-        assert "refused the connection" in last["intruder"] and "--auth-key" in last["intruder"]
-        assert "requires node authentication, and this site has no --auth-key" in last["no-key"]
-        assert "INSECURE: no --root-certificates" in said["plaintext"]
-        assert "then add --root-certificates CA" in last["plaintext"], last["plaintext"]
-    assert our_processes(tmp_path / "refusals") == []
-    assert our_processes(tmp_path / "refused") == []
+    said = {name: finish(proc, 180) for name, proc in refused.items()}
+    for name, proc in refused.items():
+        assert proc.returncode == 1, (name, said[name][-2000:])
+    last = {name: [x for x in out.splitlines() if x.strip()][-1] for name, out in said.items()}
+    assert "refused the connection" in last["intruder"] and "--auth-key" in last["intruder"]
+    assert "requires node authentication, and this site has no --auth-key" in last["no-key"]
+    assert "INSECURE: no --root-certificates" in said["plaintext"]
+    assert "then add --root-certificates CA" in last["plaintext"], last["plaintext"]
+    assert our_processes(tmp_path) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -1,8 +1,9 @@
 """Bad sites, made from outside fedcmr: Python imports this module at start-up in every
 process whose PYTHONPATH holds this folder (tests/test_resilience.py sets it for a whole
-federation). In ClientApp processes, a site named in FEDCMR_TEST_POISON trains as usual and
-then spoils its update, one attack per round: "Charlie=nan,extra;Bravo=n_k,none" spoils
-Charlie's rounds 1 and 2 and Bravo's round 1. fedcmr itself has no hook for it.
+federation). In ClientApp processes (and in fedcmr's SuperExec, which forks them), a site
+named in FEDCMR_TEST_POISON trains as usual and then spoils its update, one attack per round:
+"Charlie=nan,extra;Bravo=n_k,none" spoils Charlie's rounds 1 and 2 and Bravo's round 1.
+fedcmr itself has no hook for it.
 
 Attacks: nan (NaN in the first floating-point tensor), extra (a tensor the model lacks),
 n_k (more training frames than any site has), round (a reply to another round), norm (the
@@ -38,7 +39,14 @@ def spoil(reply, attack: str, received):
     return reply.model_copy(update={"arrays": ArrayRecord(weights)})
 
 
-if PLAN and os.path.basename(sys.argv[0]) == "flwr-clientapp":
+def runs_clientapps() -> bool:
+    """Flower's own ClientApp process, or fedcmr's SuperExec (client/superexec_main.py),
+    whose forked children are the ClientApps and inherit what is patched here."""
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return name == "flwr-clientapp" or (name == "-c" and sys.argv[1:2] == ["flower-superexec"])
+
+
+if PLAN and runs_clientapps():
     from fedcmr.client import site_work
 
     honest = site_work.train
