@@ -13,6 +13,7 @@ reply says why) and the rest of the reply goes.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from fedcmr.common.device import placement
 from fedcmr.common.handshake import site_fingerprint
 from fedcmr.common.learning.data import CachedFrame, FrameDataset, load_cache
 from fedcmr.common.learning.harmonise import Harmoniser
+from fedcmr.common.learning.privacy import clip_update
 from fedcmr.common.learning.split import split_frames
 from fedcmr.common.learning.training import (
     Scores,
@@ -50,6 +52,7 @@ from fedcmr.common.results import prediction_rows, read_predictions, write_predi
 from fedcmr.common.seeds import derive_seed, seed_run
 
 StateDict = dict[str, torch.Tensor]
+log = logging.getLogger("fedcmr.client")
 
 
 @dataclass
@@ -172,8 +175,12 @@ def train(site: Site, order: Order, state: StateDict) -> TrainReply:
     batch = federated_batch_size(len(data), hyper.local_iterations)
     optimizer = make_optimizer(model, hyper, InitInfo(source=order.init_source, seed=0))
     stats = train_steps(model, optimizer, iter(train_loader(data, batch, generator)), where,
-                        max_steps=hyper.local_iterations)
+                        max_steps=hyper.local_iterations, frozen_batchnorm=order.run.private)
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if order.run.private:  # the update clipped here, at the site (privacy.py)
+        weights, norm = clip_update(weights, state, order.run.dp_clip)
+        log.info("fold %d round %d: update norm %.4g clipped to %.4g", order.fold,
+                 order.server_round, norm, min(norm, order.run.dp_clip))
     return TrainReply(site=site.name, arrays=ArrayRecord(weights), num_examples=len(data),
                       train_loss=stats.loss, train_batches=stats.n_batches, batch_size=batch,
                       server_round=order.server_round, val=val, withheld=withheld)

@@ -60,4 +60,9 @@ def auc_table(metrics: dict) -> str:
         n = metrics["n"][name]
         shown = "  n/a" if value is None else f"{value:6.3f}"
         lines.append(f"{name:<18} {shown:>6} {n['frames']:>7} {n['HCM']:>5} {n['NOR']:>5}")
+    if privacy := metrics.get("privacy"):
+        lines.append(f"differential privacy: epsilon {privacy['epsilon']} at delta "
+                     f"{privacy['delta']:g} ({privacy['releases_total']} noisy rounds, "
+                     f"clip {privacy['dp_clip']:g}, noise multiplier "
+                     f"{privacy['noise_multiplier']:g})")
     return "\n".join(lines)

@@ -50,7 +50,7 @@ class RunConfig(FlatModel):
 
     FLAT: ClassVar[tuple[str, ...]] = (
         "protocol", "folds", "seed", "split_seed", "prior", "augment", "phases", "profile",
-        "epochs", "pretrained", "min_subjects")
+        "epochs", "pretrained", "min_subjects", "dp_clip", "dp_noise")
 
     protocol: Protocol = Field("ccv", description="collaborative (ccv) or leave-centre-out "
                                                   "(lco) cross-validation")
@@ -76,6 +76,15 @@ class RunConfig(FlatModel):
     #: A site refuses to release a histogram summary of fewer subjects than this.
     min_subjects: int = Field(5, description="smallest subject count a site releases a "
                                              "histogram summary for")
+    #: Differential privacy for the weights (common/learning/privacy.py); 0: off.
+    dp_clip: float = Field(0.0, ge=0, description="differential privacy (federated runs): "
+                                                  "clip each site's model update to this L2 "
+                                                  "norm, noise on the aggregate; 0: off")
+    dp_noise: float = Field(1.0, ge=0, description="differential privacy: noise multiplier "
+                                                   "Z (noise std Z * dp-clip * the largest "
+                                                   "site weight)")
+    #: δ of the reported (ε, δ) guarantee.
+    dp_delta: float = Field(1e-5, gt=0, lt=1)
     #: Every centre of the study, sorted; fixes the LCO fold order for all participants.
     centres: tuple[str, ...] = ()
 
@@ -117,6 +126,11 @@ class RunConfig(FlatModel):
         if info.field_name == "phases":
             return ",".join(value).lower()
         return 0 if value is None else value
+
+    @property
+    def private(self) -> bool:
+        """Whether the weights are released under differential privacy."""
+        return self.dp_clip > 0
 
     @property
     def hyper(self) -> Profile:

@@ -36,6 +36,10 @@ def cmd_centralized(args: argparse.Namespace) -> int:
         frames = load_cache(args.cache)
         config = run_config_from_args(args, sorted({f.entry.centre for f in frames}))
         config.fold_list()
+        if config.private:
+            raise ValueError("--dp-clip applies to federated runs (it protects the weights "
+                             "a site releases); the centralised baseline pools the data. "
+                             "Fix: drop --dp-clip, or run fedcmr federate")
     except (FileNotFoundError, ValueError) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT

@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from fedcmr.common.atomic import atomic_path, write_csv, write_json
+from fedcmr.common.learning.privacy import privacy_spent
 from fedcmr.common.metrics import auc_from_counts
+from fedcmr.common.run_config import RunConfig
 from fedcmr.server.roster import Roster, SiteInfo
 from fedcmr.server.study_runner import FoldOutcome
 
@@ -40,6 +42,27 @@ def metrics_from_counts(outcomes: Sequence[FoldOutcome], sites: Sequence[SiteInf
         out["n"][name] = {"frames": int(neg.sum() + pos.sum()), "HCM": int(pos.sum()),
                           "NOR": int(neg.sum())}
     return out
+
+
+def privacy_report(run: RunConfig, outcomes: Sequence[FoldOutcome], sites: int
+                   ) -> dict | None:
+    """The run's differential privacy (None without): ε at the run's δ over every noisy
+    round of every fold (the same sites train in each), and per fold. An aggregated round
+    is one release; "inf" where no noise was added."""
+
+    def epsilon(releases: int) -> float | str:
+        value = privacy_spent(run.dp_noise, releases, run.dp_delta, max(sites, 1))
+        return "inf" if value == float("inf") else round(value, 4)
+
+    if not run.private:
+        return None
+    releases = {o.fold: len(o.audit) for o in outcomes}
+    total = sum(releases.values())
+    return {"dp_clip": run.dp_clip, "noise_multiplier": run.dp_noise, "delta": run.dp_delta,
+            "sites": sites, "releases": releases, "releases_total": total,
+            "epsilon": epsilon(total),
+            "epsilon_per_fold": {f: epsilon(r) for f, r in releases.items()},
+            "accounting": "RDP (Flower's RdpAccountant), every site in every round"}
 
 
 def write_rounds(path: Path, outcomes: Sequence[FoldOutcome]) -> None:

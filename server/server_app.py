@@ -18,7 +18,13 @@ from fedcmr.common import __version__
 from fedcmr.common.atomic import write_json
 from fedcmr.server.audit_trail import write_jsonl
 from fedcmr.server.checkpoint import Checkpoint
-from fedcmr.server.fl_outputs import metrics_from_counts, site_coverage, write_fold, write_rounds
+from fedcmr.server.fl_outputs import (
+    metrics_from_counts,
+    privacy_report,
+    site_coverage,
+    write_fold,
+    write_rounds,
+)
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.study_runner import FoldOutcome, SiteFailure, StudyRunner
 
@@ -54,6 +60,10 @@ def main(grid: Grid, context: Context) -> None:
     metrics["strategy"] = {"name": settings.strategy, "vote_alpha": settings.vote_alpha}
     metrics["sites"] = coverage
     metrics["rejected_updates"] = [{"fold": o.fold, **r} for o in outcomes for r in o.rejected]
+    if privacy := privacy_report(runner.run, outcomes, len(runner.sites)):
+        metrics["privacy"] = privacy
+        log.info("differential privacy: epsilon %s at delta %g over %d noisy rounds",
+                 privacy["epsilon"], privacy["delta"], privacy["releases_total"])
     write_json(out / "metrics.json", metrics)
     write_jsonl(out / "site_events.jsonl", runner.roster.events)
     status = "partial" if coverage["lost"] else "completed"

@@ -19,14 +19,26 @@ import logging
 import math
 from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum
 
+from fedcmr.common.learning.privacy import add_noise, noise_std
 from fedcmr.common.protocol import METRICS, SITE
 from fedcmr.common.replies import NUM_EXAMPLES
+from fedcmr.common.run_config import RunConfig
+from fedcmr.common.seeds import derive_seed
 from fedcmr.server.settings import strategy_alpha
-from fedcmr.server.update_checks import integer_tensors, with_tensors
+from fedcmr.server.update_checks import as_numpy, integer_tensors, with_tensors
 
 log = logging.getLogger("fedcmr.server")
 
@@ -124,6 +136,48 @@ class WeightedVote(FoldTraining, FedAvg):
     """FedAvg with site weights proportional to n_k ** vote_alpha."""
 
 
+class PrivateVote(WeightedVote):
+    """WeightedVote under differential privacy: Gaussian noise on the weighted mean of the
+    sites' clipped updates (common/learning/privacy.py has the whole scheme).
+
+    Parameters
+    ----------
+    dp_clip : float
+        The L2 norm to which each site clipped its update (the run's dp-clip).
+    dp_noise : float
+        The noise multiplier Z: the noise's standard deviation is Z * dp_clip * the
+        round's largest site weight.
+    noise_seed : int (default: 0)
+        With the round number, seeds each round's noise: a resumed run replays it.
+    **kwargs
+        Passed to WeightedVote.
+    """
+
+    def __init__(self, vote_alpha: float = 1.0, dp_clip: float = 1.0, dp_noise: float = 1.0,
+                 noise_seed: int = 0, **kwargs) -> None:
+        super().__init__(vote_alpha, **kwargs)
+        self.dp_clip, self.dp_noise, self.noise_seed = dp_clip, dp_noise, noise_seed
+        #: The noise's standard deviation, by server round.
+        self.noise_stds: dict[int, float] = {}
+
+    def summary(self) -> None:
+        log.info("\t├──> differential privacy: clip %s, noise multiplier %s", self.dp_clip,
+                 self.dp_noise)
+        super().summary()
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """WeightedVote's aggregate, then the noise on its trained parameters."""
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None:
+            return arrays, metrics
+        std = noise_std(self.dp_noise, self.dp_clip, self.weights[server_round].values())
+        self.noise_stds[server_round] = std
+        noisy = add_noise(as_numpy(arrays), std, derive_seed(self.noise_seed, server_round,
+                                                             "dp-noise"))
+        return ArrayRecord({k: Array(np.asarray(v)) for k, v in noisy.items()}), metrics
+
+
 class Median(FoldTraining, FedMedian):
     """The coordinate-wise median of the sites' weights."""
 
@@ -160,8 +214,17 @@ STRATEGIES: dict[str, type[FoldTraining]] = {
     "median": Median, "trimmed-mean": TrimmedMean, "krum": KrumVote}
 
 
-def make_strategy(name: str, vote_alpha: float | None = None) -> FoldTraining:
+def make_strategy(name: str, vote_alpha: float | None = None, run: RunConfig | None = None,
+                  fold: int = 0) -> FoldTraining:
+    """The strategy `name`; PrivateVote when the run asks for differential privacy."""
     alpha = strategy_alpha(name, vote_alpha)
     # Every site is sampled; the train set is fixed per fold by train_nodes.
-    return STRATEGIES[name](vote_alpha=alpha, fraction_evaluate=0.0, min_train_nodes=1,
-                            min_evaluate_nodes=0, min_available_nodes=1)
+    common = {"fraction_evaluate": 0.0, "min_train_nodes": 1, "min_evaluate_nodes": 0,
+              "min_available_nodes": 1}
+    if run is None or not run.private:
+        return STRATEGIES[name](vote_alpha=alpha, **common)
+    if not STRATEGIES[name].weighted:
+        raise ValueError(f"--dp-clip works with the weighted strategies (fedavg, equal-vote, "
+                         f"tempered), whose noise it can calibrate; not with {name}")
+    return PrivateVote(vote_alpha=alpha, dp_clip=run.dp_clip, dp_noise=run.dp_noise,
+                       noise_seed=derive_seed(run.seed, fold), **common)

@@ -183,7 +183,8 @@ class StudyRunner:
 
     def run_fold(self, fold: int) -> FoldOutcome:
         state = self._start_fold(fold)
-        strategy = make_strategy(self.settings.strategy, self.settings.vote_alpha)
+        strategy = make_strategy(self.settings.strategy, self.settings.vote_alpha, self.run,
+                                 fold)
         strategy.weights = state.strategy_weights
         stopper = EarlyStopping(self.run.hyper.patience)
         stopper.__dict__.update(state.stopper)

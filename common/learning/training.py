@@ -73,11 +73,25 @@ def restart_batchnorm_statistics(model: nn.Module) -> None:
             module.reset_running_stats()
 
 
+def freeze_batchnorm(model: nn.Module) -> None:
+    """BatchNorm normalises with its running statistics and leaves them as they are (in
+    training mode otherwise): under differential privacy nothing but the clipped
+    parameters may change (common/learning/privacy.py)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator,
-                placement: Placement, max_steps: int | None = None) -> TrainStats:
-    """One pass over `batches` (or `max_steps` of them), BatchNorm statistics restarted."""
+                placement: Placement, max_steps: int | None = None,
+                frozen_batchnorm: bool = False) -> TrainStats:
+    """One pass over `batches` (or `max_steps` of them), BatchNorm statistics restarted,
+    or kept frozen (`frozen_batchnorm`)."""
     model.train()
-    restart_batchnorm_statistics(model)
+    if frozen_batchnorm:
+        freeze_batchnorm(model)
+    else:
+        restart_batchnorm_statistics(model)
     total, n, steps = 0.0, 0, 0
     for x, y in batches:
         x, y = placement.to_device(x), y.to(placement.device)

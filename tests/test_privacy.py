@@ -1,0 +1,134 @@
+"""Differential privacy for the weights (common/learning/privacy.py): the site clips its
+update, the coordinator adds calibrated noise and accounts for it with Flower's RDP
+accountant; the run reports epsilon."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from cache_factory import write_site_cache
+from conftest import SMALL_SITE_POLICY
+from test_strategies import SIZES, as_numpy, expected, replies
+from test_study_runner import make_grid, runner, server_identity  # noqa: F401 (autouse)
+
+from fedcmr.client import site_work
+from fedcmr.client.site_policy import SitePolicy
+from fedcmr.common.learning.privacy import (
+    add_noise,
+    clip_update,
+    noise_std,
+    parameter_keys,
+    privacy_spent,
+)
+from fedcmr.common.model import build_model
+from fedcmr.common.protocol import Order
+from fedcmr.common.results import auc_table
+from fedcmr.common.run_config import RunConfig
+from fedcmr.server.fl_outputs import privacy_report
+from fedcmr.server.strategies import PrivateVote, make_strategy
+
+DP = {"dp_clip": 0.5, "dp_noise": 1.0}
+
+
+def update_norm(new: dict, old: dict) -> float:
+    keys = parameter_keys(new)
+    return math.sqrt(sum(float(((new[k].double() - old[k].double()) ** 2).sum())
+                         for k in keys))
+
+
+def test_an_update_is_clipped_to_the_norm_and_buffers_stay_as_received():
+    rng = torch.Generator().manual_seed(0)
+    received = {"conv.weight": torch.randn(4, 3, generator=rng),
+                "bn.running_mean": torch.zeros(3), "bn.num_batches_tracked": torch.tensor(5)}
+    trained = {"conv.weight": received["conv.weight"] + 3 * torch.randn(4, 3, generator=rng),
+               "bn.running_mean": torch.ones(3), "bn.num_batches_tracked": torch.tensor(9)}
+    clipped, norm = clip_update(trained, received, clip=0.5)
+    assert norm == pytest.approx(update_norm(trained, received), rel=1e-6) and norm > 0.5
+    assert update_norm(clipped, received) == pytest.approx(0.5, rel=1e-5)
+    # the direction is kept
+    direction = clipped["conv.weight"] - received["conv.weight"]
+    assert torch.allclose(direction / 0.5, (trained["conv.weight"] - received["conv.weight"])
+                          / norm, atol=1e-5)
+    assert torch.equal(clipped["bn.running_mean"], received["bn.running_mean"])
+    assert int(clipped["bn.num_batches_tracked"]) == 5
+    small, _ = clip_update(trained, received, clip=100.0)  # inside the norm: unchanged
+    assert torch.allclose(small["conv.weight"], trained["conv.weight"])
+
+
+def test_noise_is_seeded_sized_and_spares_the_buffers():
+    arrays = {"w": np.zeros((200, 100), np.float32), "bn.running_var": np.ones(7, np.float32),
+              "bn.num_batches_tracked": np.array(3)}
+    noisy = add_noise(arrays, std=0.25, seed=7)
+    assert np.std(noisy["w"]) == pytest.approx(0.25, rel=0.02)
+    assert noisy["w"].dtype == np.float32
+    assert np.array_equal(noisy["bn.running_var"], arrays["bn.running_var"])
+    assert noisy["bn.num_batches_tracked"] == 3
+    assert np.array_equal(add_noise(arrays, 0.25, 7)["w"], noisy["w"])  # replayed exactly
+    assert not np.array_equal(add_noise(arrays, 0.25, 8)["w"], noisy["w"])
+    assert noise_std(2.0, 0.5, [0.1, 0.6, 0.3]) == pytest.approx(0.6)
+
+
+def test_epsilon_from_flowers_accountant_behaves_and_beats_the_plain_rdp_bound():
+    eps = privacy_spent(1.0, 12, 1e-5, 4)
+    assert privacy_spent(1.0, 24, 1e-5, 4) > eps > privacy_spent(1.0, 6, 1e-5, 4)
+    assert privacy_spent(2.0, 12, 1e-5, 4) < eps
+    assert privacy_spent(0.0, 12, 1e-5, 4) == math.inf
+    assert privacy_spent(1.0, 0, 1e-5, 4) == 0.0
+    # Gaussian RDP: T * a / (2 z^2) at order a, then eps <= rdp + log(1/delta) / (a - 1)
+    bound = min(12 * a / 2 + math.log(1e5) / (a - 1) for a in np.linspace(1.01, 64, 5000))
+    assert eps <= bound + 1e-6 and eps > 0.5 * bound
+
+
+def test_private_vote_adds_noise_of_the_calibrated_size_to_the_weighted_mean():
+    strategy = make_strategy("fedavg", run=RunConfig(dp_clip=0.5, dp_noise=2.0), fold=0)
+    assert isinstance(strategy, PrivateVote)
+    arrays, _ = strategy.aggregate_train(3, replies())
+    mean = expected(SIZES)
+    w_max = max(SIZES.values()) / sum(SIZES.values())
+    assert strategy.noise_stds[3] == pytest.approx(2.0 * 0.5 * w_max)
+    noise = np.concatenate([(as_numpy(arrays)[k] - mean[k]).ravel() for k in mean])
+    assert 0.4 * strategy.noise_stds[3] < np.std(noise) < 2.0 * strategy.noise_stds[3]
+    again, _ = make_strategy("fedavg", run=RunConfig(dp_clip=0.5, dp_noise=2.0),
+                             fold=0).aggregate_train(3, replies())
+    assert all(np.array_equal(as_numpy(again)[k], as_numpy(arrays)[k]) for k in mean)
+    with pytest.raises(ValueError, match="weighted strategies"):
+        make_strategy("median", run=RunConfig(dp_clip=0.5), fold=0)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> site_work.Site:
+    root = tmp_path_factory.mktemp("dp-site")
+    write_site_cache(root / "cache", "Alpha", 8, 8)
+    return site_work.Site.open("Alpha", [root / "cache"], root / "out",
+                               SitePolicy.load(SMALL_SITE_POLICY))
+
+
+def test_a_site_training_under_dp_releases_a_clipped_update_and_frozen_statistics(site):
+    run = RunConfig(profile="smoke", centres=("Alpha", "Bravo"), min_subjects=5, **DP)
+    order = Order(run=run, fold=0, server_round=1, landmarks=tuple(np.linspace(0, 100, 13)))
+    model, _ = build_model("none", seed=1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    released = site_work.train(site, order, state).arrays.to_torch_state_dict()
+    assert 0 < update_norm(released, state) <= 0.5 * (1 + 1e-5)
+    buffers = [k for k in state if k not in parameter_keys(state)]
+    assert buffers and all(torch.equal(released[k], state[k]) for k in buffers)
+    plain = order.model_copy(update={"run": run.model_copy(update={"dp_clip": 0.0})})
+    unclipped = site_work.train(site, plain, state).arrays.to_torch_state_dict()
+    assert update_norm(unclipped, state) > 0.5  # the clip did bind
+    assert not all(torch.equal(unclipped[k], state[k]) for k in buffers)
+
+
+def test_a_private_run_reports_epsilon_for_its_noisy_rounds(tmp_path):
+    grid = make_grid(tmp_path, {"Alpha": (8, 8), "Bravo": (8, 8)})
+    study = runner(grid, epochs=2, **DP)
+    outcome = study.run_fold(0)
+    assert len(outcome.audit) == 2
+    report = privacy_report(study.run, [outcome], sites=2)
+    assert report["releases_total"] == 2
+    assert report["epsilon"] == pytest.approx(privacy_spent(1.0, 2, 1e-5, 2), abs=1e-4)
+    line = auc_table({"auc": {}, "n": {}, "privacy": report}).splitlines()[-1]
+    assert line.startswith(f"differential privacy: epsilon {report['epsilon']} at delta 1e-05")
+    assert privacy_report(RunConfig(), [outcome], sites=2) is None
