@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from cache_factory import write_cohort
-from process_tools import finish, hospital, our_processes, server_command, start
+from process_tools import ENV, finish, hospital, kill_tree, our_processes, server_command, wait_for
 
 from fedcmr.common.flower_env import tool
 from fedcmr.common.replies import ANY_KEY, REPLY_ALLOWED
@@ -169,9 +169,15 @@ def test_secure_server_and_clients_with_tempered_votes_and_refused_nodes(caches,
     security = security_from_dir(certs, names)
     run_dir, port = tmp_path / "secure", free_port()
     # one round: the weights, TLS and node authentication are what is checked here
-    server = start(server_command(run_dir, port, len(names), "--strategy", "tempered",
-                                  "--vote-alpha", "0.5", "--epochs", "1", "--secure",
-                                  str(certs)))
+    command = server_command(run_dir, port, len(names), "--strategy", "tempered",
+                             "--vote-alpha", "0.5", "--epochs", "1", "--secure", str(certs))
+    command.remove("-q")  # its start-up line says when the sites' keys are registered
+    server_log = tmp_path / "server.log"
+    with server_log.open("w") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                  env=ENV, start_new_session=True)
+    wait_for(lambda: "SuperLink serving on" in server_log.read_text(), 180,
+             "the secure SuperLink", server)
     address, ca = f"127.0.0.1:{port}", str(security.ca)
     tries = {"intruder": ["--root-certificates", ca, "--auth-key",
                           str(other / "sites" / "intruder")],  # a key nobody registered
@@ -182,10 +188,15 @@ def test_secure_server_and_clients_with_tempered_votes_and_refused_nodes(caches,
     logs = {name: tmp_path / f"{name}.log" for name in names}
     sites = {name: hospital(name, cache, address, run_dir / "sites" / name.lower(),
                             "--root-certificates", ca, "--auth-key",
-                            str(security.site_keys[name]), log=logs[name])
+                            str(security.site_keys[name]), "--max-wait-time", "120",
+                            log=logs[name])
              for name, cache in zip(names, caches, strict=True)}
-    out = finish(server, 900)
-    assert server.returncode == 0, out[-4000:]
+    try:
+        server.wait(timeout=900)
+    finally:
+        if server.poll() is None:
+            kill_tree(server.pid)
+    assert server.returncode == 0, server_log.read_text()[-4000:]
     for name, proc in sites.items():  # told the run is over, each stops by itself
         assert proc.wait(timeout=120) == 0, (name, logs[name].read_text()[-2000:])
         assert "INSECURE" not in logs[name].read_text()  # TLS, and its node authenticated
