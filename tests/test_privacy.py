@@ -9,13 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from cache_factory import write_site_cache
-from conftest import SMALL_SITE_POLICY
+from test_site_work import site  # noqa: F401 (the fixture: one small site)
 from test_strategies import SIZES, as_numpy, expected, replies
 from test_study_runner import make_grid, runner, server_identity  # noqa: F401 (autouse)
 
 from fedcmr.client import site_work
-from fedcmr.client.site_policy import SitePolicy
 from fedcmr.common.learning.privacy import (
     add_noise,
     clip_update,
@@ -98,15 +96,7 @@ def test_private_vote_adds_noise_of_the_calibrated_size_to_the_weighted_mean():
         make_strategy("median", run=RunConfig(dp_clip=0.5), fold=0)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> site_work.Site:
-    root = tmp_path_factory.mktemp("dp-site")
-    write_site_cache(root / "cache", "Alpha", 8, 8)
-    return site_work.Site.open("Alpha", [root / "cache"], root / "out",
-                               SitePolicy.load(SMALL_SITE_POLICY))
-
-
-def test_a_site_training_under_dp_releases_a_clipped_update_and_frozen_statistics(site):
+def test_a_site_training_under_dp_releases_a_clipped_update_and_frozen_statistics(site):  # noqa: F811
     run = RunConfig(profile="smoke", centres=("Alpha", "Bravo"), min_subjects=5, **DP)
     order = Order(run=run, fold=0, server_round=1, landmarks=tuple(np.linspace(0, 100, 13)))
     model, _ = build_model("none", seed=1)
