@@ -2,8 +2,8 @@
 entry point, except that each ClientApp process is forked from this one instead of started
 afresh. This process imports torch, torchvision and Flower's ClientApp runtime once, when
 the site starts; a fresh `flwr-clientapp` process paid that again for every message
-(about 5 s of CPU on these 2-core machines, 10 s of wall time per round-trip when four
-sites share them; benchmarks/clientapp_start.py measures it).
+(6.5 s against 0.11 s per start on these 2-core machines; benchmarks/clientapp_start.py
+measures it).
 
 The forked ClientApp is the process Flower would have started: the same arguments, run by
 Flower's own `flwr-clientapp` code, so the audit gate, the site policy and the app approval
@@ -24,7 +24,7 @@ import types
 #: The environment variable that picks how a ClientApp starts: "fork" (the default) or
 #: "exec" (Flower's own fresh process per message).
 START_ENV = "FEDCMR_CLIENTAPP_START"
-#: What this process imports before it serves (what every ClientApp needs, 5 s of CPU).
+#: What this process imports before it serves (what every ClientApp needs).
 PRELOAD = ("torch", "torchvision", "flwr.supernode.cli", "flwr.clientapp")
 #: The command line: `python -c SUPEREXEC_MAIN flower-superexec ARGS...`.
 SUPEREXEC_MAIN = "from fedcmr.client.superexec_main import main; main()"

@@ -27,13 +27,16 @@ LOOP_ENDED = 75
 SUPERNODE_MAIN = "from fedcmr.client.supernode_main import main; main()"
 
 
+def _module_with(module: types.ModuleType, **replaced) -> types.SimpleNamespace:
+    """`module`'s public names, with `replaced` ones swapped (for Flower's loop only)."""
+    return types.SimpleNamespace(**{**{n: getattr(module, n) for n in dir(module)
+                                       if not n.startswith("__")}, **replaced})
+
+
 def _short_idle(clock: types.ModuleType, idle: float) -> types.SimpleNamespace:
     """`clock` with a `sleep` that never waits more than `idle` s (the loop's only long
     sleep is the idle wait; its other sleeps are 0.5 s)."""
-    shim = types.SimpleNamespace(**{n: getattr(clock, n) for n in dir(clock)
-                                    if not n.startswith("__")})
-    shim.sleep = lambda seconds: clock.sleep(min(seconds, idle))
-    return shim
+    return _module_with(clock, sleep=lambda seconds: clock.sleep(min(seconds, idle)))
 
 
 def _superexec_via_fedcmr(processes: types.ModuleType) -> types.SimpleNamespace:
@@ -41,10 +44,8 @@ def _superexec_via_fedcmr(processes: types.ModuleType) -> types.SimpleNamespace:
     through client/superexec_main.py."""
     from fedcmr.client.superexec_main import superexec_command
 
-    shim = types.SimpleNamespace(**{n: getattr(processes, n) for n in dir(processes)
-                                    if not n.startswith("__")})
-    shim.Popen = lambda command, *a, **k: processes.Popen(superexec_command(command), *a, **k)
-    return shim
+    return _module_with(processes, Popen=lambda command, *a, **k: processes.Popen(
+        superexec_command(command), *a, **k))
 
 
 def approved_bundles() -> set[str]:

@@ -19,9 +19,7 @@ import logging
 import math
 from collections.abc import Iterable
 
-import numpy as np
 from flwr.app import (
-    Array,
     ArrayRecord,
     ConfigRecord,
     Message,
@@ -175,7 +173,7 @@ class PrivateVote(WeightedVote):
         self.noise_stds[server_round] = std
         noisy = add_noise(as_numpy(arrays), std, derive_seed(self.noise_seed, server_round,
                                                              "dp-noise"))
-        return ArrayRecord({k: Array(np.asarray(v)) for k, v in noisy.items()}), metrics
+        return with_tensors(arrays, noisy), metrics
 
 
 class Median(FoldTraining, FedMedian):
