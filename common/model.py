@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel
 from torch import nn
 from torchvision.models.video import R3D_18_Weights, r3d_18
@@ -31,6 +32,18 @@ class InitInfo(BaseModel):
     warning: str = ""
 
 
+class Fp32Linear(nn.Linear):
+    """A Linear that runs in float32 under autocast, on a float32 input: the logits keep
+    fp32 precision (bf16 has an 8-bit significand: logits from 16 up would come in steps
+    of 0.125, tying scores the AUC should rank). A subclass, not a wrapper, so that the
+    state dict keys stay `fc.weight` and `fc.bias`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.float(), self.weight.float(), None if self.bias is None
+                            else self.bias.float())
+
+
 def _kinetics_file() -> Path:
     url = R3D_18_Weights.KINETICS400_V1.url
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
@@ -47,12 +60,13 @@ def _load_body(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 def build_model(pretrained: str = "auto", seed: int = 0, quiet: bool = False
                 ) -> tuple[nn.Module, InitInfo]:
-    """r3d_18 + Linear(512, 1). Never downloads: "auto" uses torchvision's cached Kinetics
-    file when present; "none" or a missing file means a seeded random init, said loudly
-    (`quiet` when the weights are about to be replaced by received ones)."""
+    """r3d_18 + Linear(512, 1), the head in fp32 under autocast (Fp32Linear). Never
+    downloads: "auto" uses torchvision's cached Kinetics file when present; "none" or a
+    missing file means a seeded random init, said loudly (`quiet` when the weights are
+    about to be replaced by received ones)."""
     torch.manual_seed(seed)
     model = r3d_18(weights=None)
-    model.fc = nn.Linear(model.fc.in_features, 1)
+    model.fc = Fp32Linear(model.fc.in_features, 1)
     if pretrained not in ("auto", "none"):
         path = Path(pretrained)
         if not path.is_file():

@@ -1,4 +1,5 @@
-"""The classifier: parameter count, learning-rate groups, initialisation without downloads."""
+"""The classifier: parameter count, learning-rate groups, initialisation without downloads,
+the head in fp32 under autocast."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import logging
 
 import pytest
 import torch
+from torch import nn
+from torchvision.models.video import r3d_18
 
 from fedcmr.common import model as model_mod
 from fedcmr.common.model import build_model, parameter_groups
@@ -75,3 +78,22 @@ def test_input_layout_batch_channels_depth_height_width():
     with torch.no_grad():
         out = model(torch.zeros(2, 3, 4, 24, 24))
     assert out.shape == (2, 1)
+
+
+def test_the_head_keeps_fp32_under_bf16_autocast_and_the_state_dict_keys():
+    model, _ = build_model("none")
+    model.eval()
+    x = torch.randn(2, 3, 4, 24, 24)
+    features = torch.randn(2, 512).bfloat16()  # what the body hands the head under autocast
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        head = model.fc(features)
+        plain = nn.Linear(512, 1)(features.float())  # what autocast makes of a plain Linear
+    assert out.dtype == head.dtype == torch.float32 and plain.dtype == torch.bfloat16
+    fp32 = features.float() @ model.fc.weight.T + model.fc.bias  # bf16 would be off by ~1e-3
+    assert torch.allclose(head, fp32, rtol=0, atol=1e-5)
+    # the keys the federation exchanges are torchvision's, fc.weight and fc.bias among them
+    reference = r3d_18(weights=None)
+    reference.fc = nn.Linear(512, 1)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    assert isinstance(model.fc, nn.Linear)

@@ -36,7 +36,7 @@ class TrainStats:
 class Scores:
     loss: float
     labels: np.ndarray
-    scores: np.ndarray  # P(HCM)
+    scores: np.ndarray  # P(HCM), float64
 
     @property
     def auc(self) -> float | None:
@@ -112,6 +112,9 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
 @torch.no_grad()
 def score(model: nn.Module, dataset: FrameDataset, placement: Placement,
           batch_size: int = 8) -> Scores:
+    """Loss and P(HCM) of every frame, in order. The sigmoid runs in float64 on the fp32
+    logits, so a score reaches exactly 1 only beyond a logit of ~37 (~17 in fp32), and 0
+    below ~-709: saturated models keep their ranking for the AUC (common/metrics.py)."""
     model.eval()
     labels, scores, total = [], [], 0.0
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
@@ -119,7 +122,7 @@ def score(model: nn.Module, dataset: FrameDataset, placement: Placement,
             logits = model(placement.to_device(x)).squeeze(1).float().cpu()
         total += float(F.binary_cross_entropy_with_logits(logits, y, reduction="sum"))
         labels.append(y.numpy())
-        scores.append(torch.sigmoid(logits).numpy())
+        scores.append(torch.sigmoid(logits.double()).numpy())
     if not labels:
         return Scores(loss=math.nan, labels=np.zeros(0), scores=np.zeros(0))
     labels_arr, scores_arr = np.concatenate(labels), np.concatenate(scores)
