@@ -7,13 +7,13 @@ import copy
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from fedcmr.common import __version__
+from fedcmr.common import __version__, nyul
 from fedcmr.common.atomic import atomic_path, write_csv, write_json
 from fedcmr.common.device import Placement, placement
 from fedcmr.common.learning.data import CachedFrame, FrameDataset
@@ -48,6 +48,38 @@ def config_digest(config: RunConfig, data: str = "") -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def harmonisation_record(summaries: Mapping[str, nyul.NyulSummary | dict],
+                         reference_landmarks: Sequence[float] | None) -> dict:
+    """The per-site intensity aggregates of one fold, as the federation and the baseline
+    record them (FL: fold_K/summary.json; CDS: fold_K/harmonisation.json): each site's
+    released sums turned into means (landmarks = landmark_sum / n_images; the histogram
+    stays the sum over images of each image's normalised histogram), the reference
+    landmarks every image is standardised to, and the combined histogram."""
+    parsed = {site: s if isinstance(s, nyul.NyulSummary) else nyul.NyulSummary(**s)
+              for site, s in summaries.items()}
+    out: dict = {"percentiles": list(nyul.PERCENTILES),
+                 "reference_landmarks": None if reference_landmarks is None
+                 else [float(x) for x in reference_landmarks],
+                 "site_summaries": {
+                     site: {"n_images": s.n_images, "n_subjects": s.n_subjects,
+                            "histogram": s.histogram,
+                            "landmarks": [x / s.n_images for x in s.landmark_sum]}
+                     for site, s in sorted(parsed.items())}}
+    if parsed:
+        values = list(parsed.values())
+        out["reference_histogram"] = nyul.combine_histograms(values).tolist()
+        out["bin_edges"] = list(values[0].bin_edges)
+    return out
+
+
+def centre_summaries(harmoniser: Harmoniser, frames: Sequence[CachedFrame]
+                     ) -> dict[str, nyul.NyulSummary]:
+    """Each centre's summary of these (training) frames, as a site would release it."""
+    centres = sorted({f.entry.centre for f in frames})
+    return {c: harmoniser.summary([f for f in frames if f.entry.centre == c], min_subjects=1)
+            for c in centres}
+
+
 def train_fold(frames: Sequence[CachedFrame], config: RunConfig, fold: int, fold_dir: Path,
                where: Placement, progress: bool = True) -> tuple[list[dict], InitInfo]:
     parts = split_frames(frames, config, fold)
@@ -57,6 +89,8 @@ def train_fold(frames: Sequence[CachedFrame], config: RunConfig, fold: int, fold
     # Pooled landmarks: equal to combining per-centre summaries with weights N_k / N
     # (tested in test_nyul), which is what the federation does.
     harmoniser = Harmoniser(config.prior).fit(parts["train"])
+    write_json(fold_dir / "harmonisation.json", harmonisation_record(
+        centre_summaries(harmoniser, parts["train"]), harmoniser.landmarks))
     seed = config.fold_seed(fold)
     generator = seed_run(seed)
     datasets = {name: FrameDataset(part, harmoniser, hyper.input_size,

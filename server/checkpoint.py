@@ -4,9 +4,10 @@ SuperLink, ServerApp or launcher killed at any moment loses at most the round in
 OUT/checkpoint/settings.json   the settings the run was started with (and their digest)
 OUT/checkpoint/fold_K.pt       the fold's state after its last completed round: global
                                weights, round, best weights and round, early-stopping and
-                               strategy state, RNG state, the Nyul reference, the rows of
-                               rounds.csv and of the audit trail; when the fold is done, its
-                               outcome (test counts) without the weights
+                               strategy state, RNG state, the Nyul reference and each
+                               site's released summary, the rows of rounds.csv and of the
+                               audit trail; when the fold is done, its outcome (test
+                               counts) without the weights
 
 `--resume` continues the unfinished fold from its last completed round and keeps finished
 folds. Sites are stateless between messages (each message carries the global model, and the
@@ -57,6 +58,8 @@ class FoldState:
     init_source: str = "random"
     histogram: list[float] | None = None
     bin_edges: list[float] | None = None
+    #: Each training site's released NyulSummary (model_dump), by site name.
+    site_summaries: dict[str, dict] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
     rounds: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)

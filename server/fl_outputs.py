@@ -1,5 +1,6 @@
 """What a federated run leaves in its folder: metrics.json (same schema as the centralised
-baseline, AUC from the sites' binned counts), rounds.csv, the best model per fold."""
+baseline, AUC from the sites' binned counts), rounds.csv, and per fold the best model and
+summary.json (with each training site's released histogram and landmarks)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fedcmr.common.atomic import atomic_path, write_csv, write_json
 from fedcmr.common.learning.privacy import privacy_spent
 from fedcmr.common.metrics import auc_from_counts
 from fedcmr.common.run_config import RunConfig
+from fedcmr.server.centralized import harmonisation_record
 from fedcmr.server.roster import Roster, SiteInfo
 from fedcmr.server.study_runner import FoldOutcome
 
@@ -79,7 +81,9 @@ def write_fold(out: Path, outcome: FoldOutcome) -> None:
         "rejected_updates": outcome.rejected,
         "reference_histogram": outcome.histogram, "bin_edges": outcome.bin_edges,
         "test": {s: {"auc": t.auc(), "n": t.examples, "loss": t.loss}
-                 for s, t in outcome.test.items()}})
+                 for s, t in outcome.test.items()},
+        # each training site's released histogram and landmarks (the report's figure 5)
+        **harmonisation_record(outcome.site_summaries, outcome.landmarks)})
 
 
 def site_coverage(outcomes: Sequence[FoldOutcome], roster: Roster) -> dict:

@@ -56,6 +56,11 @@ class FoldOutcome:
     best_arrays: ArrayRecord | None = None
     histogram: list[float] | None = None
     bin_edges: list[float] | None = None
+    #: Every training site's released NyulSummary (as a dict), by site: the report's
+    #: per-centre histograms before and after harmonisation.
+    site_summaries: dict[str, dict] = field(default_factory=dict)
+    #: The combined (reference) landmarks every site standardises to.
+    landmarks: list[float] | None = None
 
     @classmethod
     def of(cls, state: FoldState) -> FoldOutcome:
@@ -63,7 +68,9 @@ class FoldOutcome:
         return cls(fold=state.fold, rounds=state.rounds, test=state.test_counts(),
                    best_round=state.best_round, refused=state.refused,
                    rejected=state.rejected, audit=state.audit, best_arrays=best,
-                   histogram=state.histogram, bin_edges=state.bin_edges)
+                   histogram=state.histogram, bin_edges=state.bin_edges,
+                   site_summaries=state.site_summaries,
+                   landmarks=None if state.landmarks is None else list(state.landmarks))
 
 
 class StudyRunner:
@@ -155,12 +162,15 @@ class StudyRunner:
                 outcome.refused.append(reply.site)
                 continue
             summaries.append(reply.summary)
+            outcome.site_summaries[reply.site] = reply.summary.model_dump()
         if not summaries:
             raise SiteFailure("no site released a histogram summary; lower min-subjects only "
                               "if every site agrees")
         outcome.histogram = nyul.combine_histograms(summaries).tolist()
         outcome.bin_edges = list(summaries[0].bin_edges)
-        return Harmoniser(self.run.prior).with_summaries(summaries)
+        harmoniser = Harmoniser(self.run.prior).with_summaries(summaries)
+        outcome.landmarks = list(harmoniser.landmarks)
+        return harmoniser
 
     def _start_fold(self, fold: int) -> FoldState:
         saved = self.checkpoint.load(fold) if self.checkpoint else None
@@ -175,7 +185,8 @@ class StudyRunner:
         arrays = state_dict(ArrayRecord(model.state_dict()))
         return FoldState(fold=fold, arrays=arrays, best_arrays=arrays, landmarks=landmarks,
                          init_source=init.source, histogram=outcome.histogram,
-                         bin_edges=outcome.bin_edges, refused=outcome.refused)
+                         bin_edges=outcome.bin_edges, refused=outcome.refused,
+                         site_summaries=outcome.site_summaries)
 
     def finished_fold(self, fold: int) -> FoldOutcome | None:
         saved = self.checkpoint.load(fold) if self.checkpoint else None
@@ -240,6 +251,8 @@ class StudyRunner:
                 best_round=outcome.best_round, histogram=outcome.histogram,
                 bin_edges=outcome.bin_edges, refused=outcome.refused, rounds=outcome.rounds,
                 rejected=outcome.rejected, audit=outcome.audit, done=True,
+                site_summaries=outcome.site_summaries,
+                landmarks=None if outcome.landmarks is None else tuple(outcome.landmarks),
                 test={s: c.model_dump() for s, c in outcome.test.items()}))
 
     def _train_round(self, fold: int, rnd: int, arrays: ArrayRecord, strategy: FoldTraining,
