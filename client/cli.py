@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedcmr.client.loaders.acdc import ACDC_PARTS, DEFAULT_ACDC_PART
 from fedcmr.client.prep_config import PrepConfig
 from fedcmr.client.site_policy import POLICY_ENV
 from fedcmr.common.cli_options import lazy
@@ -21,6 +22,10 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--centre", action="append", default=None,
                    help="M&Ms centre(s) to keep (repeatable; 'all' for every centre; default: "
                         "the study's three); folder: the site's centre name")
+    p.add_argument("--acdc-part", choices=ACDC_PARTS, default=DEFAULT_ACDC_PART,
+                   help="acdc: the release part to take, decided by the training/ or testing/ "
+                        "folder a patient sits in, else by its number (001-100 training, "
+                        "101-150 testing); the paper used training (default: %(default)s)")
     p.add_argument("--csv", type=Path, default=None, help="M&Ms metadata CSV (default: found)")
     p.add_argument("--centre-map", default=None,
                    help="M&Ms centre numbers to names, e.g. \"1=Sagrada Familia,2=Vall d'Hebron\"")
@@ -46,6 +51,9 @@ def add_client(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="one hospital: a SuperNode serving its prepared cache")
     p.add_argument("--site", required=True, help="the hospital's name")
     p.add_argument("--data", type=Path, nargs="+", required=True, help="prepared cache(s)")
+    p.add_argument("--centre", action="append", default=None, metavar="NAME",
+                   help="serve only this centre's frames of the caches (repeatable; default: "
+                        "every centre), e.g. one centre of a shared M&Ms cache")
     p.add_argument("--superlink", required=True, help="coordinator HOST:PORT")
     p.add_argument("--out", type=Path, default=Path("site-output"),
                    help="private output folder (predictions, audit log)")

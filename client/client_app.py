@@ -45,7 +45,7 @@ def open_site(context: Context) -> site_work.Site:
     if node.threads > 0:
         torch.set_num_threads(node.threads)
     return site_work.Site.open(node.site, list(node.data_path), node.out_dir,
-                               SitePolicy.load(node.policy))
+                               SitePolicy.load(node.policy), node.centres)
 
 
 def site_name(context: Context) -> str:

@@ -29,7 +29,7 @@ def load_dataset(args: argparse.Namespace) -> tuple[LoadResult, list[Path]]:
     """The loader the --dataset flag names, and the input roots that must stay untouched."""
     if args.dataset == "acdc":
         from fedcmr.client.loaders.acdc import load_acdc
-        return load_acdc(args.root), [args.root]
+        return load_acdc(args.root, args.acdc_part), [args.root]
     if args.dataset == "mnms":
         from fedcmr.client.loaders.mnms import load_mnms
         from fedcmr.common.centres import parse_centre_map
@@ -55,6 +55,8 @@ def prepare_loaded(loaded: LoadResult, config: PrepConfig, out: Path, workers: i
         log.warning("skipped %s", err.line())
     log.info("%d frames of %d subjects ready in %s (%d computed, %d reused)", report.frames,
              report.subjects, out, report.computed, report.frames - report.computed)
+    for centre, counts in sorted(report.by_centre.items()):
+        log.info("  %-16s NOR %3d  HCM %3d", centre, counts["NOR"], counts["HCM"])
     if report.skipped:
         log.warning("%d subject(s) skipped; see %s", len(report.skipped), out / "skipped.csv")
     return report
@@ -102,6 +104,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     args.policy = args.policy or policy_default()
     try:
+        centres = served_centres(args.data, args.centre)
         security = security_args(args.root_certificates, args.auth_key)
         policy = SitePolicy.load(args.policy)
         own = bundle_digest()  # FileNotFoundError: not installed from its source folder
@@ -111,7 +114,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     approved = {own, *(d.lower() for d in policy.approved_bundles)}
     out = args.out.resolve()
     node = NodeConfig(site=args.site, data_path=tuple(p.resolve() for p in args.data),
-                      out_dir=out, threads=args.threads,
+                      out_dir=out, threads=args.threads, centres=centres,
                       policy=args.policy.resolve() if args.policy else None)
     command = [sys.executable, "-c", SUPERNODE_MAIN, tool("flower-supernode"), "--superlink",
                args.superlink, "--port", str(args.port), "--node-config", node.to_text(),
@@ -138,6 +141,19 @@ def cmd_client(args: argparse.Namespace) -> int:
               "stops when the coordinator's run is over")
     env = flower_env(**{APPROVED_ENV: ",".join(sorted(approved))})
     return watch.run(command, env, out / FINISHED_MARKER, args.serve_forever)
+
+
+def served_centres(caches: list[Path], centres: list[str] | None) -> tuple[str, ...]:
+    """The --centre filter, checked against the caches now (not at the first message)."""
+    from fedcmr.common.cache_format import read_manifest
+
+    held = {e.centre for cache in caches for e in read_manifest(cache)}
+    missing = sorted(set(centres or ()) - held)
+    if missing:
+        raise ValueError(f"--centre {', '.join(missing)}: not in {', '.join(map(str, caches))} "
+                         f"(they hold {', '.join(sorted(held))}). Fix: name a centre the "
+                         "caches hold, or drop --centre to serve all")
+    return tuple(centres or ())
 
 
 def security_args(ca: Path | None, key: Path | None) -> list[str]:

@@ -58,6 +58,8 @@ class PrepareReport:
     computed: int
     skipped: list[DataError]
     excluded: dict[str, int]
+    #: Subjects prepared per centre and class: {centre: {"NOR": n, "HCM": n}}.
+    by_centre: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def subjects(self) -> int:
@@ -194,4 +196,4 @@ def _write_outputs(loaded: LoadResult, outcomes: list[SubjectOutcome], config: P
     write_json(cache / PREP_INFO, info)
     return PrepareReport(cache=cache, frames=len(entries),
                          computed=sum(o.computed for o in outcomes), skipped=skipped,
-                         excluded=dict(loaded.excluded))
+                         excluded=dict(loaded.excluded), by_centre=counts)

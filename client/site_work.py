@@ -14,6 +14,7 @@ reply says why) and the rest of the reply goes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from flwr.app import ArrayRecord
 
 from fedcmr.client.release_ledger import ReleaseLedger
 from fedcmr.client.site_policy import PolicyRefusal, SitePolicy
+from fedcmr.common.cache_format import CacheError, check_cache, load_frame, read_manifest
 from fedcmr.common.device import placement
+from fedcmr.common.frames import PHASES
 from fedcmr.common.handshake import site_fingerprint
 from fedcmr.common.learning.data import CachedFrame, FrameDataset, load_cache
 from fedcmr.common.learning.harmonise import Harmoniser
@@ -67,8 +70,10 @@ class Site:
 
     @classmethod
     def open(cls, name: str, caches: list[Path], out_dir: Path,
-             policy: SitePolicy | None = None) -> Site:
-        return cls(name=name, frames=load_cache(caches), out_dir=out_dir,
+             policy: SitePolicy | None = None, centres: Sequence[str] = ()) -> Site:
+        """The site serving `caches`, only the frames of `centres` where given (a site
+        holding one centre of a shared multi-centre cache)."""
+        return cls(name=name, frames=load_site_frames(caches, centres), out_dir=out_dir,
                    caches=tuple(Path(c) for c in caches), policy=policy or SitePolicy())
 
     @property
@@ -102,6 +107,28 @@ class Site:
     def parts(self, order: Order) -> dict[str, list[CachedFrame]]:
         frames = [f for f in self.frames if f.entry.phase in order.run.phases]
         return split_frames(frames, order.run, order.fold)
+
+
+def load_site_frames(caches: Sequence[Path], centres: Sequence[str] = ()
+                     ) -> list[CachedFrame]:
+    """The caches' frames (load_cache), only those of `centres` where given: the other
+    centres' frames are neither checked nor read. A centre none of the caches holds is a
+    CacheError naming the caches, the centres they hold and the fix."""
+    if not centres:
+        return load_cache(caches)
+    manifests = {Path(cache): read_manifest(Path(cache)) for cache in caches}
+    held = {e.centre for entries in manifests.values() for e in entries}
+    missing = sorted(set(centres) - held)
+    if missing:
+        raise CacheError(", ".join(map(str, caches)), f"no frames of centre(s) {missing}; the "
+                         f"cache(s) hold {sorted(held)}", "serve a centre the caches hold, or "
+                         "prepare the missing centre's data into one of them")
+    listed = []
+    for cache, entries in manifests.items():
+        entries = [e for e in entries if e.centre in centres and e.phase in PHASES]
+        check_cache(cache, entries)
+        listed.extend((cache, e) for e in entries)
+    return [CachedFrame(entry, *load_frame(cache / entry.file, cache)) for cache, entry in listed]
 
 
 def describe(site: Site) -> DescribeReply:

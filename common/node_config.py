@@ -23,7 +23,7 @@ SIM_SITES = "sim-sites"
 
 class NodeConfig(BaseModel):
     """Keys as Flower's node config spells them: site, data-path, out-dir, threads,
-    policy."""
+    policy, centres."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True,
                               alias_generator=lambda name: name.replace("_", "-"))
@@ -38,6 +38,9 @@ class NodeConfig(BaseModel):
     threads: int = Field(0, ge=0)
     #: The hospital's release policy file (client/site_policy.py); None: its defaults.
     policy: Path | None = None
+    #: The centres of its caches it serves (empty: all); comma-separated in Flower's node
+    #: config. The local launcher gives each centre of a multi-centre cache its own site.
+    centres: tuple[str, ...] = ()
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -51,11 +54,28 @@ class NodeConfig(BaseModel):
             return tuple(Path(p) for p in value.split(",") if p)
         return value
 
+    @field_validator("centres", mode="before")
+    @classmethod
+    def _split_centres(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(c for c in value.split(",") if c)
+        return value
+
+    @field_validator("centres")
+    @classmethod
+    def _no_comma(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [c for c in value if "," in c or not c.strip()]
+        if bad:
+            raise ValueError(f"centre name(s) {bad} cannot be served by name (empty, or a "
+                             "comma, which separates centres). Fix: rename the centre when "
+                             "preparing its cache")
+        return value
+
     def to_flower(self) -> dict[str, str | int]:
         """The node-config mapping (plain strings and ints, as Flower holds it)."""
         return {"site": self.site, "data-path": ",".join(str(p) for p in self.data_path),
                 "out-dir": str(self.out_dir), "threads": self.threads,
-                "policy": str(self.policy or "")}
+                "policy": str(self.policy or ""), "centres": ",".join(self.centres)}
 
     def to_text(self) -> str:
         """The `--node-config` argument of `flower-supernode`."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fedcmr.common.cli_options import add_model_option, add_run_options, lazy
 from fedcmr.common.run_config import RunConfig
+from fedcmr.lab.sites import SITE_PER
 from fedcmr.server.cli import add_strategy_options
 from fedcmr.server.superlink import RUNTIMES
 
@@ -25,7 +26,8 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
 
 def add_federate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("federate", help="a local federation: SuperLink + one SuperNode per "
-                                        "cache as separate processes on loopback")
+                                        "hospital (each centre of the caches) as separate "
+                                        "processes on loopback")
     add_run_options(p)
     add_strategy_options(p)
     p.add_argument("--secure", type=Path, default=None, metavar="CERT_DIR",
@@ -38,6 +40,10 @@ def add_federate(sub: argparse._SubParsersAction) -> None:
                    help="deployment: one SuperNode process per hospital over gRPC/HTTP (as "
                         "in production); simulation: Flower's Ray runtime, far less overhead "
                         "per round, for large studies (needs fedcmr[simulation])")
+    p.add_argument("--site-per", choices=SITE_PER, default=SITE_PER[0],
+                   help="centre: one hospital per centre of the caches, each reading only "
+                        "its centre's frames (an M&Ms cache of three centres is three sites); "
+                        "cache: one hospital per cache folder (default: %(default)s)")
     p.set_defaults(func=lazy("fedcmr.lab.commands:cmd_federate"))
 
 

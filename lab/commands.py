@@ -36,15 +36,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def federate(caches: list[Path], settings, out: Path, security=None,
              threads_per_site: int = 1, runtime: str = "deployment",
-             quiet: bool = False, site_policy: Path | None = None) -> int:
-    """A local federation of the caches, its AUC table printed."""
+             quiet: bool = False, site_policy: Path | None = None,
+             site_per: str = "centre") -> int:
+    """A local federation of the caches (one hospital per centre, or per cache), its AUC
+    table printed."""
     from fedcmr.common.results import auc_table
     from fedcmr.lab.local_federation import run_local_federation
     from fedcmr.server.commands import exit_code
 
     metrics = run_local_federation(caches, settings, out, security, threads_per_site,
                                    echo=(lambda _: None) if quiet else print, runtime=runtime,
-                                   site_policy=site_policy)
+                                   site_policy=site_policy, site_per=site_per)
     print(auc_table(metrics))
     log.info("federated run in %s (%.0f s): metrics.json, predictions.csv, rounds.csv",
              out, metrics.get("elapsed_s", 0))
@@ -53,14 +55,14 @@ def federate(caches: list[Path], settings, out: Path, security=None,
 
 def cmd_federate(args: argparse.Namespace) -> int:
     from fedcmr.client.site_policy import SitePolicy
-    from fedcmr.lab.local_federation import sites_from_caches
+    from fedcmr.lab.sites import sites_from_caches
     from fedcmr.server.checkpoint import check_resume
     from fedcmr.server.commands import settings_from_args
     from fedcmr.server.security import security_from_dir
 
     try:
         SitePolicy.load(args.site_policy)  # a bad file is named now ($FEDCMR_SITE_POLICY too)
-        sites = sites_from_caches(args.cache)
+        sites = sites_from_caches(args.cache, args.site_per)
         settings = settings_from_args(args, [])
         check_resume(args.out.resolve(), settings)
         security = security_from_dir(args.secure, [s.name for s in sites]) \
@@ -72,7 +74,7 @@ def cmd_federate(args: argparse.Namespace) -> int:
         log.error("%s", err)
         return EXIT_BAD_INPUT
     return federate(args.cache, settings, args.out, security, args.threads_per_site,
-                    args.runtime, args.quiet, args.site_policy)
+                    args.runtime, args.quiet, args.site_policy, args.site_per)
 
 
 #: The demo's hospitals' policy, relative to the source folder (the file says why).

@@ -18,29 +18,14 @@ from pathlib import Path
 from fedcmr.client.site_work import read_site_predictions
 from fedcmr.client.supernode_main import SUPERNODE_MAIN
 from fedcmr.common.atomic import write_json
-from fedcmr.common.cache_format import read_manifest
 from fedcmr.common.flower_env import tool
 from fedcmr.common.node_config import NodeConfig, write_simulated_nodes
 from fedcmr.common.results import write_predictions
+from fedcmr.lab.sites import SitePer, SiteSpec, sites_from_caches
 from fedcmr.server.processes import free_port
 from fedcmr.server.security import Security
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.superlink import Coordinator, Runtime
-
-
-@dataclass
-class SiteSpec:
-    name: str
-    caches: list[Path]
-
-
-def sites_from_caches(caches: list[Path]) -> list[SiteSpec]:
-    """One hospital per cache folder, named by the centre its manifest holds."""
-    sites = []
-    for cache in caches:
-        centres = sorted({e.centre for e in read_manifest(cache)})
-        sites.append(SiteSpec(name=" + ".join(centres) or cache.name, caches=[cache.resolve()]))
-    return sites
 
 
 @dataclass
@@ -69,7 +54,8 @@ class LocalFederation(Coordinator):
 
     def node_config(self, site: SiteSpec) -> NodeConfig:
         return NodeConfig(site=site.name, data_path=tuple(site.caches),
-                          out_dir=self.site_dir(site), threads=self.threads_per_site,
+                          centres=site.centres, out_dir=self.site_dir(site),
+                          threads=self.threads_per_site,
                           policy=self.site_policy.resolve() if self.site_policy else None)
 
     @property
@@ -100,10 +86,12 @@ def run_local_federation(caches: list[Path], settings: FederationSettings, run_d
                          security: Security | None = None, threads_per_site: int = 1,
                          echo=print, timeout: float | None = None,
                          runtime: Runtime = "deployment",
-                         site_policy: Path | None = None) -> dict:
-    """Start everything, run, gather, stop everything; returns metrics.json's content."""
+                         site_policy: Path | None = None, site_per: SitePer = "centre"
+                         ) -> dict:
+    """Start everything, run, gather, stop everything; returns metrics.json's content.
+    `site_per`: one hospital per centre of the caches, or one per cache (sites_from_caches)."""
     run_dir = run_dir.resolve()
-    sites = sites_from_caches(caches)
+    sites = sites_from_caches(caches, site_per)
     settings = settings.model_copy(update={"out_dir": run_dir, "sites": len(sites)})
     started = time.monotonic()
     with LocalFederation(run_dir, security, runtime=runtime, sites=sites,

@@ -12,7 +12,7 @@ from fedcmr.common.node_config import NodeConfig, write_simulated_nodes
 NODES = [NodeConfig(site="Alpha", data_path=(Path("/data/a"),), out_dir=Path("/out/a"),
                     threads=1),
          NodeConfig(site="Bravo", data_path=(Path("/data/b"), Path("/data/c")),
-                    out_dir=Path("/out/b"), threads=1)]
+                    out_dir=Path("/out/b"), threads=1, centres=("Bravo", "Vall d'Hebron"))]
 
 
 def test_a_supernode_keeps_its_own_config(tmp_path):
@@ -38,6 +38,19 @@ def test_the_supernode_argument_round_trips_through_flowers_parser():
 
     node = NodeConfig(site="Vall d'Hebron", data_path=(Path("/a b/c"),), out_dir=Path("/o"))
     assert NodeConfig.resolve(parse_config_args([node.to_text()]), {}) == node
+    # a site serving some centres of a shared cache (names with spaces and apostrophes)
+    some = node.model_copy(update={"centres": ("Vall d'Hebron", "Sant Pau")})
+    parsed = parse_config_args([some.to_text()])
+    assert parsed["centres"] == "Vall d'Hebron,Sant Pau"
+    assert NodeConfig.resolve(parsed, {}).centres == ("Vall d'Hebron", "Sant Pau")
+
+
+def test_the_centre_filter_defaults_to_all_and_refuses_commas():
+    old = NodeConfig.resolve({"site": "A", "data-path": "/a", "out-dir": "/o"}, {})
+    assert old.centres == ()  # a config written before the filter: every centre
+    assert NodeConfig.resolve(old.to_flower(), {}).centres == ()
+    with pytest.raises(ValueError, match="comma"):
+        NodeConfig(site="A", data_path=(Path("/a"),), out_dir=Path("/o"), centres=("x,y",))
 
 
 def test_bad_configs_say_what_to_do(tmp_path):
