@@ -20,6 +20,7 @@ EXAMPLES = {
     "server": "fedcmr server --sites 4 --port 9092 --out runs/federated",
     "client": "fedcmr client --site SantPau --data cache/santpau --superlink coord:9092",
     "demo": "fedcmr demo --out runs/demo",
+    "study": "fedcmr study --config studies/small.toml --out runs/small",
 }
 
 EXIT_CODES = """\

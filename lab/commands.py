@@ -83,14 +83,9 @@ SYNTHETIC_SITE_POLICY = "deploy/synthetic-site-policy.toml"
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """synth -> prepare (one cache per hospital) -> federate -> AUC table."""
-    from fedcmr.client.commands import prepare_loaded
-    from fedcmr.client.loaders.acdc import load_acdc
-    from fedcmr.client.loaders.mnms import load_mnms
-    from fedcmr.client.prep_config import PrepConfig
     from fedcmr.client.site_policy import SitePolicy, policy_default
     from fedcmr.common.app_bundle import app_dir
-    from fedcmr.common.centres import ACDC_CENTRE, STUDY_MNMS_CENTRES, slug
-    from fedcmr.lab.synthetic import synthesize
+    from fedcmr.lab.study.cohort import synthetic_caches
     from fedcmr.server.checkpoint import check_resume
     from fedcmr.server.settings import FederationSettings, strategy_alpha
     from fedcmr.server.superlink import require_ray
@@ -111,19 +106,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
-    data, caches = args.out / "data", args.out / "cache"
-    progress = not args.quiet
-    log.info("1/3 synthesising a four-centre cohort (scale %s) in %s", args.scale, data)
-    synthesize(data, seed=args.seed, scale=args.scale, workers=args.workers, progress=progress)
-    log.info("2/3 preparing each hospital's data (N4, 1 mm, crop)")
-    jobs = [(c, lambda c=c: load_mnms(data / "mnms", centres=[c])) for c in STUDY_MNMS_CENTRES]
-    jobs.append((ACDC_CENTRE, lambda: load_acdc(data / "acdc")))
-    for centre, load in jobs:
-        prepare_loaded(load(), PrepConfig(), caches / slug(centre), args.workers, progress)
-    log.info("3/3 federating four hospitals (%s runtime, %s, profile %s, fold %s)",
+    log.info("1/2 a four-centre synthetic cohort, each hospital's data prepared")
+    try:
+        caches = synthetic_caches(args.out, args.scale, args.seed, args.workers,
+                                  progress=not args.quiet)
+    except ValueError as err:
+        log.error("%s", err)
+        return EXIT_BAD_INPUT
+    log.info("2/2 federating four hospitals (%s runtime, %s, profile %s, fold %s)",
              args.runtime, args.strategy, args.profile, args.fold)
     policy = args.site_policy or app_dir() / SYNTHETIC_SITE_POLICY
     log.info("the synthetic hospitals' release policy (%s): %s", policy,
              "; ".join(SitePolicy.load(policy).lines()))
-    return federate([caches / slug(c) for c, _ in jobs], settings, args.out / "federated",
+    return federate(caches, settings, args.out / "federated",
                     runtime=args.runtime, quiet=args.quiet, site_policy=policy)

@@ -1,0 +1,145 @@
+"""`fedcmr study` as a coordinator runs it: real processes on real (tiny) caches.
+
+One uninterrupted study, worked on by two processes at once, is the reference; a second
+study is killed with SIGKILL in the middle of its federated cell, resumed, and must give the
+same results.csv, with nothing the killed process started left running."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from cache_factory import write_cohort
+
+from fedcmr.common.proc_tree import start_time
+from fedcmr.lab.study import layout
+
+pytestmark = pytest.mark.slow
+
+STUDY = """
+name = "kill-test"
+profile = "smoke"
+site_policy = "deploy/synthetic-site-policy.toml"
+bootstrap = 200
+[axes]
+folds = [0]
+[[block]]
+framework = ["cds"]
+seed = [0, 1]
+[[block]]
+framework = ["fedavg"]
+seed = [0]
+"""
+CODE = "from fedcmr.cli import main; import sys; sys.exit(main(sys.argv[1:]))"
+
+
+def study(config: Path, out: Path, caches: list[Path], *extra: str) -> subprocess.Popen:
+    log = (out.parent / f"{out.name}-{time.monotonic_ns()}.log").open("w")
+    return subprocess.Popen([sys.executable, "-c", CODE, "-q", "study", "--config",
+                             str(config), "--out", str(out), "--cache", *map(str, caches),
+                             "--no-report", *extra], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def rows(out: Path) -> list[dict]:
+    """results.csv without the wall time, which differs from run to run."""
+    with (out / layout.RESULTS_CSV).open() as handle:
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(handle)]
+
+
+def attempts(out: Path) -> dict[str, list[int]]:
+    found = {}
+    for cell in sorted((out / layout.CELLS).iterdir()):
+        lines = (cell / "attempts.jsonl").read_text().splitlines()
+        found[cell.name] = [json.loads(line)["pid"] for line in lines]
+    return found
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    config = root / "study.toml"
+    config.write_text(textwrap.dedent(STUDY))
+    return config, write_cohort(root / "caches"), root
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """The study worked on by two processes at once, uninterrupted."""
+    config, caches, root = setup
+    out = root / "reference"
+    procs = [study(config, out, caches) for _ in range(2)]
+    assert [p.wait(timeout=900) for p in procs] == [0, 0]
+    return out
+
+
+def test_two_processes_never_run_the_same_cell(reference):
+    tried = attempts(reference)
+    assert len(tried) == 3
+    assert all(len(pids) == 1 for pids in tried.values()), tried
+    table = rows(reference)
+    assert {r["framework"] for r in table} == {"cds", "fedavg"}
+    # each cell: the total and one row per test centre
+    assert len(table) == 3 * 5
+    assert {r["centre"] for r in table} == {"total", "Alpha", "Bravo", "Charlie", "Delta"}
+
+
+def test_a_study_killed_mid_cell_resumes_to_the_same_results(setup, reference):
+    config, caches, root = setup
+    out = root / "killed"
+    first = study(config, out, caches)
+    fl_cell = None
+    deadline = time.monotonic() + 600
+    while fl_cell is None and time.monotonic() < deadline:  # the federation is under way
+        assert first.poll() is None, "the study ended before it could be killed"
+        found = list((out / layout.CELLS).glob("fedavg*/run/logs/pids.json"))
+        if found:
+            fl_cell = found[0].parents[2]
+        time.sleep(0.2)
+    assert fl_cell is not None, "the federated cell never started"
+    time.sleep(3)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (fl_cell / layout.RESULT_JSON).exists()
+    left = [(pid, start) for pid, start in json.loads(
+        (fl_cell / "run/logs/pids.json").read_text()) if start_time(pid) == start]
+    assert left, "SIGKILL of the study should leave its federation's processes orphaned"
+    resumed = study(config, out, caches)
+    assert resumed.wait(timeout=900) == 0
+    assert not [pid for pid, start in left if start_time(pid) == start]
+    assert rows(out) == rows(reference)
+    tried = attempts(out)
+    assert len(tried[fl_cell.name]) == 2  # killed, then redone from scratch
+    assert sum(len(p) for p in tried.values()) <= 4  # nothing finished is run again
+
+
+def test_the_real_studys_report_renders_with_its_tables_and_figures(reference):
+    """The report of a study that really ran (not the report tests' synthetic folder),
+    through the command as a coordinator calls it after the cells are done."""
+    done = subprocess.run([sys.executable, "-c", CODE, "-q", "study", "--config",
+                           str(reference.parent / "study.toml"), "--out", str(reference),
+                           "--cache", *map(str, sorted((reference.parent / "caches").iterdir())),
+                           "--report-only"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (reference / layout.REPORT_MD).read_text()
+    assert "**Table 2" in text and "**Table 3" in text
+    assert "**Table 4" in text and "absent" in text  # this grid has no LCO cell
+    for figure in ("auc_by_setup", "roc_ccv", "harmonisation", "training_curves",
+                   "site_weights"):
+        assert f"figures/{figure}.png" in text
+        assert (reference / layout.FIGURES / f"{figure}.png").stat().st_size > 1000
+    from fedcmr.lab.study.report_browser import check_page, chromium
+
+    if chromium() is None and os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+        pytest.skip("no Chromium at /usr/bin/chromium (apt-get install -y chromium)")
+    page = check_page(reference / layout.REPORT_HTML)
+    assert page["broken"] == [] and len(page["loaded"]) == 5
+    assert page["tables"] >= 4 and page["external"] == []
