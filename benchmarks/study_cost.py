@@ -3,14 +3,15 @@ real splits of Table 1's cohort, times the measured cost per frame.
 
     python benchmarks/study_cost.py [--config studies/paper.toml] [--epochs 30]
         [--train-step benchmarks/results/train_step.json] [--mfu 0.25,0.4]
-        [--round-overhead 20]
+        [--round-overhead 3.5] [--run-overhead 40]
 
 Per-frame seconds come from benchmarks/train_step_benchmark.py's measurement at the paper's
 input (3 x 10 x 150 x 150) on this machine. A GPU's time is estimated from the step's FLOPs
 (about 293 GFLOP per training frame, a third of that per scored frame) at a model FLOP
 utilisation (MFU) band of an H200's 790 dense bf16 TFLOP/s, since no GPU could be had when
-this was written; each federated round adds the simulation runtime's measured overhead.
-Prints a table and writes benchmarks/results/study_cost.json.
+this was written; each federated round (and each cell's start) adds the simulation runtime's
+overhead measured on the small study (docs/study.md).
+Prints the figures and writes benchmarks/results/study_cost_<study name>.json.
 """
 
 from __future__ import annotations
@@ -26,17 +27,17 @@ from fedcmr.lab.study.cells import expand
 from fedcmr.lab.study.config import StudyConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "study_cost.json"
+RESULTS = ROOT / "benchmarks" / "results" / "study_cost.json"  # named per study
 TRAIN_GFLOP = 293.0  # forward + backward of one 3 x 10 x 150 x 150 frame (fvcore count)
 SCORE_GFLOP = TRAIN_GFLOP / 3
 H200_TFLOPS = 790.0
 
 
-def split_sizes(cell, centres: list[str]) -> dict[str, int]:
+def split_sizes(cell) -> dict[str, int]:
     """Frames per split of one fold, from Table 1's subject counts and the real splits."""
     config = cell.run_config()
     n = {"train": 0, "val": 0, "test": 0}
-    for centre in centres:
+    for centre in cell.centres:
         nor, hcm = TABLE1_COUNTS[centre]
         labels = {f"{centre}-{i}": int(i >= nor) for i in range(nor + hcm)}
         for fold in cell.folds:
@@ -45,14 +46,15 @@ def split_sizes(cell, centres: list[str]) -> dict[str, int]:
     return n
 
 
-def cell_cost(cell, centres: list[str], epochs: int) -> dict[str, float]:
+def cell_cost(cell, epochs: int) -> dict[str, float]:
     """Frames trained and scored: every epoch (round) trains on the training frames and
     scores the validation frames (FL: each site validates the model it received); the best
     model scores the test frames once."""
-    n = split_sizes(cell, centres)
+    n = split_sizes(cell)
     return {"train_frames": epochs * n["train"],
             "score_frames": epochs * n["val"] + n["test"],
-            "rounds": epochs * len(cell.folds) if cell.federated else 0}
+            # each fold: its rounds, the histogram round, the final validation and the test
+            "exchanges": (epochs + 3) * len(cell.folds) if cell.federated else 0}
 
 
 def main() -> None:
@@ -63,40 +65,45 @@ def main() -> None:
     parser.add_argument("--train-step", type=Path,
                         default=ROOT / "benchmarks" / "results" / "train_step.json")
     parser.add_argument("--mfu", default="0.25,0.4", help="GPU model FLOP utilisation band")
-    parser.add_argument("--round-overhead", type=float, default=20.0,
-                        help="seconds per federated round beyond compute (simulation "
-                             "runtime, measured: docs/study.md)")
+    parser.add_argument("--round-overhead", type=float, default=3.5,
+                        help="seconds per federated exchange beyond compute (simulation "
+                             "runtime, measured on the small study: docs/study.md)")
+    parser.add_argument("--run-overhead", type=float, default=40.0,
+                        help="seconds per federated cell to start and stop the SuperLink, "
+                             "the run and Ray (measured likewise)")
     args = parser.parse_args()
     config = StudyConfig.load(args.config)
     centres = sorted(TABLE1_COUNTS)
-    cells = expand(config, tuple(centres), tuple(centres), "cost")
-    totals = {"train_frames": 0.0, "score_frames": 0.0, "rounds": 0.0}
+    cells = expand(config, {c: (c,) for c in centres}, "cost")
+    totals = {"train_frames": 0.0, "score_frames": 0.0, "exchanges": 0.0}
     for cell in cells:
-        for k, v in cell_cost(cell, centres, args.epochs).items():
+        for k, v in cell_cost(cell, args.epochs).items():
             totals[k] += v
     measured = json.loads(args.train_step.read_text())
     paper = next(r for r in measured["rows"] if r["profile"] == "paper")
     cpu_s = (totals["train_frames"] * paper["train_s_per_sample"]
              + totals["score_frames"] * paper["score_s_per_sample"])
     flops = (totals["train_frames"] * TRAIN_GFLOP + totals["score_frames"] * SCORE_GFLOP) * 1e9
-    overhead_s = totals["rounds"] * args.round_overhead
+    fl_cells = sum(c.federated for c in cells)
+    overhead_s = totals["exchanges"] * args.round_overhead + fl_cells * args.run_overhead
     gpu = {}
     for mfu in (float(m) for m in args.mfu.split(",")):
         compute = flops / (H200_TFLOPS * 1e12 * mfu)
         gpu[f"mfu_{mfu:g}"] = {"compute_h": round(compute / 3600, 2),
-                               "with_round_overhead_h": round((compute + overhead_s) / 3600, 2)}
-    result = {"config": str(args.config.relative_to(ROOT)), "cells": len(cells),
-              "federated_cells": sum(c.federated for c in cells), "epochs_per_fold": args.epochs,
+                               "with_overhead_h": round((compute + overhead_s) / 3600, 2)}
+    result = {"config": str(args.config), "cells": len(cells),
+              "federated_cells": fl_cells, "epochs_per_fold": args.epochs,
               **{k: int(v) for k, v in totals.items()}, "pflop": round(flops / 1e15, 1),
               "cpu": {"machine": f"{measured['cpus']} cores, torch {measured['torch']}",
                       "train_s_per_frame": paper["train_s_per_sample"],
                       "score_s_per_frame": paper["score_s_per_sample"],
                       "compute_days": round(cpu_s / 86400, 1)},
-              "round_overhead_s": args.round_overhead,
-              "round_overhead_h": round(overhead_s / 3600, 2), "h200": gpu}
+              "round_overhead_s": args.round_overhead, "run_overhead_s": args.run_overhead,
+              "overhead_h": round(overhead_s / 3600, 2), "h200": gpu}
     print(json.dumps(result, indent=2))
-    write_json(RESULTS, result)
-    print(f"written to {RESULTS}")
+    target = RESULTS.with_name(f"study_cost_{config.name}.json")
+    write_json(target, result)
+    print(f"written to {target}")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,8 @@ from flwr.app import ArrayRecord
 
 from fedcmr.client.release_ledger import ReleaseLedger
 from fedcmr.client.site_policy import PolicyRefusal, SitePolicy
-from fedcmr.common.cache_format import CacheError, check_cache, load_frame, read_manifest
+from fedcmr.common.cache_format import CacheError, read_manifest
 from fedcmr.common.device import placement
-from fedcmr.common.frames import PHASES
 from fedcmr.common.handshake import site_fingerprint
 from fedcmr.common.learning.data import CachedFrame, FrameDataset, load_cache
 from fedcmr.common.learning.harmonise import Harmoniser
@@ -114,21 +113,14 @@ def load_site_frames(caches: Sequence[Path], centres: Sequence[str] = ()
     """The caches' frames (load_cache), only those of `centres` where given: the other
     centres' frames are neither checked nor read. A centre none of the caches holds is a
     CacheError naming the caches, the centres they hold and the fix."""
-    if not centres:
-        return load_cache(caches)
-    manifests = {Path(cache): read_manifest(Path(cache)) for cache in caches}
-    held = {e.centre for entries in manifests.values() for e in entries}
-    missing = sorted(set(centres) - held)
-    if missing:
-        raise CacheError(", ".join(map(str, caches)), f"no frames of centre(s) {missing}; the "
-                         f"cache(s) hold {sorted(held)}", "serve a centre the caches hold, or "
-                         "prepare the missing centre's data into one of them")
-    listed = []
-    for cache, entries in manifests.items():
-        entries = [e for e in entries if e.centre in centres and e.phase in PHASES]
-        check_cache(cache, entries)
-        listed.extend((cache, e) for e in entries)
-    return [CachedFrame(entry, *load_frame(cache / entry.file, cache)) for cache, entry in listed]
+    if centres:
+        held = {e.centre for cache in caches for e in read_manifest(Path(cache))}
+        missing = sorted(set(centres) - held)
+        if missing:
+            raise CacheError(", ".join(map(str, caches)), f"no frames of centre(s) {missing}; "
+                             f"the cache(s) hold {sorted(held)}", "serve a centre the caches "
+                             "hold, or prepare the missing centre's data into one of them")
+    return load_cache(caches, centres=centres)
 
 
 def describe(site: Site) -> DescribeReply:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,12 +87,20 @@ def run_local_federation(caches: list[Path], settings: FederationSettings, run_d
                          security: Security | None = None, threads_per_site: int = 1,
                          echo=print, timeout: float | None = None,
                          runtime: Runtime = "deployment",
-                         site_policy: Path | None = None, site_per: SitePer = "centre"
-                         ) -> dict:
+                         site_policy: Path | None = None, site_per: SitePer = "centre",
+                         only: Sequence[str] = ()) -> dict:
     """Start everything, run, gather, stop everything; returns metrics.json's content.
-    `site_per`: one hospital per centre of the caches, or one per cache (sites_from_caches)."""
+    `site_per`: one hospital per centre of the caches, or one per cache (sites_from_caches);
+    `only`: the names of the hospitals that take part (empty: all)."""
     run_dir = run_dir.resolve()
     sites = sites_from_caches(caches, site_per)
+    if only:
+        unknown = sorted(set(only) - {s.name for s in sites})
+        if unknown:
+            raise ValueError(f"site(s) {unknown} are not among the caches' sites "
+                             f"({', '.join(s.name for s in sites)}). Fix: name sites the "
+                             "caches hold")
+        sites = [s for s in sites if s.name in only]
     settings = settings.model_copy(update={"out_dir": run_dir, "sites": len(sites)})
     started = time.monotonic()
     with LocalFederation(run_dir, security, runtime=runtime, sites=sites,

@@ -16,7 +16,7 @@ from fedcmr.lab.study.claims import holder, is_claimed, try_claim
 from fedcmr.lab.study.config import StudyConfig
 
 ROOT = Path(__file__).parent.parent
-SITES = ("ACDC", "Sagrada Familia", "SantPau", "Vall d'Hebron")
+SITES = {name: (name,) for name in ("ACDC", "Sagrada Familia", "SantPau", "Vall d'Hebron")}
 
 
 def load(tmp_path: Path, text: str) -> StudyConfig:
@@ -26,7 +26,7 @@ def load(tmp_path: Path, text: str) -> StudyConfig:
 
 
 def cells_of(config: StudyConfig, data: str = "d1"):
-    return expand(config, SITES, SITES, data)
+    return expand(config, SITES, data)
 
 
 def test_shipped_configs_hold_the_papers_grid():
@@ -44,6 +44,10 @@ def test_shipped_configs_hold_the_papers_grid():
     small = cells_of(StudyConfig.load(ROOT / "studies" / "small.toml"))
     assert {c.framework for c in small} == {"cds", "fedavg", "equal-vote", "tempered"}
     assert {c.prior for c in small} == {"baseline", "masked", "structures"}
+    assert {c.augment for c in small} == {"none", "shape-intensity"}
+    # two seeds where the report compares spreads over seeds (Table 3's set-ups)
+    assert {c.seed for c in small if c.prior == "structures" and c.protocol == "ccv"
+            and c.framework != "tempered"} == {0, 1}
     assert {c.protocol for c in small} == {"ccv", "lco"}
     assert {c.phases for c in small} == {("ED", "ES"), ("ED",)}
     assert all(c.folds == (0, 1, 2, 3) for c in small if c.protocol == "lco")
@@ -104,6 +108,22 @@ def test_bad_configs_name_the_file_and_the_key(tmp_path):
         cells_of(load(tmp_path, "[axes]\nfolds = [7]\n"))
     with pytest.raises(FileNotFoundError, match="no such study config"):
         StudyConfig.load(tmp_path / "missing.toml")
+
+
+def test_a_sites_axis_chooses_the_hospitals_that_take_part(tmp_path):
+    cells = cells_of(load(tmp_path, """
+        [[block]]
+        framework = ["fedavg"]
+        protocol = ["lco"]
+        sites = [[], ["SantPau", "Vall d'Hebron", "Sagrada Familia"]]
+    """))
+    by_sites = {c.sites: c for c in cells}
+    assert set(by_sites) == {tuple(SITES), ("Sagrada Familia", "SantPau", "Vall d'Hebron")}
+    # leave-centre-out over three sites has three folds, over four sites four
+    assert sorted(len([c for c in cells if c.sites == s]) for s in by_sites) == [3, 4]
+    assert all(c.centres == tuple(sorted(c.sites)) for c in cells)
+    with pytest.raises(ValueError, match=r"sites \['Bern'\] are not the study's"):
+        cells_of(load(tmp_path, '[[block]]\nsites = [["Bern"]]\n'))
 
 
 def test_only_filters_cells(tmp_path):

@@ -30,14 +30,17 @@ class CachedFrame:
         return self.entry.subject
 
 
-def load_cache(caches: Sequence[Path], phases: Sequence[str] = ("ED", "ES")) -> list[CachedFrame]:
-    """Every frame of the given caches (the phases asked for), read once into memory. Each
+def load_cache(caches: Sequence[Path], phases: Sequence[str] = ("ED", "ES"),
+               centres: Sequence[str] = ()) -> list[CachedFrame]:
+    """Every frame of the given caches (the phases asked for; only `centres`' where given:
+    the other centres' frames are neither checked nor read), read once into memory. Each
     cache is checked as a whole (manifest rows, every frame file's zip directory) before a
     voxel is read, so a damaged cache is refused when it is opened, with a CacheError naming
     the file and the fix; damage inside a file's data is a CacheError when it is read."""
     listed = []
     for cache in map(Path, caches):
-        entries = [e for e in read_manifest(cache) if e.phase in phases]
+        entries = [e for e in read_manifest(cache) if e.phase in phases
+                   and (not centres or e.centre in centres)]
         check_cache(cache, entries)
         listed.extend((cache, e) for e in entries)
     return [CachedFrame(entry, *load_frame(cache / entry.file, cache))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -101,21 +101,37 @@ def data_digest(caches: Sequence[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def expand(config: StudyConfig, sites: Sequence[str], centres: Sequence[str], data: str
+def expand(config: StudyConfig, sites: Mapping[str, Sequence[str]], data: str
            ) -> list[CellSpec]:
-    """Every cell of the grid, once, in the config's order."""
+    """Every cell of the grid, once, in the config's order. `sites`: the study's hospitals
+    (name -> the centres it holds), in the order they run."""
     cells: dict[str, CellSpec] = {}
     for block in config.blocks():
-        for spec in _block_cells(block, config, tuple(sites), tuple(sorted(centres)), data):
+        for spec in _block_cells(block, config, sites, data):
             cells.setdefault(spec.key, spec)
     return list(cells.values())
 
 
-def _block_cells(block: Block, config: StudyConfig, sites: tuple[str, ...],
-                 centres: tuple[str, ...], data: str) -> Iterable[CellSpec]:
-    for framework, prior, augment, protocol, phases, seed in itertools.product(
+def take_part(chosen: Sequence[str], sites: Mapping[str, Sequence[str]]
+              ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The sites of one `sites` axis value (in the study's order) and their centres."""
+    if not chosen or list(chosen) == ["all"]:
+        names = list(sites)
+    else:
+        unknown = sorted(set(chosen) - set(sites))
+        if unknown:
+            raise ValueError(f"sites {unknown} are not the study's ({', '.join(sites)}). "
+                             "Fix: correct the study config's sites axis")
+        names = [n for n in sites if n in chosen]
+    return tuple(names), tuple(sorted({c for n in names for c in sites[n]}))
+
+
+def _block_cells(block: Block, config: StudyConfig, sites: Mapping[str, Sequence[str]],
+                 data: str) -> Iterable[CellSpec]:
+    for framework, prior, augment, protocol, phases, seed, chosen in itertools.product(
             block.framework, block.prior, block.augment, block.protocol, block.phases,
-            block.seed):
+            block.seed, block.sites):
+        names, centres = take_part(chosen, sites)
         alphas = block.vote_alpha if framework == "tempered" else [FIXED_ALPHA.get(framework)]
         n_folds = RunConfig().n_folds_ccv if protocol == "ccv" else len(centres)
         for alpha, folds in itertools.product(alphas, _fold_sets(block.folds, n_folds)):
@@ -124,7 +140,7 @@ def _block_cells(block: Block, config: StudyConfig, sites: tuple[str, ...],
                            phases=tuple(p.upper() for p in phases.split(",")),
                            profile=config.profile, epochs=config.epochs,
                            pretrained=config.pretrained, split_seed=config.split_seed,
-                           sites=sites, centres=centres, data=data)
+                           sites=names, centres=centres, data=data)
 
 
 def _fold_sets(choice, n_folds: int) -> list[tuple[int, ...]]:

@@ -47,6 +47,9 @@ class Axes(BaseModel):
     folds: FoldChoice | list[int] = "each"
     #: "ed,es" (both frames, the paper's main setting) or "ed" (its ED-only variant).
     phases: list[str] = Field(["ed,es"], min_length=1)
+    #: Which hospitals take part, by name: each value a set of sites ([] or ["all"]: every
+    #: site of the study's caches), e.g. [[], ["Vall d'Hebron", "Sagrada Familia", "SantPau"]].
+    sites: list[list[str]] = Field([[]], min_length=1)
 
     @field_validator("vote_alpha")
     @classmethod

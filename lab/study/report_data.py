@@ -272,7 +272,7 @@ class StudyResults:
 
 
 def load_study(folder: Path, settings: ReportSettings | None = None) -> StudyResults:
-    """Read DIR/study.json and every cell (done or not); group the done ones."""
+    """Read DIR/study.json and every cell of its grid (done or not); group the done ones."""
     folder = Path(folder)
     meta_path = folder / layout.STUDY_JSON
     if not meta_path.exists():
@@ -283,7 +283,12 @@ def load_study(folder: Path, settings: ReportSettings | None = None) -> StudyRes
         n_boot = (meta.get("config") or {}).get("bootstrap")
         settings = ReportSettings(**({"n_boot": n_boot} if n_boot else {}))
     cells = []
+    # the current grid's cells only: a folder may also hold cells of an earlier config
+    # (another profile, a setting since changed), which the report must not mix in
+    listed = set(meta.get("cells") or ())
     for spec_path in sorted((folder / layout.CELLS).glob(f"*/{layout.CELL_JSON}")):
+        if listed and spec_path.parent.name not in listed:
+            continue
         spec = json.loads(spec_path.read_text())
         spec["phases"] = [p.upper() for p in spec["phases"]]
         result_path = spec_path.parent / layout.RESULT_JSON

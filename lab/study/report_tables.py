@@ -88,7 +88,7 @@ def fold_text(config: Config, study: StudyResults) -> str:
     folds = config.folds
     if folds == list(range(n)):
         return f"all {n}"
-    return f"{','.join(map(str, folds))} of {n}"
+    return f"{'fold' if len(folds) == 1 else 'folds'} {','.join(map(str, folds))} of {n}"
 
 
 def versus_cds(study: StudyResults, config: Config) -> str:

@@ -32,8 +32,8 @@ class StudyData:
 
     caches: tuple[Path, ...]
     site_per: str
-    sites: tuple[str, ...]
-    centres: tuple[str, ...]
+    #: The hospitals, in the order they run: name -> the centres it holds.
+    sites: dict[str, tuple[str, ...]]
     digest: str
     runtime: str = "simulation"
     site_policy: Path | None = None
@@ -86,7 +86,7 @@ def _centralised(spec: CellSpec, data: StudyData, run_dir: Path) -> None:
     from fedcmr.common.learning.data import load_cache
     from fedcmr.server.centralized import run_centralized
 
-    frames = [f for f in load_cache(list(data.caches)) if f.entry.centre in data.centres]
+    frames = load_cache(list(data.caches), centres=spec.centres)
     run_centralized(frames, spec.run_config(), run_dir, progress=False)
 
 
@@ -98,7 +98,7 @@ def _federated(spec: CellSpec, data: StudyData, run_dir: Path, echo) -> None:
                                   run=spec.run_config())
     metrics = run_local_federation(list(data.caches), settings, run_dir, echo=echo,
                                    runtime=data.runtime, site_policy=data.site_policy,
-                                   site_per=data.site_per)
+                                   site_per=data.site_per, only=spec.sites)
     lost = (metrics.get("sites") or {}).get("lost")
     if lost:
         raise RuntimeError("the run's figures miss site(s) " + "; ".join(

@@ -48,12 +48,12 @@ def study_data(config: StudyConfig, out: Path, caches: Sequence[Path] | None,
         if not (Path(cache) / "manifest.csv").exists():
             raise FileNotFoundError(f"{cache}: not a prepared cache (no manifest.csv). Fix: "
                                     "run fedcmr prepare into it, or correct the path")
-    sites = sites_from_caches(chosen, per=config.site_per)
-    centres = sorted({e.centre for c in chosen for e in read_manifest(c)})
+    sites = {s.name: tuple(s.centres) or tuple(sorted({e.centre for c in s.caches
+                                                       for e in read_manifest(c)}))
+             for s in sites_from_caches(chosen, per=config.site_per)}
     policy = resolve_policy(config.site_policy) if config.site_policy else None
     return StudyData(caches=tuple(Path(c).resolve() for c in chosen),
-                     site_per=config.site_per, sites=tuple(s.name for s in sites),
-                     centres=tuple(centres), digest=data_digest(chosen),
+                     site_per=config.site_per, sites=sites, digest=data_digest(chosen),
                      runtime=config.runtime, site_policy=policy, bootstrap=config.bootstrap)
 
 
@@ -87,7 +87,7 @@ class Study:
     @classmethod
     def open(cls, config: StudyConfig, out: Path, data: StudyData,
              only: dict[str, set[str]] | None = None, progress: bool = True) -> Study:
-        everything = expand(config, data.sites, data.centres, data.digest)
+        everything = expand(config, data.sites, data.digest)
         cells = [c for c in everything if c.matches(only or {})]
         if not cells:
             raise ValueError("no cell of the study matches --only "
@@ -98,7 +98,8 @@ class Study:
             "config": config.model_dump(mode="json"), "profile": config.profile,
             "runtime": config.runtime, "caches": [str(c) for c in data.caches],
             "data": data.digest, "site_per": data.site_per,
-            "sites": sites_of(data), "centres": list(data.centres),
+            "sites": [{"name": n, "centres": list(c)} for n, c in data.sites.items()],
+            "centres": sorted({c for cs in data.sites.values() for c in cs}),
             "cells": [c.key for c in everything]})
         for cell in everything:
             path = layout.cell_dir(out, cell.key) / layout.CELL_JSON
@@ -202,23 +203,18 @@ class Study:
         return target
 
 
-def sites_of(data: StudyData) -> list[dict]:
-    """The study's hospitals and the centres each one holds."""
-    from fedcmr.common.cache_format import read_manifest
-    from fedcmr.lab.sites import sites_from_caches
-
-    return [{"name": site.name, "centres": list(site.centres) or sorted(
-        {e.centre for c in site.caches for e in read_manifest(c)})}
-        for site in sites_from_caches(list(data.caches), per=data.site_per)]
-
-
 def start_workers(n: int, argv: Sequence[str], threads: int) -> list[subprocess.Popen]:
     """N more processes of the same study (`--worker`): each claims cells like this one,
-    and each dies with this process (PR_SET_PDEATHSIG), SIGKILL included."""
+    and each dies with this process (PR_SET_PDEATHSIG), SIGKILL included. On a machine with
+    several GPUs, worker i uses GPU i modulo their number (this process GPU 0)."""
+    import torch
+
+    gpus = torch.cuda.device_count()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FEDCMR_STUDY_THREADS": str(threads)}
     code = "from fedcmr.cli import main; import sys; sys.exit(main(sys.argv[1:]))"
-    return [subprocess.Popen([sys.executable, "-c", code, *argv, "--worker"], env=env,
-                             preexec_fn=_die_with_parent) for _ in range(n)]
+    return [subprocess.Popen([sys.executable, "-c", code, *argv, "--worker"],
+                             env={**env, "CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus > 1
+                             else env, preexec_fn=_die_with_parent) for i in range(1, n + 1)]
 
 
 def _die_with_parent() -> None:
