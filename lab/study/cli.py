@@ -60,7 +60,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             raise ValueError("--workers must be at least 1")
         args.out.mkdir(parents=True, exist_ok=True)
         data = study_data(config, args.out.resolve(), args.cache, progress=not args.quiet)
-        study = Study.open(config, args.out.resolve(), data, only, progress=not args.quiet)
+        study = Study.open(config, args.out.resolve(), data, only)
     except (FileNotFoundError, ValueError) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT

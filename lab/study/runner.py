@@ -78,15 +78,12 @@ class Study:
     out: Path
     data: StudyData
     cells: list[CellSpec]
-    progress: bool = True
-    #: Cells this process ran, and the ones that failed (key -> reason).
-    ran: list[str] = field(default_factory=list)
+    #: The cells that failed in this process (key -> reason): not tried again here.
     failed: dict[str, str] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
 
     @classmethod
     def open(cls, config: StudyConfig, out: Path, data: StudyData,
-             only: dict[str, set[str]] | None = None, progress: bool = True) -> Study:
+             only: dict[str, set[str]] | None = None) -> Study:
         everything = expand(config, data.sites, data.digest)
         cells = [c for c in everything if c.matches(only or {})]
         if not cells:
@@ -106,7 +103,7 @@ class Study:
             if not path.exists():
                 write_json(path, {**cell.model_dump(mode="json"), "key": cell.key,
                                   "strategy": cell.strategy})
-        return cls(config, out, data, cells, progress)
+        return cls(config, out, data, cells)
 
     # -- state -------------------------------------------------------------------------
     def done(self, cell: CellSpec) -> bool:
@@ -183,7 +180,6 @@ class Study:
                       "retries it", cell.key, err, folder / "cell.log")
             return
         (folder / "failed.json").unlink(missing_ok=True)
-        self.ran.append(cell.key)
         total = result["rows"][0]
         log.info("cell %s: done in %.0f s, total AUC %s", cell.key, result["wall_s"],
                  total["auc"])
