@@ -6,6 +6,7 @@ same results.csv, with nothing the killed process started left running."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -53,6 +54,14 @@ def rows(out: Path) -> list[dict]:
     """results.csv without the wall time, which differs from run to run."""
     with (out / layout.RESULTS_CSV).open() as handle:
         return [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(handle)]
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
 
 
 def attempts(out: Path) -> dict[str, list[int]]:
@@ -143,3 +152,32 @@ def test_the_real_studys_report_renders_with_its_tables_and_figures(reference):
     page = check_page(reference / layout.REPORT_HTML)
     assert page["broken"] == [] and len(page["loaded"]) == 5
     assert page["tables"] >= 4 and page["external"] == []
+
+
+def test_workers_share_the_cells_and_die_with_their_study(setup, reference):
+    """--workers 2: a second process claims cells beside the first; SIGKILL of the study
+    ends its worker too (no process left claiming cells), and the rerun finishes the
+    same cells with the same results."""
+    config, caches, root = setup
+    out = root / "workers"
+    first = study(config, out, caches, "--workers", "2", "--only", "framework=cds")
+    holders: set[int] = set()
+    deadline = time.monotonic() + 300
+    while len(holders) < 2 and time.monotonic() < deadline:
+        assert first.poll() is None, "the study ended before both processes held a cell"
+        for claim in (out / layout.CELLS).glob(f"*/{layout.CLAIM_JSON}"):
+            with contextlib.suppress(OSError, ValueError):  # released or being written now
+                holders.add(json.loads(claim.read_text())["pid"])
+        time.sleep(0.05)
+    assert first.pid in holders and len(holders) == 2, holders
+    worker = (holders - {first.pid}).pop()
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    deadline = time.monotonic() + 10
+    while running(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(worker), "the worker outlived its study"
+    assert study(config, out, caches, "--workers", "2", "--only",
+                 "framework=cds").wait(timeout=600) == 0
+    cds = [r for r in rows(reference) if r["framework"] == "cds"]
+    assert [r for r in rows(out) if r["framework"] == "cds"] == cds
