@@ -17,6 +17,8 @@ from fedcmr.common.metrics import auc
 if TYPE_CHECKING:
     from fedcmr.common.learning.data import CachedFrame
 
+#: A run folder's per-frame test scores (both frameworks).
+PREDICTIONS_CSV = "predictions.csv"
 PREDICTION_COLUMNS = ("subject", "centre", "phase", "fold", "label", "score")
 
 

@@ -21,7 +21,7 @@ from fedcmr.client.supernode_main import SUPERNODE_MAIN
 from fedcmr.common.atomic import write_json
 from fedcmr.common.flower_env import tool
 from fedcmr.common.node_config import NodeConfig, write_simulated_nodes
-from fedcmr.common.results import write_predictions
+from fedcmr.common.results import PREDICTIONS_CSV, write_predictions
 from fedcmr.lab.sites import SitePer, SiteSpec, sites_from_caches
 from fedcmr.server.processes import free_port
 from fedcmr.server.security import Security
@@ -109,7 +109,7 @@ def run_local_federation(caches: list[Path], settings: FederationSettings, run_d
              + ", ".join(s.name for s in sites))
         fed.run_to_completion(settings, echo, timeout)
     rows = [r for site in sites for r in read_site_predictions(fed.site_dir(site))]
-    write_predictions(run_dir / "predictions.csv", rows)
+    write_predictions(run_dir / PREDICTIONS_CSV, rows)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["elapsed_s"] = round(time.monotonic() - started, 1)
     write_json(run_dir / "metrics.json", metrics)

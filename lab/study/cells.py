@@ -15,11 +15,10 @@ from pydantic import BaseModel, ConfigDict
 from fedcmr.common.cache_format import MANIFEST, PREP_INFO
 from fedcmr.common.run_config import Augment, Prior, ProfileName, Protocol, RunConfig
 from fedcmr.lab.study.config import Block, Framework, StudyConfig
+from fedcmr.server.settings import STRATEGY_ALPHA
 
 #: The framework's strategy in the Flower app ("" for the centralised baseline).
 STRATEGY = {"cds": "", "fedavg": "fedavg", "equal-vote": "equal-vote", "tempered": "tempered"}
-#: The fixed vote exponent of each strategy but tempered (server/settings.py's values).
-FIXED_ALPHA = {"fedavg": 1.0, "equal-vote": 0.0}
 
 
 class CellSpec(BaseModel):
@@ -132,7 +131,7 @@ def _block_cells(block: Block, config: StudyConfig, sites: Mapping[str, Sequence
             block.framework, block.prior, block.augment, block.protocol, block.phases,
             block.seed, block.sites):
         names, centres = take_part(chosen, sites)
-        alphas = block.vote_alpha if framework == "tempered" else [FIXED_ALPHA.get(framework)]
+        alphas = block.vote_alpha if framework == "tempered" else [STRATEGY_ALPHA.get(framework)]
         n_folds = RunConfig().n_folds_ccv if protocol == "ccv" else len(centres)
         for alpha, folds in itertools.product(alphas, _fold_sets(block.folds, n_folds)):
             yield CellSpec(framework=framework, vote_alpha=alpha, prior=prior,

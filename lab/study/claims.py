@@ -6,7 +6,7 @@ kernel releases it when its process ends however it ends (SIGKILL included), so 
 claimant's cell is free again at once, with no heartbeat to tune and no stale claim to
 break. `claim.json` beside it says who holds it (for progress and for people); it is never
 trusted for exclusion. Machines sharing DIR need a file system whose locks span them (local
-disks, NFSv4, CephFS, Lustre with flock enabled).
+disks; NFSv4, CephFS and Lustre with flock enabled document it; untested here).
 """
 
 from __future__ import annotations

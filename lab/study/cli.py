@@ -87,10 +87,10 @@ def cmd_study(args: argparse.Namespace) -> int:
 
         md, html = write_report(args.out.resolve())
         log.info("report: %s and %s", md, html)
-    counts = study.counts()
-    if study.failed or counts["done"] < len(study.cells):
+    undone = sum(not study.done(c) for c in study.cells)
+    if study.failed or undone:
         log.error("%d of %d cells are not done (failed: %s); rerun the same command to "
-                  "retry them", len(study.cells) - counts["done"], len(study.cells),
+                  "retry them", undone, len(study.cells),
                   ", ".join(sorted(study.failed)) or "none here")
         return EXIT_FAILED
     return EXIT_OK

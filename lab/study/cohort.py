@@ -5,6 +5,7 @@ per folder, also when several processes ask at the same time (a file lock)."""
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 from pathlib import Path
@@ -36,8 +37,6 @@ def synthetic_caches(root: Path, scale: float, seed: int, workers: int = 2,
         fcntl.flock(fd, fcntl.LOCK_EX)  # a second process waits for the first one's cohort
         ready = cache / READY
         if ready.exists():
-            import json
-
             found = json.loads(ready.read_text())
             if found == wanted:
                 return caches

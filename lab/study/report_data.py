@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedcmr.common.metrics import auc
+from fedcmr.common.results import PREDICTIONS_CSV as PREDICTIONS
 from fedcmr.common.results import read_predictions
 from fedcmr.common.seeds import derive_seed
 from fedcmr.lab.study import layout
@@ -27,7 +28,6 @@ from fedcmr.lab.study.stats import PairedTest, bootstrap_auc_ci, paired_auc_test
 
 #: Files of a cell's run folder (written by common/results.py, server/fl_outputs.py and
 #: server/centralized.py; the same names for both frameworks where they share a schema).
-PREDICTIONS = "predictions.csv"
 ROUNDS = "rounds.csv"
 HISTORY = "history.csv"
 FL_SUMMARY = "summary.json"

@@ -17,7 +17,7 @@ import numpy as np
 
 from fedcmr.common.atomic import write_json
 from fedcmr.common.metrics import auc
-from fedcmr.common.results import read_predictions
+from fedcmr.common.results import PREDICTIONS_CSV, read_predictions
 from fedcmr.common.seeds import derive_seed
 from fedcmr.lab.study.cells import CellSpec
 from fedcmr.lab.study.layout import RESULT_JSON, RUN_DIR
@@ -68,7 +68,7 @@ def run_cell(spec: CellSpec, data: StudyData, cell: Path) -> dict:
         else:
             _centralised(spec, data, run_dir)
     wall = round(time.monotonic() - started, 1)
-    predictions = read_predictions(run_dir / "predictions.csv")
+    predictions = read_predictions(run_dir / PREDICTIONS_CSV)
     result = {"key": spec.key, "wall_s": wall, "runtime": data.runtime if spec.federated
               else "in-process", "rows": result_rows(spec, predictions, wall, data.bootstrap)}
     write_json(cell / RESULT_JSON, result)

@@ -107,41 +107,31 @@ class Study:
 
     # -- state -------------------------------------------------------------------------
     def done(self, cell: CellSpec) -> bool:
-        result = layout.cell_dir(self.out, cell.key) / layout.RESULT_JSON
-        if not result.exists():
-            return False
-        try:
-            return json.loads(result.read_text()).get("key") == cell.key
-        except ValueError:
-            return False
+        """result.json is written last and atomically, in the folder named by the key."""
+        return (layout.cell_dir(self.out, cell.key) / layout.RESULT_JSON).exists()
 
-    def counts(self) -> dict[str, int]:
-        done = sum(self.done(c) for c in self.cells)
-        running = sum(not self.done(c) and is_claimed(layout.cell_dir(self.out, c.key))
-                      for c in self.cells)
-        return {"done": done, "running": running, "left": len(self.cells) - done - running}
-
-    def eta(self, counts: dict[str, int]) -> float | None:
-        """Seconds left: each unfinished cell at the mean time of finished cells of its
-        kind (CDS or FL), shared by the processes running now."""
+    def report_progress(self) -> None:
+        """Cells done, running, left, and the time left: each unfinished cell at the mean
+        time of finished cells of its kind (CDS or FL), shared by the processes running."""
         times: dict[bool, list[float]] = {True: [], False: []}
+        left: list[CellSpec] = []
+        running = 0
         for cell in self.cells:
             path = layout.cell_dir(self.out, cell.key) / layout.RESULT_JSON
             if path.exists():
                 times[cell.federated].append(json.loads(path.read_text())["wall_s"])
+            else:
+                left.append(cell)
+                running += is_claimed(path.parent)
         every = times[True] + times[False]
-        if not every:
-            return None
-        mean = {k: (sum(v) / len(v) if v else sum(every) / len(every)) for k, v in times.items()}
-        left = sum(mean[c.federated] for c in self.cells if not self.done(c))
-        return left / max(1, counts["running"])
-
-    def report_progress(self) -> None:
-        counts = self.counts()
-        eta = self.eta(counts)
-        left = "unknown until a cell finishes" if eta is None else _duration(eta)
-        log.info("cells: %d done, %d running, %d left of %d; about %s left", counts["done"],
-                 counts["running"], counts["left"], len(self.cells), left)
+        eta = None
+        if every:
+            mean = {k: sum(v) / len(v) if v else sum(every) / len(every)
+                    for k, v in times.items()}
+            eta = sum(mean[c.federated] for c in left) / max(1, running)
+        remaining = "unknown until a cell finishes" if eta is None else _duration(eta)
+        log.info("cells: %d done, %d running, %d left of %d; about %s left", len(every),
+                 running, len(left) - running, len(self.cells), remaining)
 
     # -- work --------------------------------------------------------------------------
     def work(self) -> None:
