@@ -1,4 +1,4 @@
-"""Handlers of the hospital-side commands (`prepare`, `client`)."""
+"""Handlers of the hospital-side commands (`prepare`, `predict`, `client`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from fedcmr.client.errors import DatasetError
 from fedcmr.client.loaders.result import LoadResult
 from fedcmr.client.prep_config import PrepConfig
 from fedcmr.common.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
+from fedcmr.common.measures import MEASURES_CSV
 
 log = logging.getLogger("fedcmr.prepare")
+plog = logging.getLogger("fedcmr.predict")
 
 
 def _triple(text: str, kind: type, what: str) -> tuple:
@@ -53,8 +55,10 @@ def prepare_loaded(loaded: LoadResult, config: PrepConfig, out: Path, workers: i
     report = run_prepare(loaded, config, out, workers=workers, progress=progress)
     for err in report.skipped:
         log.warning("skipped %s", err.line())
-    log.info("%d frames of %d subjects ready in %s (%d computed, %d reused)", report.frames,
-             report.subjects, out, report.computed, report.frames - report.computed)
+    log.info("%d frames of %d subjects ready in %s (%d computed, %d reused); clinical "
+             "measures in %s (%d subjects measured now, the others reused)", report.frames,
+             report.subjects, out, report.computed, report.frames - report.computed,
+             out / MEASURES_CSV, report.measured)
     for centre, counts in sorted(report.by_centre.items()):
         log.info("  %-16s NOR %3d  HCM %3d", centre, counts["NOR"], counts["HCM"])
     if report.skipped:
@@ -82,6 +86,41 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if report.skipped:
         return EXIT_FAILED if args.strict else EXIT_SKIPPED
     return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """A bundle on caches, or on raw data prepared with its options into OUT/cache
+    (client/predict.py). Bad input (bundle, cache, data): one line, exit 2; some raw
+    subjects skipped: predictions for the others, exit 3."""
+    from fedcmr.client.predict import predict_caches, prepare_raw
+    from fedcmr.client.prepare import check_out_not_in_root
+    from fedcmr.common.bundle import read_metadata
+
+    raw = args.dataset is not None or args.root is not None
+    skipped = 0
+    try:
+        if raw == (args.cache is not None) or (raw and None in (args.dataset, args.root)):
+            raise DatasetError("fedcmr predict needs either --cache CACHE... or --dataset and "
+                               "--root (raw data). Fix: give one of the two")
+        read_metadata(args.model)  # a bad bundle is refused before any preparing
+        caches = args.cache
+        if raw:
+            if not args.root.exists():
+                raise DatasetError(f"{args.root}: no such file or folder. Fix: point --root "
+                                   "at the dataset")
+            loaded, roots = load_dataset(args)
+            check_out_not_in_root(args.out, roots)
+            cache, skipped = prepare_raw(loaded, args.model, args.out, args.workers,
+                                         progress=not args.quiet)
+            caches = [cache]
+        metadata, report = predict_caches(args.model, caches, args.out)
+    except (DatasetError, ValueError, FileNotFoundError) as err:
+        plog.error("%s", err)
+        return EXIT_BAD_INPUT
+    print(report.summary(metadata))
+    plog.info("predictions in %s (per frame) and %s (per subject)",
+             args.out / "predictions.csv", args.out / "subjects.csv")
+    return EXIT_SKIPPED if skipped else EXIT_OK
 
 
 def cmd_client(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
-"""`fedcmr prepare`: every ED and ES frame of a site through N4, resampling and the crop.
+"""`fedcmr prepare`: every ED and ES frame of a site through N4, resampling and the crop,
+and every subject's clinical measures from its native label stacks (CACHE/measures.csv).
 
-Two cached stages, each keyed by what it depends on: the N4-corrected native frame (source
-files + N4 parameters) and the final crop (N4 key + spacing + crop size). A rerun with the
-same parameters reads no voxel; a changed crop size skips N4. Every file is written under a
+Cached stages, each keyed by what it depends on: the N4-corrected native frame (source
+files + N4 parameters), the final crop (N4 key + spacing + crop size) and the measures
+(both phases' source files + label map + measuring code). A rerun with the same parameters
+reads no voxel; a changed crop size skips N4. Every file is written under a
 temporary name and renamed, so an interrupted run leaves nothing a rerun would trust.
 """
 
@@ -22,6 +24,7 @@ from fedcmr.client.bias_field import n4_correct
 from fedcmr.client.errors import DataError, DatasetError
 from fedcmr.client.frame_io import native_spacing, read_frame
 from fedcmr.client.loaders.result import LoadResult
+from fedcmr.client.measures import MEASURES_STAGE, measure_subject, measures_part
 from fedcmr.client.prep_config import PrepConfig, digest
 from fedcmr.client.preprocess import crop_frame, resample_frame
 from fedcmr.common import __version__
@@ -39,6 +42,7 @@ from fedcmr.common.cache_format import (
 )
 from fedcmr.common.centres import slug
 from fedcmr.common.frames import PHASES, FrameSource, SubjectRecord
+from fedcmr.common.measures import SubjectMeasures, write_measures
 
 STAGES_DIR = ".stages"
 
@@ -49,6 +53,8 @@ class SubjectOutcome:
     entries: list[FrameEntry] = field(default_factory=list)
     error: DataError | None = None
     computed: int = 0
+    measures: SubjectMeasures | None = None
+    measured: bool = False  # measures computed in this run (not read from the stage)
 
 
 @dataclass
@@ -60,6 +66,8 @@ class PrepareReport:
     excluded: dict[str, int]
     #: Subjects prepared per centre and class: {centre: {"NOR": n, "HCM": n}}.
     by_centre: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Subjects whose clinical measures were computed in this run (not read from the stage).
+    measured: int = 0
 
     @property
     def subjects(self) -> int:
@@ -105,9 +113,17 @@ def _n4_stage(record: SubjectRecord, source: FrameSource, config: PrepConfig, ca
     return corrected, labels, True
 
 
+def measures_stage_file(record: SubjectRecord, cache: Path) -> Path:
+    """Where one subject's measures are cached, keyed by what they are computed from."""
+    key = digest(*(source_identity(record.frames[p]) for p in PHASES),
+                 record.label_map.model_dump_json(), measures_part())
+    return cache / STAGES_DIR / MEASURES_STAGE / f"{key}.json"
+
+
 def prepare_subject(record: SubjectRecord, config: PrepConfig, cache: Path) -> SubjectOutcome:
-    """Both phases of one subject, or an error that skips the whole subject."""
+    """Both phases and the measures of one subject, or an error that skips the subject."""
     outcome = SubjectOutcome(subject=record.subject)
+    native: dict = {}  # native label maps read in this run, reused by the measures
     try:
         for phase in PHASES:
             source = record.frames[phase]
@@ -117,6 +133,7 @@ def prepare_subject(record: SubjectRecord, config: PrepConfig, cache: Path) -> S
             rel = Path(FRAMES_DIR) / slug(record.centre) / f"{record.subject}_{phase}.npz"
             if frame_key(cache / rel) != key:
                 image, labels, ran_n4 = _n4_stage(record, source, config, cache, n4_key)
+                native[phase] = labels
                 image, labels = resample_frame(image, labels, config.spacing_mm)
                 image_arr, label_arr = crop_frame(image, labels, config.crop)
                 save_frame(cache / rel, image_arr, label_arr, key)
@@ -127,6 +144,8 @@ def prepare_subject(record: SubjectRecord, config: PrepConfig, cache: Path) -> S
                 label=int(record.diagnosis), phase=phase, file=rel.as_posix(), key=key,
                 source=str(source.image), native_spacing=spacing,
                 time_index="" if source.time_index is None else str(source.time_index)))
+        outcome.measures, outcome.measured = measure_subject(
+            record, measures_stage_file(record, cache), native)
     except DataError as err:
         outcome.entries.clear()
         outcome.error = err.for_subject(record.subject)
@@ -181,6 +200,7 @@ def _write_outputs(loaded: LoadResult, outcomes: list[SubjectOutcome], config: P
     entries = [e for o in outcomes for e in o.entries]
     skipped = loaded.skipped + [o.error for o in outcomes if o.error is not None]
     write_manifest(cache, entries)
+    write_measures(cache, [o.measures for o in outcomes if o.entries and o.measures])
     write_csv(cache / SKIPPED, SKIPPED_COLUMNS,
                      [{"subject": e.subject or "", "file": e.file, "problem": e.problem,
                        "fix": e.fix} for e in skipped])
@@ -196,4 +216,5 @@ def _write_outputs(loaded: LoadResult, outcomes: list[SubjectOutcome], config: P
     write_json(cache / PREP_INFO, info)
     return PrepareReport(cache=cache, frames=len(entries),
                          computed=sum(o.computed for o in outcomes), skipped=skipped,
-                         excluded=dict(loaded.excluded), by_centre=counts)
+                         excluded=dict(loaded.excluded), by_centre=counts,
+                         measured=sum(o.measured for o in outcomes if o.entries))

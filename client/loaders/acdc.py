@@ -64,7 +64,8 @@ def _subject(cfg: Path, info: dict[str, str]) -> SubjectRecord | None:
         frames[phase] = FrameSource(image=stem.with_name(stem.name + ".nii.gz"),
                                     labels=stem.with_name(stem.name + "_gt.nii.gz"))
     return SubjectRecord(subject=patient, centre=ACDC_CENTRE, vendor=ACDC_VENDOR,
-                         diagnosis=diagnosis, label_map=ACDC_LABELS, frames=frames)
+                         diagnosis=diagnosis, label_map=ACDC_LABELS, frames=frames,
+                         height_cm=info.get("Height"), weight_kg=info.get("Weight"))
 
 
 AcdcPart = Literal["training", "testing", "all"]

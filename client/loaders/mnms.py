@@ -26,7 +26,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "ed": ("ED", "ED frame"),
     "es": ("ES", "ES frame"),
     "pathology": ("Pathology", "Diagnosis", "Group"),
+    "height": ("Height", "Height (cm)", "Height_cm"),
+    "weight": ("Weight", "Weight (kg)", "Weight_kg"),
 }
+#: Columns a release may lack (subjects then have no body size, hence no LV mass index).
+OPTIONAL_COLUMNS = ("height", "weight")
 
 
 def find_metadata_csv(root: Path) -> Path:
@@ -112,7 +116,7 @@ def load_mnms(root: Path, csv_path: Path | None = None, centres: list[str] | Non
     """NOR and HCM subjects of the chosen centres (default: the study's three)."""
     csv_path = csv_path or find_metadata_csv(root)
     header, rows = read_table(csv_path)
-    cols = resolve_columns(csv_path, header, COLUMNS)
+    cols = resolve_columns(csv_path, header, COLUMNS, optional=OPTIONAL_COLUMNS)
     wanted = set(centres or STUDY_MNMS_CENTRES)
     namer = CentreNamer(centre_map)
     series = index_series(root)
@@ -142,6 +146,8 @@ def load_mnms(root: Path, csv_path: Path | None = None, centres: list[str] | Non
             continue
         result.subjects.append(SubjectRecord(subject=code, centre=centre, vendor=vendor,
                                              diagnosis=diagnosis, label_map=MNMS_LABELS,
-                                             frames=frames))
+                                             frames=frames,
+                                             height_cm=row.get(cols.get("height", ""), ""),
+                                             weight_kg=row.get(cols.get("weight", ""), "")))
     result.drop_duplicates(str(csv_path))
     return result
