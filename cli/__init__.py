@@ -18,7 +18,8 @@ from fedcmr.server import cli as server_cli
 log = logging.getLogger("fedcmr")
 
 #: The subcommands in the order `fedcmr --help` lists them.
-COMMANDS = [lab_cli.add_synth, client_cli.add_prepare, server_cli.add_centralized,
+COMMANDS = [lab_cli.add_synth, client_cli.add_prepare, client_cli.add_predict,
+            server_cli.add_centralized,
             lab_cli.add_federate, server_cli.add_server, client_cli.add_client, lab_cli.add_demo,
             study_cli.add_study]
 

@@ -1,4 +1,5 @@
-"""The hospital's commands: `prepare` (its scans into a cache) and `client` (its SuperNode)."""
+"""The hospital's commands: `prepare` (its scans into a cache), `predict` (a trained model on
+new patients) and `client` (its SuperNode)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from fedcmr.client.site_policy import POLICY_ENV
 from fedcmr.common.cli_options import lazy
 
 
-def add_prepare(sub: argparse._SubParsersAction) -> None:
-    defaults = PrepConfig()
-    p = sub.add_parser("prepare", help="N4, 1 mm resampling and heart crop of every ED/ES frame")
-    p.add_argument("--dataset", choices=["mnms", "acdc", "folder"], required=True,
+def add_dataset_options(p: argparse.ArgumentParser, required: bool, out_help: str) -> None:
+    """Which raw dataset to read and how (client/commands.load_dataset), and --out:
+    `prepare` and `predict`."""
+    p.add_argument("--dataset", choices=["mnms", "acdc", "folder"], required=required,
                    help="the layout: M&Ms release, ACDC release, or a site's own folder")
-    p.add_argument("--root", type=Path, required=True,
+    p.add_argument("--root", type=Path, required=required,
                    help="dataset root (folder: the site's manifest CSV)")
-    p.add_argument("--out", type=Path, required=True, help="cache folder (outside --root)")
+    p.add_argument("--out", type=Path, required=True, help=out_help)
     p.add_argument("--centre", action="append", default=None,
                    help="M&Ms centre(s) to keep (repeatable; 'all' for every centre; default: "
                         "the study's three); folder: the site's centre name")
@@ -32,6 +33,12 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vendor", default="unknown", help="folder: the site's scanner vendor")
     p.add_argument("--label-numbers", default=None,
                    help="folder: the site's label numbers, e.g. lv=1,myo=2,rv=3")
+
+
+def add_prepare(sub: argparse._SubParsersAction) -> None:
+    defaults = PrepConfig()
+    p = sub.add_parser("prepare", help="N4, 1 mm resampling and heart crop of every ED/ES frame")
+    add_dataset_options(p, required=True, out_help="cache folder (outside --root)")
     p.add_argument("--crop", default=",".join(f"{v:g}" for v in defaults.crop),
                    help="crop size z,y,x in voxels (default: %(default)s)")
     p.add_argument("--spacing", default=",".join(f"{v:g}" for v in defaults.spacing_mm),
@@ -40,6 +47,20 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="processes preparing subjects")
     p.add_argument("--strict", action="store_true", help="any skipped subject fails the run")
     p.set_defaults(func=lazy("fedcmr.client.commands:cmd_prepare"))
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="P(HCM) of new patients with a trained fold's model "
+                                       "bundle (docs/predict.md)")
+    p.add_argument("--model", type=Path, required=True, metavar="BUNDLE",
+                   help="a model bundle: a run's fold_K/bundle folder")
+    p.add_argument("--cache", type=Path, nargs="+", default=None,
+                   help="prepared cache(s), prepared with the bundle's options (or give "
+                        "--dataset and --root instead)")
+    add_dataset_options(p, required=False, out_help="output folder: predictions.csv, "
+                        "subjects.csv (and cache/ for raw data)")
+    p.add_argument("--workers", type=int, default=2, help="processes preparing raw subjects")
+    p.set_defaults(func=lazy("fedcmr.client.commands:cmd_predict"))
 
 
 #: Seconds `fedcmr client` retries a coordinator it cannot reach before it gives up

@@ -15,6 +15,7 @@ OUT = Path(__file__).parent / "cli.md"
 EXAMPLES = {
     "synth": "fedcmr synth --out data --scale 0.25 --sites",
     "prepare": "fedcmr prepare --dataset acdc --root data/acdc --out cache/acdc",
+    "predict": "fedcmr predict --model runs/fl-ev/fold_0/bundle --cache cache/new --out pred",
     "centralized": "fedcmr centralized --cache cache/* --protocol ccv --out runs/cds",
     "federate": "fedcmr federate --cache cache/* --strategy equal-vote --out runs/fl-ev",
     "server": "fedcmr server --sites 4 --port 9092 --out runs/federated",
@@ -31,7 +32,8 @@ EXIT_CODES = """\
 | 0 | the command did what it was asked |
 | 1 | the run failed: one line says why (`-v` shows the traceback); `prepare --strict`: a skip |
 | 2 | bad input: one line names the file or option and the fix; nothing was run |
-| 3 | `prepare`: done, but some subjects were skipped (listed in CACHE/skipped.csv) |
+| 3 | `prepare`, `predict` on raw data: done, but some subjects were skipped (listed in \
+CACHE/skipped.csv) |
 | 4 | `federate`, `server`, `demo`: finished, but the figures miss a site (named in the \
 last line and in metrics.json `sites.lost`) |
 | 130 | interrupted (Ctrl-C); everything the command started is stopped |

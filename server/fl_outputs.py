@@ -1,16 +1,27 @@
 """What a federated run leaves in its folder: metrics.json (same schema as the centralised
-baseline, AUC from the sites' binned counts), rounds.csv, and per fold the best model and
-summary.json (with each training site's released histogram and landmarks)."""
+baseline, AUC from the sites' binned counts), rounds.csv, and per fold the best model,
+summary.json (with each training site's released histogram and landmarks) and the model
+bundle (fold_K/bundle: common/bundle.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedcmr.common.atomic import atomic_path, write_csv, write_json
+from fedcmr.common.bundle import (
+    BUNDLE_DIR,
+    BundleMetadata,
+    Metrics,
+    Preprocessing,
+    SplitMetric,
+    cnn_metadata,
+    write_bundle,
+)
 from fedcmr.common.learning.privacy import privacy_spent
 from fedcmr.common.metrics import auc_from_counts
 from fedcmr.common.run_config import RunConfig
@@ -71,11 +82,16 @@ def write_rounds(path: Path, outcomes: Sequence[FoldOutcome]) -> None:
     write_csv(path, ROUND_COLUMNS, [row for outcome in outcomes for row in outcome.rounds])
 
 
-def write_fold(out: Path, outcome: FoldOutcome) -> None:
+def write_fold(out: Path, outcome: FoldOutcome, bundle: FoldBundle | None = None) -> None:
+    """fold_K/best_model.pt, summary.json and, with `bundle`, the model bundle."""
     fold_dir = out / f"fold_{outcome.fold}"
     if outcome.best_arrays is not None:
         with atomic_path(fold_dir / "best_model.pt") as tmp:
             torch.save(outcome.best_arrays.to_torch_state_dict(), tmp)
+        # the bundle holds the CNN only, until the measures model has its own form
+        if bundle is not None and bundle.run.model == "cnn":
+            write_bundle(fold_dir / BUNDLE_DIR, bundle.metadata(outcome),
+                         fold_dir / "best_model.pt")
     write_json(fold_dir / "summary.json", {
         "best_round": outcome.best_round, "refused_histogram": outcome.refused,
         "rejected_updates": outcome.rejected,
@@ -84,6 +100,41 @@ def write_fold(out: Path, outcome: FoldOutcome) -> None:
                  for s, t in outcome.test.items()},
         # each training site's released histogram and landmarks (the report's figure 5)
         **harmonisation_record(outcome.site_summaries, outcome.landmarks)})
+
+
+@dataclass(frozen=True)
+class FoldBundle:
+    """What a federated fold's bundle records beyond the fold's outcome: the run's settings
+    and the preprocessing the admitted sites agreed on at the handshake."""
+
+    run: RunConfig
+    strategy: str
+    vote_alpha: float
+    preprocessing: Preprocessing | None
+
+    @classmethod
+    def of(cls, run: RunConfig, strategy: str, vote_alpha: float, roster: Roster
+           ) -> FoldBundle:
+        """The preprocessing from the admitted sites' describe fingerprints (the handshake
+        made them agree on every PREP_FIELDS value; server/handshake.py)."""
+        fingerprints = [roster.described[n].fingerprint for n in sorted(roster.sites)
+                        if n in roster.described]
+        prep = (Preprocessing.from_fields(fingerprints[0].model_dump()) if fingerprints
+                else None)
+        return cls(run, strategy, vote_alpha, prep)
+
+    def metadata(self, outcome: FoldOutcome) -> BundleMetadata:
+        # the replies of round r validate round r - 1's global model (server/study_runner)
+        val = next((r["pooled_val_auc_received"] for r in outcome.rounds
+                    if r["round"] == outcome.best_round + 1), None)
+        tests = list(outcome.test.values())
+        test_auc = auc_from_counts(sum(np.asarray(t.neg) for t in tests),
+                                   sum(np.asarray(t.pos) for t in tests)) if tests else None
+        metrics = Metrics(validation=SplitMetric(auc=val),
+                          test=SplitMetric(auc=test_auc, n=sum(t.examples for t in tests)))
+        return cnn_metadata(self.run, outcome.fold, "fl", outcome.landmarks, self.preprocessing,
+                            outcome.init_source, metrics, strategy=self.strategy,
+                            vote_alpha=self.vote_alpha)
 
 
 def site_coverage(outcomes: Sequence[FoldOutcome], roster: Roster) -> dict:

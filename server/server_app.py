@@ -19,6 +19,7 @@ from fedcmr.common.atomic import write_json
 from fedcmr.server.audit_trail import write_jsonl
 from fedcmr.server.checkpoint import Checkpoint
 from fedcmr.server.fl_outputs import (
+    FoldBundle,
     metrics_from_counts,
     privacy_report,
     site_coverage,
@@ -98,7 +99,8 @@ def run_study(runner: StudyRunner, out) -> list[FoldOutcome]:
         else:
             log.info("fold %d of %s: %s", fold, runner.run.fold_list(), runner.run.protocol)
             outcome = runner.run_fold(fold)
-            write_fold(out, outcome)
+            write_fold(out, outcome, FoldBundle.of(runner.run, settings.strategy,
+                                                   settings.vote_alpha, runner.roster))
             runner.save_finished(outcome)
         outcomes.append(outcome)
         write_rounds(out / "rounds.csv", outcomes)
