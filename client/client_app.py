@@ -25,7 +25,7 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from fedcmr.client import site_work
+from fedcmr.client import site_measures, site_work
 from fedcmr.client.audit import audit_mod
 from fedcmr.client.site_policy import PolicyRefusal, SitePolicy
 from fedcmr.common.atomic import write_json
@@ -130,6 +130,15 @@ def nyul(msg: Message, context: Context) -> Message:
     return reply.to_message(msg)
 
 
+@app.query(Kind.MEASURE_STATS.action)
+@site_handler(Kind.MEASURE_STATS)
+def measure_stats(msg: Message, context: Context) -> Message:
+    reply = site_measures.stats(open_site(context), _order(msg))
+    if reply.refused:
+        log.warning("%s: %s", reply.site, reply.refused)
+    return reply.to_message(msg)
+
+
 @app.train()
 @site_handler(Kind.TRAIN)
 def train(msg: Message, context: Context) -> Message:
@@ -162,5 +171,6 @@ def finished(msg: Message, context: Context) -> Message:
 
 
 #: The handler of each message kind (what a SuperNode dispatches to; tests use it too).
-HANDLERS = {Kind.DESCRIBE: describe, Kind.NYUL: nyul, Kind.TRAIN: train,
-            Kind.VALIDATE: validate, Kind.TEST: test, Kind.FINISHED: finished}
+HANDLERS = {Kind.DESCRIBE: describe, Kind.NYUL: nyul, Kind.MEASURE_STATS: measure_stats,
+            Kind.TRAIN: train, Kind.VALIDATE: validate, Kind.TEST: test,
+            Kind.FINISHED: finished}

@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedcmr.common.protocol import POLICY_REFUSED
-from fedcmr.common.run_config import Protocol, RunConfig
+from fedcmr.common.run_config import ModelName, Protocol, RunConfig
 
 #: The variable naming the policy file where none is given (`fedcmr client --policy`, a
 #: node config's `policy`): the hospital's own environment, never the coordinator's.
@@ -61,6 +61,9 @@ class SitePolicy(BaseModel):
     #: At most this many different subject sets per kind of aggregate, across all runs.
     max_released_sets: int = Field(16, ge=1)
     protocols: tuple[Protocol, ...] = ("ccv", "lco")
+    #: What the site trains: the CNN (weights leave) and the measures model (per-measure
+    #: sums and the coefficients leave).
+    models: tuple[ModelName, ...] = ("cnn", "measures")
     #: Allowed CCV fold counts (more folds: smaller test splits).
     ccv_folds: tuple[int, ...] = (5,)
     #: Allowed validation fractions.
@@ -109,6 +112,9 @@ class SitePolicy(BaseModel):
 
     def admit(self, run: RunConfig) -> None:
         """Raise PolicyRefusal when the run asks for settings this site does not allow."""
+        if run.model not in self.models:
+            raise PolicyRefusal("models", f"model {run.model!r} is not one of "
+                                f"{list(self.models)}")
         if run.protocol not in self.protocols:
             raise PolicyRefusal("protocols", f"protocol {run.protocol!r} is not one of "
                                 f"{list(self.protocols)}")
@@ -130,7 +136,7 @@ class SitePolicy(BaseModel):
             f"{self.min_eval_subjects} behind validation or test counts",
             f"subject sets equal or at least {self.min_difference} subjects apart, at most "
             f"{self.max_released_sets} per kind",
-            f"protocols {', '.join(self.protocols)}; CCV folds "
+            f"models {', '.join(self.models)}; protocols {', '.join(self.protocols)}; CCV folds "
             f"{', '.join(map(str, self.ccv_folds))}; validation fractions "
             f"{', '.join(map(str, self.val_fractions))}; split seed {seed}",
             "app bundles: this installation's own"

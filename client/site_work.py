@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
+from fedcmr.client import site_measures
 from fedcmr.client.release_ledger import ReleaseLedger
 from fedcmr.client.site_policy import PolicyRefusal, SitePolicy
 from fedcmr.common.cache_format import CacheError, read_manifest
@@ -39,6 +40,7 @@ from fedcmr.common.learning.training import (
     train_loader,
     train_steps,
 )
+from fedcmr.common.measures import SubjectMeasures, read_all_measures
 from fedcmr.common.model import InitInfo, build_model
 from fedcmr.common.nyul import PrivacyError
 from fedcmr.common.protocol import Order
@@ -66,6 +68,7 @@ class Site:
     caches: tuple[Path, ...] = ()
     #: The hospital's release policy (its defaults where the site set none).
     policy: SitePolicy = SitePolicy()
+    _measures: dict[str, SubjectMeasures] | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, name: str, caches: list[Path], out_dir: Path,
@@ -74,6 +77,12 @@ class Site:
         holding one centre of a shared multi-centre cache)."""
         return cls(name=name, frames=load_site_frames(caches, centres), out_dir=out_dir,
                    caches=tuple(Path(c) for c in caches), policy=policy or SitePolicy())
+
+    def measures(self) -> dict[str, SubjectMeasures]:
+        """Its subjects' clinical measures (the caches' measures.csv), read once."""
+        if self._measures is None:
+            self._measures = read_all_measures(self.caches)
+        return self._measures
 
     @property
     def ledger(self) -> ReleaseLedger:
@@ -180,7 +189,10 @@ def round_seed(order: Order, site: Site) -> int:
 
 def train(site: Site, order: Order, state: StateDict) -> TrainReply:
     """Validate the received global model, then the paper's local step: `local_iterations`
-    batches sized so that they cover the site's training frames once."""
+    batches sized so that they cover the site's training frames once. (The measures model:
+    client/site_measures.py.)"""
+    if order.run.model == "measures":
+        return site_measures.train(site, order, state)
     site.policy.admit(order.run)
     site.release("train", site.parts(order)["train"], site.policy.min_subjects,
                  f"fold {order.fold} model update")
@@ -206,6 +218,8 @@ def train(site: Site, order: Order, state: StateDict) -> TrainReply:
 
 
 def validate(site: Site, order: Order, state: StateDict) -> ValidateReply:
+    if order.run.model == "measures":
+        return site_measures.validate(site, order, state)
     site.policy.admit(order.run)
     model, where = _model(state)
     val, withheld = _val_counts(site, order, model, where)
@@ -215,6 +229,8 @@ def validate(site: Site, order: Order, state: StateDict) -> ValidateReply:
 def test(site: Site, order: Order, state: StateDict) -> TestReply:
     """Score the test split; per-frame scores stay in the site's own folder, and the
     counts leave where the policy allows."""
+    if order.run.model == "measures":
+        return site_measures.test(site, order, state)
     site.policy.admit(order.run)
     model, where = _model(state)
     frames = site.parts(order)["test"]

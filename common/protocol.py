@@ -20,6 +20,8 @@ class Kind(StrEnum):
 
     DESCRIBE = f"{MessageType.QUERY}.describe"  # who are you: site name, centres, counts
     NYUL = f"{MessageType.QUERY}.nyul"  # the site's histogram summary of its training frames
+    #: The measures model's standardisation: per-measure sums over the training subjects.
+    MEASURE_STATS = f"{MessageType.QUERY}.measure_stats"
     TRAIN = MessageType.TRAIN  # local training (+ validation of the received model)
     VALIDATE = f"{MessageType.QUERY}.validate"  # validation of a global model (final round)
     TEST = f"{MessageType.QUERY}.test"  # scoring of the best model on the site's test split

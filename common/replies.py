@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from pydantic import BaseModel, ConfigDict
 
 from fedcmr.common.handshake import SiteFingerprint
+from fedcmr.common.measures import MeasureSums
 from fedcmr.common.metrics import auc_from_counts, binned_counts
 from fedcmr.common.nyul import NyulSummary
 from fedcmr.common.protocol import ARRAYS, METRICS, SITE, Kind
@@ -178,6 +179,16 @@ class NyulReply(Reply):
     refused: Annotated[str | None, Wire(SITE)] = None
 
 
+class MeasureStatsReply(Reply):
+    """The sums behind the measures model's standardisation (subject count, per-measure sum
+    and sum of squares over the training subjects), or the reason they were refused."""
+
+    kind = Kind.MEASURE_STATS
+
+    sums: Annotated[MeasureSums | None, Wire(METRICS, prefix="sums")] = None
+    refused: Annotated[str | None, Wire(SITE)] = None
+
+
 class TrainReply(Reply):
     """The locally trained weights, n_k, and the validation of the model the site received."""
 
@@ -220,7 +231,8 @@ class FinishedReply(Reply):
 
 
 REPLIES: dict[Kind, type[Reply]] = {cls.kind: cls for cls in (
-    DescribeReply, NyulReply, TrainReply, ValidateReply, TestReply, FinishedReply)}
+    DescribeReply, NyulReply, MeasureStatsReply, TrainReply, ValidateReply, TestReply,
+    FinishedReply)}
 #: For every message kind, the records and keys its reply may hold: derived from the models.
 REPLY_ALLOWED: dict[str, dict[str, set[str]]] = {
     kind: cls.allowed() for kind, cls in REPLIES.items()}

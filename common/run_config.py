@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from fedcmr.common.flat import FlatModel, is_flat
 from fedcmr.common.frames import Phase
@@ -15,6 +22,9 @@ Prior = Literal["baseline", "masked", "structures"]
 Augment = Literal["none", "basic", "shape", "shape-intensity"]
 Protocol = Literal["ccv", "lco"]
 ProfileName = Literal["smoke", "quick", "paper"]
+#: What is trained: the r3d_18 CNN on the images, or logistic regression on the clinical
+#: measures (common/learning/measures_model.py).
+ModelName = Literal["cnn", "measures"]
 
 
 class Profile(BaseModel):
@@ -49,9 +59,11 @@ class RunConfig(FlatModel):
     """One study run. Flat keys (run config and CLI): fold, seed, split-seed, ..."""
 
     FLAT: ClassVar[tuple[str, ...]] = (
-        "protocol", "folds", "seed", "split_seed", "prior", "augment", "phases", "profile",
+        "model", "protocol", "folds", "seed", "split_seed", "prior", "augment", "phases", "profile",
         "epochs", "pretrained", "min_subjects", "dp_clip", "dp_noise")
 
+    model: ModelName = Field("cnn", description="what is trained: the CNN on the images, or "
+                                                "logistic regression on the clinical measures")
     protocol: Protocol = Field("ccv", description="collaborative (ccv) or leave-centre-out "
                                                   "(lco) cross-validation")
     #: Fold indices to run; None means all (5 for CCV, one per centre for LCO).
@@ -87,6 +99,13 @@ class RunConfig(FlatModel):
     dp_delta: float = Field(1e-5, gt=0, lt=1)
     #: Every centre of the study, sorted; fixes the LCO fold order for all participants.
     centres: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _measures_without_dp(self) -> RunConfig:
+        if self.model == "measures" and self.dp_clip > 0:
+            raise ValueError("differential privacy (dp-clip) is implemented for the CNN's "
+                             "updates only; run the measures model with dp-clip 0")
+        return self
 
     @field_validator("folds", mode="before")
     @classmethod

@@ -15,16 +15,32 @@ from tqdm import tqdm
 
 from fedcmr.common import __version__, nyul
 from fedcmr.common.atomic import atomic_path, write_csv, write_json
+from fedcmr.common.bundle import (
+    BUNDLE_DIR,
+    Metrics,
+    Preprocessing,
+    SplitMetric,
+    cnn_metadata,
+    write_bundle,
+)
 from fedcmr.common.device import Placement, placement
 from fedcmr.common.learning.data import CachedFrame, FrameDataset
 from fedcmr.common.learning.early_stopping import EarlyStopping
 from fedcmr.common.learning.harmonise import Harmoniser
 from fedcmr.common.learning.split import split_frames
-from fedcmr.common.learning.training import make_optimizer, score, train_loader, train_steps
+from fedcmr.common.learning.training import (
+    Scores,
+    make_optimizer,
+    score,
+    train_loader,
+    train_steps,
+)
+from fedcmr.common.measures import SubjectMeasures
 from fedcmr.common.model import InitInfo, build_model
 from fedcmr.common.results import metrics_from_predictions, prediction_rows, write_predictions
 from fedcmr.common.run_config import RunConfig
 from fedcmr.common.seeds import seed_run
+from fedcmr.server.centralized_measures import train_measures_fold
 
 log = logging.getLogger("fedcmr.centralized")
 
@@ -81,7 +97,11 @@ def centre_summaries(harmoniser: Harmoniser, frames: Sequence[CachedFrame]
 
 
 def train_fold(frames: Sequence[CachedFrame], config: RunConfig, fold: int, fold_dir: Path,
-               where: Placement, progress: bool = True) -> tuple[list[dict], InitInfo]:
+               where: Placement, progress: bool = True,
+               preprocessing: Preprocessing | None = None) -> tuple[list[dict], InitInfo]:
+    """One fold: train, keep the best model on validation, score the test split; writes
+    fold_dir/best_model.pt, history.csv, harmonisation.json and the bundle (fold_dir/bundle:
+    common/bundle.py; `preprocessing`: the caches' prep.json, None where unknown)."""
     parts = split_frames(frames, config, fold)
     if not parts["train"] or not parts["test"]:
         raise ValueError(f"fold {fold}: empty train or test split; the cohort is too small")
@@ -122,17 +142,37 @@ def train_fold(frames: Sequence[CachedFrame], config: RunConfig, fold: int, fold
     model.load_state_dict(best_state)
     write_csv(fold_dir / "history.csv", list(history[0]), history)
     test = score(model, datasets["test"], where)
+    best_val = next((h["val_auc"] for h in reversed(history) if h["best"]), None)
+    metrics = Metrics(validation=SplitMetric(auc=best_val, n=len(parts["val"])),
+                      test=_split_metric(test))
+    write_bundle(fold_dir / BUNDLE_DIR, cnn_metadata(
+        config, fold, "cds", harmoniser.landmarks, preprocessing, init.source, metrics),
+        fold_dir / "best_model.pt")
     return prediction_rows(parts["test"], test.scores, fold), init
 
 
+def _split_metric(scores: Scores) -> SplitMetric:
+    return SplitMetric(auc=scores.auc, n=len(scores.scores))
+
+
 def run_centralized(frames: Sequence[CachedFrame], config: RunConfig, out: Path,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, preprocessing: Preprocessing | None = None,
+                    measures: Mapping[str, SubjectMeasures] | None = None) -> dict:
     """Every fold of the protocol (skipping finished ones), then pooled metrics. Only the
-    frames of the run's phases take part."""
+    frames of the run's phases take part. `preprocessing` (the caches' prep.json:
+    common/bundle.preprocessing_of_caches) goes into each fold's bundle. The measures model
+    (config.model "measures") needs the subjects' `measures` (common/measures.py)."""
     frames = [f for f in frames if f.entry.phase in config.phases]
+    if config.model == "measures" and measures is None:
+        raise ValueError("the measures model needs the caches' clinical measures. Fix: pass "
+                         "caches prepared by this fedcmr version (they hold measures.csv)")
     out.mkdir(parents=True, exist_ok=True)
     where = placement()
     data = data_digest(frames)
+    if config.model == "measures":  # the model's input is the table, not the voxels
+        data = hashlib.sha256((data + json.dumps(
+            [measures[s].model_dump() for s in sorted({f.subject for f in frames})]
+        )).encode()).hexdigest()[:16]
     digest = config_digest(config, data)
     write_json(out / "config.json", {"mode": "centralized", "config": config.model_dump(),
                                      "profile": config.hyper.model_dump(), "data": data,
@@ -147,7 +187,12 @@ def run_centralized(frames: Sequence[CachedFrame], config: RunConfig, out: Path,
             log.info("fold %d already finished; skipping (delete %s to redo)", fold, done)
             finished = json.loads(done.read_text())
         else:
-            fold_rows, init = train_fold(frames, config, fold, fold_dir, where, progress)
+            if config.model == "measures":
+                fold_rows, _ = train_measures_fold(frames, config, fold, fold_dir, measures)
+                init = InitInfo(source="zeros", seed=0)
+            else:
+                fold_rows, init = train_fold(frames, config, fold, fold_dir, where, progress,
+                                             preprocessing)
             finished = {"digest": digest, "predictions": fold_rows, "init": init.model_dump()}
             write_json(done, finished)
         rows.extend(finished["predictions"])

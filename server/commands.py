@@ -28,7 +28,9 @@ def settings_from_args(args: argparse.Namespace, centres: list[str]) -> Federati
 
 
 def cmd_centralized(args: argparse.Namespace) -> int:
+    from fedcmr.common.bundle import preprocessing_of_caches
     from fedcmr.common.learning.data import load_cache
+    from fedcmr.common.measures import read_all_measures
     from fedcmr.common.results import auc_table
     from fedcmr.server.centralized import run_centralized
 
@@ -40,13 +42,21 @@ def cmd_centralized(args: argparse.Namespace) -> int:
             raise ValueError("--dp-clip applies to federated runs (it protects the weights "
                              "a site releases); the centralised baseline pools the data. "
                              "Fix: drop --dp-clip, or run fedcmr federate")
+        measures = read_all_measures(args.cache) if config.model == "measures" else None
     except (FileNotFoundError, ValueError) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
+    try:  # for the folds' bundles (common/bundle.py)
+        preprocessing = preprocessing_of_caches(args.cache)
+    except ValueError as err:
+        preprocessing = None
+        log.warning("the bundles will not record a preprocessing, so `fedcmr predict` "
+                    "cannot check new data against them: %s", err)
     log.info("%d frames (%s) from %d centres; %s, folds %s, profile %s",
              sum(f.entry.phase in config.phases for f in frames), ",".join(config.phases),
              len(config.centres), config.protocol, config.fold_list(), config.profile)
-    metrics = run_centralized(frames, config, args.out, progress=not args.quiet)
+    metrics = run_centralized(frames, config, args.out, progress=not args.quiet,
+                              preprocessing=preprocessing, measures=measures)
     print(auc_table(metrics))
     log.info("predictions and metrics in %s", args.out)
     return EXIT_OK

@@ -22,9 +22,8 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedcmr.common import nyul, replies
+from fedcmr.common import replies
 from fedcmr.common.learning.early_stopping import EarlyStopping
-from fedcmr.common.learning.harmonise import Harmoniser
 from fedcmr.common.metrics import auc_from_counts
 from fedcmr.common.model import build_model
 from fedcmr.common.protocol import ARRAYS, CONFIG, POLICY_REFUSED, Kind, Order
@@ -32,6 +31,7 @@ from fedcmr.common.replies import ScoreCounts, TrainReply
 from fedcmr.common.run_config import RunConfig
 from fedcmr.server.audit_trail import model_hash
 from fedcmr.server.checkpoint import Checkpoint, FoldState, restore_rng, state_dict
+from fedcmr.server.fold_start import FoldStart
 from fedcmr.server.handshake import HandshakeError, check_sites
 from fedcmr.server.roster import POLL, Roster, SiteFailure, SiteInfo
 from fedcmr.server.settings import FederationSettings
@@ -61,6 +61,8 @@ class FoldOutcome:
     site_summaries: dict[str, dict] = field(default_factory=dict)
     #: The combined (reference) landmarks every site standardises to.
     landmarks: list[float] | None = None
+    #: Where the fold's initial weights came from (common/model.InitInfo.source).
+    init_source: str = "random"
 
     @classmethod
     def of(cls, state: FoldState) -> FoldOutcome:
@@ -70,10 +72,11 @@ class FoldOutcome:
                    rejected=state.rejected, audit=state.audit, best_arrays=best,
                    histogram=state.histogram, bin_edges=state.bin_edges,
                    site_summaries=state.site_summaries,
-                   landmarks=None if state.landmarks is None else list(state.landmarks))
+                   landmarks=None if state.landmarks is None else list(state.landmarks),
+                   init_source=state.init_source)
 
 
-class StudyRunner:
+class StudyRunner(FoldStart):
     def __init__(self, grid: Grid, settings: FederationSettings,
                  checkpoint: Checkpoint | None = None):
         self.grid = grid
@@ -147,31 +150,6 @@ class StudyRunner:
     def training_nodes(self, fold: int) -> list[int]:
         return sorted(self.roster.sites[n].node_id for n in self.training_sites(fold))
 
-    def histogram_round(self, fold: int, outcome: FoldOutcome) -> Harmoniser:
-        summaries = []
-        answers = self.roster.ask_all(Kind.NYUL, self.training_sites(fold), self._order(fold),
-                                      f"fold {fold} histogram round")
-        for message in answers.values():
-            reply = replies.NyulReply.from_message(message)
-            if reply.summary is None:
-                outcome.refused.append(reply.site)
-                log.warning("site %s sent no histogram summary: %s", reply.site,
-                            reply.refused or "no summary")
-                continue
-            if reply.summary.n_subjects < self.run.min_subjects:  # should have refused
-                outcome.refused.append(reply.site)
-                continue
-            summaries.append(reply.summary)
-            outcome.site_summaries[reply.site] = reply.summary.model_dump()
-        if not summaries:
-            raise SiteFailure("no site released a histogram summary; lower min-subjects only "
-                              "if every site agrees")
-        outcome.histogram = nyul.combine_histograms(summaries).tolist()
-        outcome.bin_edges = list(summaries[0].bin_edges)
-        harmoniser = Harmoniser(self.run.prior).with_summaries(summaries)
-        outcome.landmarks = list(harmoniser.landmarks)
-        return harmoniser
-
     def _start_fold(self, fold: int) -> FoldState:
         saved = self.checkpoint.load(fold) if self.checkpoint else None
         if saved is not None:
@@ -180,11 +158,15 @@ class StudyRunner:
             restore_rng(saved.rng)
             return saved
         outcome = FoldOutcome(fold=fold)
-        landmarks = self.histogram_round(fold, outcome).landmarks
-        model, init = build_model(self.run.pretrained, self.run.fold_seed(fold))
-        arrays = state_dict(ArrayRecord(model.state_dict()))
+        if self.run.model == "measures":
+            arrays, landmarks = self.measure_stats_round(fold, outcome), None
+            init_source = "zeros"
+        else:
+            landmarks = self.histogram_round(fold, outcome).landmarks
+            model, init = build_model(self.run.pretrained, self.run.fold_seed(fold))
+            arrays, init_source = state_dict(ArrayRecord(model.state_dict())), init.source
         return FoldState(fold=fold, arrays=arrays, best_arrays=arrays, landmarks=landmarks,
-                         init_source=init.source, histogram=outcome.histogram,
+                         init_source=init_source, histogram=outcome.histogram,
                          bin_edges=outcome.bin_edges, refused=outcome.refused,
                          site_summaries=outcome.site_summaries)
 

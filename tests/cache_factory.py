@@ -97,3 +97,31 @@ def plant_markers(cache: Path, subject: str) -> None:
         save_frame(cache / entry.file, image, labels, key=entry.key)
         entries[i] = entry.model_copy(update={"subject": MARKER_SUBJECT})
     write_manifest(cache, entries)
+
+
+def write_measures_table(cache: Path, seed: int = 0) -> Path:
+    """measures.csv for every subject of a cache written here: plausible values in which HCM
+    has thicker walls and more mass (what `fedcmr prepare` measures from real label maps;
+    test_measures.py tests that)."""
+    from fedcmr.common.cache_format import read_manifest
+    from fedcmr.common.measures import SubjectMeasures, write_measures
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for entry in read_manifest(cache):
+        if entry.phase != "ED":
+            continue
+        hcm = entry.label == 1
+        edv = rng.normal(120, 20)
+        esv = edv * rng.uniform(0.3, 0.45) * (0.8 if hcm else 1.0)
+        wall = rng.normal(16 if hcm else 10, 2.0)
+        rv_edv = rng.normal(130, 20)
+        rv_esv = rv_edv * rng.uniform(0.35, 0.5)
+        rows.append(SubjectMeasures(
+            subject=entry.subject, centre=entry.centre, label=entry.label, lv_edv_ml=edv,
+            lv_esv_ml=esv, lv_ef=1 - esv / edv, lv_mass_g=rng.normal(150 if hcm else 100, 20),
+            max_wall_ed_mm=wall, mean_wall_ed_mm=wall * 0.6, max_wall_es_mm=wall * 1.4,
+            mean_wall_es_mm=wall * 0.9, rv_edv_ml=rv_edv, rv_esv_ml=rv_esv,
+            rv_ef=1 - rv_esv / rv_edv))
+    write_measures(cache, rows)
+    return cache

@@ -60,13 +60,14 @@ def test_the_command_line_defaults_are_the_models(command):
 def test_the_command_lines_choices_are_the_models():
     from typing import get_args
 
-    from fedcmr.common.run_config import Augment, Prior, ProfileName, Protocol
+    from fedcmr.common.run_config import Augment, ModelName, Prior, ProfileName, Protocol
     from fedcmr.server.settings import Strategy
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices["server"]
     choices = {a.dest: tuple(a.choices) for a in sub._actions if a.choices}
-    assert choices == {"protocol": get_args(Protocol), "prior": get_args(Prior),
+    assert choices == {"model": get_args(ModelName), "protocol": get_args(Protocol),
+                       "prior": get_args(Prior),
                        "augment": get_args(Augment), "profile": get_args(ProfileName),
                        "strategy": get_args(Strategy)}
 

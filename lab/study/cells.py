@@ -13,7 +13,14 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from fedcmr.common.cache_format import MANIFEST, PREP_INFO
-from fedcmr.common.run_config import Augment, Prior, ProfileName, Protocol, RunConfig
+from fedcmr.common.run_config import (
+    Augment,
+    ModelName,
+    Prior,
+    ProfileName,
+    Protocol,
+    RunConfig,
+)
 from fedcmr.lab.study.config import Block, Framework, StudyConfig
 from fedcmr.server.settings import STRATEGY_ALPHA
 
@@ -27,6 +34,7 @@ class CellSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    model: ModelName = "cnn"
     framework: Framework
     vote_alpha: float | None = None
     prior: Prior
@@ -53,22 +61,26 @@ class CellSpec(BaseModel):
 
     @property
     def key(self) -> str:
-        """A readable name and the digest of every setting: the cell's folder name."""
-        digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:10]
+        """A readable name and the digest of every setting: the cell's folder name (a CNN
+        cell's as before the model axis existed, so that finished cells stay valid)."""
+        text = self.model_dump_json(exclude={"model"} if self.model == "cnn" else None)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+        model = "measures-" if self.model == "measures" else ""
         alpha = f"{self.vote_alpha:g}" if self.framework == "tempered" else ""
         folds = "-".join(str(f) for f in self.folds)
-        return (f"{self.framework}{alpha}_{self.prior}_{self.augment}_{self.protocol}"
+        return (f"{model}{self.framework}{alpha}_{self.prior}_{self.augment}_{self.protocol}"
                 f"_f{folds}_s{self.seed}_{'-'.join(self.phases).lower()}_{digest}")
 
     def run_config(self) -> RunConfig:
-        return RunConfig(protocol=self.protocol, folds=self.folds, seed=self.seed,
+        return RunConfig(model=self.model, protocol=self.protocol, folds=self.folds, seed=self.seed,
                          split_seed=self.split_seed, prior=self.prior, augment=self.augment,
                          phases=self.phases, profile=self.profile, epochs=self.epochs,
                          pretrained=self.pretrained, centres=self.centres)
 
     def settings(self) -> dict:
         """The cell as results.csv shows it (layout.RESULT_COLUMNS' setting columns)."""
-        return {"key": self.key, "framework": self.framework, "strategy": self.strategy,
+        return {"key": self.key, "model": self.model, "framework": self.framework,
+                "strategy": self.strategy,
                 "vote_alpha": "" if self.vote_alpha is None else self.vote_alpha,
                 "prior": self.prior, "augment": self.augment, "protocol": self.protocol,
                 "folds": ",".join(str(f) for f in self.folds), "seed": self.seed,
@@ -127,14 +139,16 @@ def take_part(chosen: Sequence[str], sites: Mapping[str, Sequence[str]]
 
 def _block_cells(block: Block, config: StudyConfig, sites: Mapping[str, Sequence[str]],
                  data: str) -> Iterable[CellSpec]:
-    for framework, prior, augment, protocol, phases, seed, chosen in itertools.product(
-            block.framework, block.prior, block.augment, block.protocol, block.phases,
-            block.seed, block.sites):
+    for model, framework, prior, augment, protocol, phases, seed, chosen in itertools.product(
+            block.model, block.framework, block.prior, block.augment, block.protocol,
+            block.phases, block.seed, block.sites):
         names, centres = take_part(chosen, sites)
+        if model == "measures":  # no image input: one cell whatever the prior and augment
+            prior, augment = "structures", "none"
         alphas = block.vote_alpha if framework == "tempered" else [STRATEGY_ALPHA.get(framework)]
         n_folds = RunConfig().n_folds_ccv if protocol == "ccv" else len(centres)
         for alpha, folds in itertools.product(alphas, _fold_sets(block.folds, n_folds)):
-            yield CellSpec(framework=framework, vote_alpha=alpha, prior=prior,
+            yield CellSpec(model=model, framework=framework, vote_alpha=alpha, prior=prior,
                            augment=augment, protocol=protocol, folds=folds, seed=seed,
                            phases=tuple(p.upper() for p in phases.split(",")),
                            profile=config.profile, epochs=config.epochs,

@@ -22,7 +22,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fedcmr.common.run_config import Augment, Prior, ProfileName, Protocol, RunConfig
+from fedcmr.common.run_config import (
+    Augment,
+    ModelName,
+    Prior,
+    ProfileName,
+    Protocol,
+    RunConfig,
+)
 from fedcmr.lab.sites import SitePer
 
 Framework = Literal["cds", "fedavg", "equal-vote", "tempered"]
@@ -36,6 +43,9 @@ class Axes(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: "cnn" (the images) and/or "measures" (logistic regression on the clinical measures;
+    #: it has no prior or augmentation, so its cells take one of each).
+    model: list[ModelName] = Field(["cnn"], min_length=1)
     framework: list[Framework] = Field(["cds", "fedavg"], min_length=1)
     #: tempered only: site weights n_k ** alpha, one cell per value.
     vote_alpha: list[float] = Field([0.5], min_length=1)

@@ -26,7 +26,7 @@ FIGURES = "figures"
 
 #: results.csv, in this order. `centre` is a test centre's name or "total".
 RESULT_COLUMNS = (
-    "key", "framework", "strategy", "vote_alpha", "prior", "augment", "protocol", "folds",
+    "key", "model", "framework", "strategy", "vote_alpha", "prior", "augment", "protocol", "folds",
     "seed", "phases", "profile", "sites", "centre", "auc", "ci_low", "ci_high", "n_frames",
     "n_subjects", "n_hcm", "n_nor", "wall_s")
 

@@ -33,7 +33,7 @@ HISTORY = "history.csv"
 FL_SUMMARY = "summary.json"
 CDS_HARMONISATION = "harmonisation.json"
 #: The settings that make a configuration: a cell's, minus folds and seed.
-CONFIG_FIELDS = ("framework", "vote_alpha", "prior", "augment", "protocol", "phases",
+CONFIG_FIELDS = ("model", "framework", "vote_alpha", "prior", "augment", "protocol", "phases",
                  "profile", "epochs", "pretrained", "split_seed", "sites", "centres", "data")
 LABELS = {"cds": "CDS", "fedavg": "FL", "equal-vote": "FL-EV"}
 FRAMEWORK_ORDER = ("cds", "fedavg", "equal-vote", "tempered")
@@ -103,12 +103,15 @@ class Config:
 
     @property
     def label(self) -> str:
-        return framework_label(self.framework, self.vote_alpha)
+        label = framework_label(self.framework, self.vote_alpha)
+        return f"{label} measures" if self.model == "measures" else label
 
     @property
     def ident(self) -> str:
         phases = "+".join(self.phases)
         alpha = "" if self.framework != "tempered" else f" α={self.vote_alpha:g}"
+        if self.model == "measures":  # no image input: prior and augment do not apply
+            return f"{self.framework}{alpha}, measures, {self.protocol}, {phases}"
         return (f"{self.framework}{alpha}, {self.prior}, {self.augment}, {self.protocol}, "
                 f"{phases}")
 
@@ -203,10 +206,11 @@ class StudyResults:
         return sorted(set(listed) | seen)
 
     def find(self, framework: str, prior: str, augment: str, protocol: str,
-             phases: tuple[str, ...] = ("ED", "ES"), vote_alpha: float | None = None
-             ) -> Config | None:
+             phases: tuple[str, ...] = ("ED", "ES"), vote_alpha: float | None = None,
+             model: str = "cnn") -> Config | None:
         for config in self.configs:
-            if (config.framework, config.prior, config.augment, config.protocol,
+            if config.model == model and (
+                    config.framework, config.prior, config.augment, config.protocol,
                     tuple(config.phases)) == (framework, prior, augment, protocol,
                                               tuple(phases)) and (
                     vote_alpha is None or config.vote_alpha == vote_alpha):
@@ -291,6 +295,7 @@ def load_study(folder: Path, settings: ReportSettings | None = None) -> StudyRes
             continue
         spec = json.loads(spec_path.read_text())
         spec["phases"] = [p.upper() for p in spec["phases"]]
+        spec.setdefault("model", "cnn")  # cells from before the measures model
         result_path = spec_path.parent / layout.RESULT_JSON
         result = json.loads(result_path.read_text()) if result_path.exists() else None
         if result is not None and result.get("key") != spec["key"]:

@@ -83,11 +83,15 @@ def _echo(handle):
 
 
 def _centralised(spec: CellSpec, data: StudyData, run_dir: Path) -> None:
+    from fedcmr.common.bundle import preprocessing_of_caches
     from fedcmr.common.learning.data import load_cache
+    from fedcmr.common.measures import read_all_measures
     from fedcmr.server.centralized import run_centralized
 
     frames = load_cache(list(data.caches), centres=spec.centres)
-    run_centralized(frames, spec.run_config(), run_dir, progress=False)
+    measures = read_all_measures(data.caches) if spec.model == "measures" else None
+    run_centralized(frames, spec.run_config(), run_dir, progress=False, measures=measures,
+                    preprocessing=preprocessing_of_caches(data.caches))
 
 
 def _federated(spec: CellSpec, data: StudyData, run_dir: Path, echo) -> None:

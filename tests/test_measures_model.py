@@ -1,0 +1,160 @@
+"""The measures model (logistic regression on the clinical measures): its standardisation
+from sums, its federated steps against the exact central fit, its place in the site's
+policy, the study grid, and a federated run beside the centralised one on the same splits."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cache_factory import write_cohort, write_measures_table
+
+from fedcmr.client import site_measures, site_work
+from fedcmr.client.site_policy import PolicyRefusal, SitePolicy
+from fedcmr.common.learning import measures_model as mm
+from fedcmr.common.learning.data import load_cache
+from fedcmr.common.measures import FEATURES, read_all_measures
+from fedcmr.common.protocol import Order
+from fedcmr.common.run_config import RunConfig
+
+SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (5, 6)}
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory) -> list[Path]:
+    made = write_cohort(tmp_path_factory.mktemp("measures-caches"), SIZES)
+    for i, cache in enumerate(made):
+        write_measures_table(cache, seed=i)
+    return made
+
+
+def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n).astype(float)
+    x = rng.normal(0, 1, (n, len(FEATURES))) * rng.uniform(1, 50, len(FEATURES)) + 100
+    x[:, 4] = rng.normal(10, 2, n) + 5 * y  # the maximal wall thickness carries the class
+    return x, y
+
+
+def test_the_sums_of_parts_give_the_pooled_standardisation():
+    x, _ = _data(40, 0)
+    mean, std = mm.combine_sums([mm.sums(x[:7]), mm.sums(x[7:25]), mm.sums(x[25:])])
+    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, x.std(axis=0), rtol=1e-9)
+
+
+def test_federated_single_steps_reach_the_central_optimum():
+    """FedAvg of one full-batch step per site, weighted by n_k, is gradient descent on the
+    pooled objective: it must converge to scikit-learn's exact minimiser of it."""
+    x, y = _data(60, 1)
+    central = mm.fit_central(x, y)
+    arrays = mm.from_state(central)
+    state = mm.initial_state(arrays["mean"], arrays["std"])
+    parts = [(x[:10], y[:10]), (x[10:35], y[10:35]), (x[35:], y[35:])]
+    for _ in range(800):  # l2 bounds the contraction: (1 - lr * l2) ** 800 < 1e-8
+        updates = [mm.local_steps(state, px, py, steps=1)[0] for px, py in parts]
+        state = {k: sum(u[k] * len(py) for u, (_, py) in zip(updates, parts, strict=True))
+                 / len(y) for k in mm.STATE_KEYS}
+    np.testing.assert_allclose(state["coef"].numpy(), central["coef"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(state["intercept"].numpy(), central["intercept"].numpy(),
+                               atol=1e-4)
+    # and the fit separates the classes the data were made to separate
+    assert mm.loss(central, x, y) < 0.5
+
+
+def test_local_steps_lower_the_loss_and_keep_the_standardisation():
+    x, y = _data(30, 2)
+    mean, std = mm.combine_sums([mm.sums(x)])
+    start = mm.initial_state(mean, std)
+    trained, first_loss = mm.local_steps(start, x, y, steps=7)
+    assert first_loss == pytest.approx(np.log(2))
+    assert mm.loss(trained, x, y) < first_loss - 0.05
+    np.testing.assert_array_equal(trained["mean"].numpy(), mean)
+    np.testing.assert_array_equal(trained["std"].numpy(), std)
+
+
+def test_each_frame_scores_its_subject_and_missing_measures_name_the_fix(caches):
+    frames = load_cache(caches[:1])
+    measures = read_all_measures(caches[:1])
+    _, x, y = mm.subject_table(frames, measures)
+    state = mm.fit_central(x, y)
+    labels, scores, _ = mm.frame_scores(frames, measures, state)
+    by_subject: dict[str, set[float]] = {}
+    for frame, value in zip(frames, scores, strict=True):
+        by_subject.setdefault(frame.subject, set()).add(float(value))
+    assert all(len(v) == 1 for v in by_subject.values())  # ED and ES share the score
+    assert len(labels) == len(frames) == 2 * len(by_subject)
+    with pytest.raises(KeyError, match="re-run `fedcmr prepare`"):
+        mm.subject_table(frames, {})
+
+
+def test_a_site_whose_policy_excludes_the_measures_model_refuses_it(caches, tmp_path):
+    run = RunConfig(model="measures", profile="smoke", folds=(0,), min_subjects=3)
+    order = Order(run=run, fold=0)
+    strict = site_work.Site.open("Alpha", [caches[0]], tmp_path,
+                                 SitePolicy(models=("cnn",), min_subjects=3))
+    refused = site_measures.stats(strict, order)
+    assert refused.sums is None and "models" in refused.refused
+    with pytest.raises(PolicyRefusal, match="models"):
+        site_work.train(strict, order, mm.initial_state(np.zeros(11), np.ones(11)))
+    willing = site_work.Site.open("Alpha", [caches[0]], tmp_path / "w",
+                                  SitePolicy(min_subjects=3))
+    released = site_measures.stats(willing, order)
+    train_subjects = {f.subject for f in willing.parts(order)["train"]}
+    assert released.sums.n == len(train_subjects)
+
+
+def test_differential_privacy_is_refused_for_the_measures_model():
+    with pytest.raises(ValueError, match="dp-clip"):
+        RunConfig(model="measures", dp_clip=1.0)
+
+
+def test_the_study_grid_runs_the_measures_model_once_per_setting():
+    from fedcmr.lab.study.cells import expand
+    from fedcmr.lab.study.config import StudyConfig
+
+    config = StudyConfig.model_validate({"axes": {
+        "model": ["cnn", "measures"], "framework": ["cds", "fedavg"],
+        "prior": ["baseline", "structures"], "augment": ["none", "basic"], "folds": [0]}})
+    cells = expand(config, {"A": ("A",), "B": ("B",)}, data="d")
+    measures = [c for c in cells if c.model == "measures"]
+    assert len([c for c in cells if c.model == "cnn"]) == 2 * 2 * 2
+    assert len(measures) == 2  # one per framework: prior and augment do not apply
+    assert all(c.key.startswith("measures-") for c in measures)
+    assert {c.run_config().model for c in measures} == {"measures"}
+
+
+@pytest.mark.slow
+def test_federated_and_centralised_measures_models_on_the_same_splits(caches, tmp_path):
+    """The Flower app (simulation runtime) trains the measures model from the sites' sums
+    and coefficients only; the pooled baseline fits it on the same training subjects; both
+    score the same test frames, with a high AUC on data built to be separable."""
+    from fedcmr.lab.local_federation import run_local_federation
+    from fedcmr.server.centralized import run_centralized
+    from fedcmr.server.settings import FederationSettings
+
+    run = RunConfig(model="measures", profile="smoke", folds=(0,), min_subjects=3, epochs=6)
+    fl_dir = tmp_path / "fl"
+    metrics = run_local_federation(caches, FederationSettings(strategy="fedavg", run=run),
+                                   fl_dir, echo=lambda line: None, runtime="simulation")
+    cds = run_centralized(load_cache(caches), run, tmp_path / "cds", progress=False,
+                          measures=read_all_measures(caches))
+
+    def rows(path: Path) -> dict[tuple[str, str], float]:
+        with path.open() as handle:
+            return {(r["subject"], r["phase"]): float(r["score"])
+                    for r in csv.DictReader(handle)}
+
+    fl_rows, cds_rows = rows(fl_dir / "predictions.csv"), rows(tmp_path / "cds" /
+                                                                "predictions.csv")
+    assert fl_rows.keys() == cds_rows.keys()  # the same test frames
+    assert metrics["auc"]["total"] > 0.8 and cds["auc"]["total"] > 0.8
+    # what left the sites: sums once, then the model's four arrays and counts
+    for log in (fl_dir / "sites").glob("*/audit.jsonl"):
+        kinds = {json.loads(line)["type"] for line in log.read_text().splitlines()}
+        assert "query.measure_stats" in kinds and "query.nyul" not in kinds
+    summary = json.loads((fl_dir / "fold_0" / "summary.json").read_text())
+    assert summary["best_round"] >= 1
