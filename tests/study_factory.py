@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,8 @@ class Spec:
     protocol: str
     phases: tuple[str, ...] = ("ED", "ES")
     vote_alpha: float | None = None
+    #: Out of the repr, so that the CNN cells' drawn predictions stay as they were.
+    model: str = field(default="cnn", repr=False)
 
 
 def small_grid() -> list[Spec]:
@@ -79,8 +81,9 @@ def predictions(spec: Spec, seed: int) -> list[dict]:
     CDS drawn anew for each seed, for FL mostly the same for every seed (so FL and CDS are
     on par, and CDS varies far more over seeds)."""
     shared = np.random.default_rng(11)
-    fixed = np.random.default_rng(derive_seed("factory", spec))
-    own = np.random.default_rng(derive_seed("factory", spec, seed))
+    ident = (spec,) if spec.model == "cnn" else (spec, spec.model)
+    fixed = np.random.default_rng(derive_seed("factory", *ident))
+    own = np.random.default_rng(derive_seed("factory", *ident, seed))
     cds = spec.framework == "cds"
     rows = []
     for i, (centre, subject, label, heart) in enumerate(subjects()):
@@ -159,12 +162,13 @@ def write_study(root: Path, specs: list[Spec] | None = None, seeds=SEEDS,
         rows = predictions(spec, seed)
         splits = [(0, 1, 2), (3, 4)] if spec.protocol == "ccv" else [tuple(range(4))]
         for folds in splits:
-            key = (f"{spec.framework}_{spec.prior}_{spec.augment}_{spec.protocol}_f"
+            model = "measures-" if spec.model == "measures" else ""
+            key = (f"{model}{spec.framework}_{spec.prior}_{spec.augment}_{spec.protocol}_f"
                    f"{'-'.join(map(str, folds))}_s{seed}_{'-'.join(spec.phases).lower()}")
             cell = layout.cell_dir(root, key)
             mine = [r for r in rows if r["fold"] in folds]
             write_json(cell / layout.CELL_JSON, {
-                "framework": spec.framework, "vote_alpha": spec.vote_alpha,
+                "model": spec.model, "framework": spec.framework, "vote_alpha": spec.vote_alpha,
                 "prior": spec.prior, "augment": spec.augment, "protocol": spec.protocol,
                 "folds": list(folds), "seed": seed, "phases": list(spec.phases),
                 "profile": "smoke", "epochs": 0, "pretrained": "none", "split_seed": 0,

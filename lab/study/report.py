@@ -39,6 +39,7 @@ from fedcmr.lab.study.report_tables import (
     TABLES,
     ed_only,
     every_configuration,
+    measures_model,
     paper_table,
     subject_counts,
 )
@@ -58,7 +59,8 @@ def overview(study: StudyResults) -> list[Block]:
         + (f": {meta['description']}" if meta.get("description") else "") + ".",
         f"Profile `{meta.get('profile', '?')}`, FL runtime `{meta.get('runtime', '?')}`; "
         f"{sum(k in done for k in listed)} of {len(listed)} cells finished "
-        f"({wall / 60:.1f} min of cell wall time); {len(study.configs)} configurations.",
+        f"({wall / 60:.1f} min of cell wall time); "
+        f"{len(study.configs) + len(study.measures_configs)} configurations.",
         f"Sites: {site_text or 'not recorded'}. Caches: "
         + (", ".join(f"`{c}`" for c in meta.get("caches") or []) or "not recorded") + ".",
         f'Every number labelled "{OURS}" comes from this study\'s data and cells; numbers '
@@ -119,6 +121,7 @@ def build(study: StudyResults) -> list[Block]:
     for spec in TABLES:
         blocks += paper_table(spec, study)
     blocks += ed_only(study)
+    blocks += measures_model(study)
     blocks += figure_blocks(figures)
     blocks += [Heading("Every configuration")] + every_configuration(study)
     blocks += method(study)
@@ -140,6 +143,7 @@ def write_report(study_dir: Path, settings: ReportSettings | None = None
     md, page = study_dir / layout.REPORT_MD, study_dir / layout.REPORT_HTML
     write_text(md, to_markdown(title, blocks, study_dir))
     write_text(page, to_html(title, blocks))
-    log.info("report: %d configurations in %.1f s", len(study.configs),
+    log.info("report: %d configurations in %.1f s",
+             len(study.configs) + len(study.measures_configs),
              time.monotonic() - started)
     return md, page

@@ -193,7 +193,10 @@ class StudyResults:
     meta: dict
     cells: list[Cell]
     settings: ReportSettings
+    #: The CNN's configurations: the paper's tables, findings and figures read these.
     configs: list[Config] = field(default_factory=list)
+    #: The measures model's (common/learning/measures_model.py): a table of their own.
+    measures_configs: list[Config] = field(default_factory=list)
 
     @property
     def done(self) -> list[Cell]:
@@ -312,10 +315,12 @@ def load_study(folder: Path, settings: ReportSettings | None = None) -> StudyRes
         ident = json.dumps(config, sort_keys=True, default=list)
         groups.setdefault(ident, []).append(cell)
         specs[ident] = config
-    study.configs = sorted(
+    every = sorted(
         (Config(specs[i], cells, settings) for i, cells in groups.items()),
         key=lambda c: (FRAMEWORK_ORDER.index(c.framework) if c.framework in FRAMEWORK_ORDER
                        else 99, c.vote_alpha or 0.0, c.ident))
+    study.configs = [c for c in every if c.model == "cnn"]
+    study.measures_configs = [c for c in every if c.model == "measures"]
     return study
 
 

@@ -176,10 +176,32 @@ def subject_counts(study: StudyResults) -> list[Block]:
                   [f"Counted from {source}."])]
 
 
+def measures_model(study: StudyResults) -> list[Block]:
+    """The measures model's configurations beside the CNN's of the same framework, protocol
+    and phases (per-structure prior, no augmentation), on the same frames."""
+    if not study.measures_configs:
+        return []
+    centres = study.centres
+    rows = []
+    for config in study.measures_configs:
+        cnn = study.find(config.framework, "structures", "none", config.protocol,
+                         tuple(config.phases), config.vote_alpha)
+        rows.append([config.label, config.protocol, "+".join(config.phases),
+                     ",".join(map(str, config.seeds)), fold_text(config, study)]
+                    + [fmt_summary(config.summary(c)) for c in centres]
+                    + [fmt_summary(config.summary(TOTAL)),
+                       "" if cnn is None else fmt_summary(cnn.summary(TOTAL))])
+    return [Table("The measures model (logistic regression on the clinical measures)",
+                  ["model", "protocol", "phases", "seeds", "folds", *centres,
+                   f"total, {OURS}", "CNN (structures, no augmentation), total"], rows,
+                  ["docs/measures.md: the measures and the model. Not in the paper."])]
+
+
 def every_configuration(study: StudyResults) -> list[Block]:
-    rows = [[c.label, c.prior, c.augment, c.protocol, "+".join(c.phases),
+    rows = [[c.label, c.prior if c.model == "cnn" else "(measures)",
+             c.augment if c.model == "cnn" else "", c.protocol, "+".join(c.phases),
              ",".join(map(str, c.seeds)), fold_text(c, study), fmt_summary(c.summary(TOTAL)),
-             str(c.summary(TOTAL).n_frames)] for c in study.configs]
+             str(c.summary(TOTAL).n_frames)] for c in study.configs + study.measures_configs]
     return [Table("Every configuration (total AUC)",
                   ["framework", "prior", "augmentation", "protocol", "phases", "seeds",
                    "folds", f"total, {OURS}", "frames"], rows)]
