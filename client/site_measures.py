@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,11 +29,14 @@ from fedcmr.common.replies import (
 )
 from fedcmr.common.results import prediction_rows, write_predictions
 
+if TYPE_CHECKING:
+    from fedcmr.client.site_work import Site
+
 log = logging.getLogger("fedcmr.client")
 StateDict = dict[str, torch.Tensor]
 
 
-def stats(site, order: Order) -> MeasureStatsReply:
+def stats(site: Site, order: Order) -> MeasureStatsReply:
     """The sums of the training subjects' measures, or a refusal the server can log."""
     train = site.parts(order)["train"]
     try:
@@ -45,14 +49,14 @@ def stats(site, order: Order) -> MeasureStatsReply:
     return MeasureStatsReply(site=site.name, sums=mm.sums(x))
 
 
-def _counts(site, order: Order, part: str, state: Mapping[str, torch.Tensor]
+def _counts(site: Site, order: Order, part: str, state: Mapping[str, torch.Tensor]
             ) -> tuple[ScoreCounts, np.ndarray]:
     frames = site.parts(order)[part]
     labels, scores, loss = mm.frame_scores(frames, site.measures(), state)
     return ScoreCounts.of(labels, scores, loss), scores
 
 
-def _val(site, order: Order, state) -> tuple[ScoreCounts, str | None]:
+def _val(site: Site, order: Order, state) -> tuple[ScoreCounts, str | None]:
     withheld = site.release_scores(site.parts(order)["val"],
                                    f"fold {order.fold} validation counts")
     if withheld:
@@ -60,7 +64,7 @@ def _val(site, order: Order, state) -> tuple[ScoreCounts, str | None]:
     return _counts(site, order, "val", state)[0], None
 
 
-def train(site, order: Order, state: StateDict) -> TrainReply:
+def train(site: Site, order: Order, state: StateDict) -> TrainReply:
     """Validate the received model, then `local_iterations` full-batch gradient steps on the
     site's training subjects (n_k: its training frames, as for the CNN)."""
     site.policy.admit(order.run)
@@ -75,13 +79,13 @@ def train(site, order: Order, state: StateDict) -> TrainReply:
                       server_round=order.server_round, val=val, withheld=withheld)
 
 
-def validate(site, order: Order, state: StateDict) -> ValidateReply:
+def validate(site: Site, order: Order, state: StateDict) -> ValidateReply:
     site.policy.admit(order.run)
     val, withheld = _val(site, order, state)
     return ValidateReply(site=site.name, val=val, withheld=withheld)
 
 
-def test(site, order: Order, state: StateDict) -> TestReply:
+def test(site: Site, order: Order, state: StateDict) -> TestReply:
     """Score the test split; per-frame scores stay in the site's own folder."""
     site.policy.admit(order.run)
     frames = site.parts(order)["test"]
