@@ -156,14 +156,3 @@ def frame_scores(frames: Sequence[CachedFrame], measures: Mapping[str, SubjectMe
     bce = -np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)) \
         if len(frames) else 0.0
     return labels, scores, float(bce)
-
-
-def single_measure_aucs(frames: Sequence[CachedFrame],
-                        measures: Mapping[str, SubjectMeasures]) -> dict[str, float | None]:
-    """Each measure alone as a score of the frames (its value, frame-level AUC): the
-    reference a model should beat."""
-    from fedcmr.common.metrics import auc
-
-    labels = np.array([f.entry.label for f in frames])
-    return {name: auc(labels, np.array([getattr(measures[f.subject], name) for f in frames]))
-            for name in FEATURES}
