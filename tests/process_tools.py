@@ -88,12 +88,17 @@ def audit_kinds(site_out: Path) -> list[str]:
 
 
 def our_processes(marker: Path) -> list[str]:
-    """Live processes of a run: its folder in their command line or working directory."""
+    """Live processes of a run: its folder in their command line or working directory.
+
+    A process that has released its memory on the way out (an empty command line, seen for
+    an instant after SIGKILL before it turns zombie) is not live; a leaked one never has
+    an empty command line."""
     found = []
     for pid, (_, state, cmdline) in processes().items():
         with contextlib.suppress(OSError):
             cwd = os.readlink(f"/proc/{pid}/cwd")
-            if state != "Z" and (str(marker) in cmdline or cwd.startswith(str(marker))):
+            exiting = state in ("Z", "X") or not cmdline.strip()
+            if not exiting and (str(marker) in cmdline or cwd.startswith(str(marker))):
                 found.append(cmdline)
     return found
 
