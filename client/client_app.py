@@ -11,6 +11,11 @@ send "<class 'X'>:<'...'>" and no name.) A request the site's policy refuses say
 
 FINISHED marks the end of the run in the site's out-dir, where `fedcmr client`
 (client/supernode_watch.py) sees it and stops.
+
+Where the SuperNode runs a warm site worker (client/site_worker.py), `worker_mod` hands
+each message to it and the handlers below run there, on frames it keeps in memory
+(`open_site`); the audit gate stays here. So that this process stays light, torch and the
+learning code are imported by the handlers, not with the module.
 """
 
 from __future__ import annotations
@@ -19,15 +24,16 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from fedcmr.client import site_measures, site_work
 from fedcmr.client.audit import audit_mod
 from fedcmr.client.site_policy import PolicyRefusal, SitePolicy
+from fedcmr.client.worker_mod import worker_mod
 from fedcmr.common.atomic import write_json
 from fedcmr.common.cache_format import CacheError
 from fedcmr.common.handshake import FingerprintError
@@ -35,17 +41,46 @@ from fedcmr.common.node_config import NodeConfig
 from fedcmr.common.protocol import ARRAYS, CONFIG, FINISHED_MARKER, Kind, Order
 from fedcmr.common.replies import FinishedReply
 
+if TYPE_CHECKING:
+    import torch
+
+    from fedcmr.client.site_work import Site
+
 log = logging.getLogger("fedcmr.client")
 
-app = ClientApp(mods=[audit_mod])
+#: The audit gate outermost: it sees the reply whoever made it (the worker or this process).
+app = ClientApp(mods=[audit_mod, worker_mod])
+
+#: The frames this process read last, by what they were read from (the caches, their
+#: manifests' size and time, the centres): a warm worker reads its site's cache once.
+_frames: dict[tuple, list] = {}
 
 
-def open_site(context: Context) -> site_work.Site:
+def _cache_key(node: NodeConfig) -> tuple:
+    stamps = []
+    for cache in node.data_path:
+        stat = (Path(cache) / "manifest.csv").stat()
+        stamps.append((str(cache), stat.st_size, stat.st_mtime_ns))
+    return (tuple(stamps), node.centres)
+
+
+def open_site(context: Context) -> Site:
+    """The node's site: its policy read now, its frames read once per process (again when
+    a cache's manifest changes)."""
+    import torch
+
+    from fedcmr.client.site_work import Site, load_site_frames
+
     node = NodeConfig.resolve(context.node_config, context.run_config)
     if node.threads > 0:
         torch.set_num_threads(node.threads)
-    return site_work.Site.open(node.site, list(node.data_path), node.out_dir,
-                               SitePolicy.load(node.policy), node.centres)
+    key = _cache_key(node)
+    if key not in _frames:
+        _frames.clear()
+        _frames[key] = load_site_frames(node.data_path, node.centres)
+    return Site(name=node.site, frames=_frames[key], out_dir=node.out_dir,
+                caches=tuple(Path(c) for c in node.data_path),
+                policy=SitePolicy.load(node.policy))
 
 
 def site_name(context: Context) -> str:
@@ -111,19 +146,23 @@ def _order(msg: Message) -> Order:
     return Order.from_record(msg.content.config_records[CONFIG])
 
 
-def _state(msg: Message) -> dict[str, torch.Tensor]:
+def _state(msg: Message) -> dict[str, torch.Tensor]:  # torch: imported by the caller
     return msg.content.array_records[ARRAYS].to_torch_state_dict()
 
 
 @app.query(Kind.DESCRIBE.action)
 @site_handler(Kind.DESCRIBE)
 def describe(msg: Message, context: Context) -> Message:
+    from fedcmr.client import site_work
+
     return site_work.describe(open_site(context)).to_message(msg)
 
 
 @app.query(Kind.NYUL.action)
 @site_handler(Kind.NYUL)
 def nyul(msg: Message, context: Context) -> Message:
+    from fedcmr.client import site_work
+
     reply = site_work.histogram_summary(open_site(context), _order(msg))
     if reply.refused:
         log.warning("%s: %s", reply.site, reply.refused)
@@ -133,6 +172,8 @@ def nyul(msg: Message, context: Context) -> Message:
 @app.query(Kind.MEASURE_STATS.action)
 @site_handler(Kind.MEASURE_STATS)
 def measure_stats(msg: Message, context: Context) -> Message:
+    from fedcmr.client import site_measures
+
     reply = site_measures.stats(open_site(context), _order(msg))
     if reply.refused:
         log.warning("%s: %s", reply.site, reply.refused)
@@ -142,18 +183,24 @@ def measure_stats(msg: Message, context: Context) -> Message:
 @app.train()
 @site_handler(Kind.TRAIN)
 def train(msg: Message, context: Context) -> Message:
+    from fedcmr.client import site_work
+
     return site_work.train(open_site(context), _order(msg), _state(msg)).to_message(msg)
 
 
 @app.query(Kind.VALIDATE.action)
 @site_handler(Kind.VALIDATE)
 def validate(msg: Message, context: Context) -> Message:
+    from fedcmr.client import site_work
+
     return site_work.validate(open_site(context), _order(msg), _state(msg)).to_message(msg)
 
 
 @app.query(Kind.TEST.action)
 @site_handler(Kind.TEST)
 def test(msg: Message, context: Context) -> Message:
+    from fedcmr.client import site_work
+
     return site_work.test(open_site(context), _order(msg), _state(msg)).to_message(msg)
 
 
@@ -174,3 +221,9 @@ def finished(msg: Message, context: Context) -> Message:
 HANDLERS = {Kind.DESCRIBE: describe, Kind.NYUL: nyul, Kind.MEASURE_STATS: measure_stats,
             Kind.TRAIN: train, Kind.VALIDATE: validate, Kind.TEST: test,
             Kind.FINISHED: finished}
+
+
+def handler_for(message_type: str) -> Handler:
+    """The handler of a message type (the site worker dispatches with it)."""
+    kind = Kind(message_type)
+    return HANDLERS[kind]

@@ -1,5 +1,5 @@
 """`flower-supernode` as fedcmr starts it (`fedcmr client` and the local launcher): Flower's
-own entry point with four changes. It runs only app bundles the site approved
+own entry point with five changes. It runs only app bundles the site approved
 (client/app_approval.py): the digests in $FEDCMR_APPROVED_BUNDLES (`fedcmr client` sets
 them from its policy), or, without it, only the bundle this installation builds. Its
 SuperExec forks each ClientApp from a process that has imported torch once
@@ -8,11 +8,14 @@ connection loop waits IDLE_POLL_S, not a hard-coded 3 s, between two checks that
 message (every exchange waited half of that on average); and the process exits with
 LOOP_ENDED once that loop has ended (Flower 1.42 logs the error that ended it, a
 coordinator lost for --max-wait-time or an HTTP 500, and then hangs for ever on its
-Runtime API thread)."""
+Runtime API thread). And it starts the site's warm worker (client/site_worker.py), which
+does the work of every message for the whole run, unless $FEDCMR_WORKER is "off"; the
+worker ends with this process."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -65,14 +68,25 @@ def main() -> None:
     from flwr.supernode import start_client_internal as loop
     from flwr.supernode.cli import flower_supernode
 
+    from fedcmr.client import site_worker, worker_channel
     from fedcmr.client.app_approval import install_approval
     from fedcmr.client.superexec_main import start_mode
 
     start_mode()  # a wrong $FEDCMR_CLIENTAPP_START stops the SuperNode here, named
+    folder = None
+    if site_worker.enabled():  # a wrong $FEDCMR_WORKER stops it here
+        folder = worker_channel.worker_folder()
+        worker = site_worker.start(folder)
+        os.environ[site_worker.SOCKET_ENV] = str(folder / site_worker.SOCKET_NAME)
+        os.environ[site_worker.PID_ENV] = str(worker.pid)
     install_approval(loop, approved_bundles(), FLOWER_LOGGER)
     loop.time = _short_idle(time, IDLE_POLL_S)
     loop.subprocess = _superexec_via_fedcmr(subprocess)
-    flower_supernode()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        flower_supernode()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     os._exit(LOOP_ENDED)

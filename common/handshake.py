@@ -26,12 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from fedcmr.common import __version__
 from fedcmr.common.cache_format import PREP_FORMAT_KEY, PREP_INFO, PREP_LABELS_KEY
-from fedcmr.common.model import build_model
 
 #: The preprocessing parameters the sites must agree on (server: the majority's value).
 PREP_FIELDS = ("spacing_mm", "crop", "n4")
@@ -66,7 +64,12 @@ class SiteFingerprint(BaseModel):
 def model_digest() -> str:
     """A digest of the model definition: the names and shapes of its parameters and
     buffers. Built on the meta device (no memory, no initialisation), with torch's RNG
-    forked so that the caller's is untouched."""
+    forked so that the caller's is untouched. (torch is imported here, not with the module:
+    a ClientApp that hands its messages to the site worker never needs it.)"""
+    import torch
+
+    from fedcmr.common.model import build_model
+
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         model, _ = build_model("none", quiet=True)
     tensors = [*model.named_parameters(), *model.named_buffers()]

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
 #: torchio's landmark percentiles for its default cutoff (0.01, 0.99): the deciles, the
@@ -219,6 +218,7 @@ def standardize(image: np.ndarray, landmarks: np.ndarray, mask: np.ndarray | Non
     # and test_nyul.py::test_standardize_matches_torchio_transform fails loudly should a
     # torchio release change it. Imported here: torchio costs seconds to import, and a
     # ClientApp is a fresh process per message that only needs this one function of it.
+    import torch
     from torchio.transforms.preprocessing.intensity.histogram_standardization import (
         _normalize as torchio_normalize,
     )

@@ -22,6 +22,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from pydantic import ValidationError
 
+from fedcmr.common.exchange_timing import content_bytes, record_sent
 from fedcmr.common.protocol import CONFIG, POLICY_REFUSED, Kind
 from fedcmr.common.replies import DescribeReply
 from fedcmr.server.settings import FederationSettings
@@ -29,25 +30,35 @@ from fedcmr.server.settings import FederationSettings
 log = logging.getLogger("fedcmr.server")
 #: Seconds between checks while waiting for sites to connect or come back.
 POLL = 2.0
-#: Seconds between checks for replies (Flower's `send_and_receive` waits 3 s each time).
-REPLY_POLL = 0.5
+#: Seconds between checks for replies: the first check soon after the push, then ever
+#: longer waits up to REPLY_POLL (Flower's `send_and_receive` waits 3 s each time).
+FIRST_REPLY_POLL = 0.05
+REPLY_POLL = 0.25
 #: A ClientApp's failure reads "site NAME: KIND failed: ..." (client/client_app.py).
 _SITE_IN_REASON = re.compile(r"(?:^|<'|failed: )site (.+?): [\w.]+ failed: ")
 
 
 def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
     """Flower's `Grid.send_and_receive` on a shorter schedule: push the messages, then pull
-    every REPLY_POLL s until each has its reply or `timeout` s have passed."""
+    after FIRST_REPLY_POLL s, waiting twice as long each time up to REPLY_POLL s, until each
+    has its reply or `timeout` s have passed."""
     waiting = set(grid.push_messages(messages))
+    pushed = time.time()
     deadline = time.monotonic() + timeout
     received: list[Message] = []
+    arrived: dict[str, tuple[float, int]] = {}
+    pause = FIRST_REPLY_POLL
     while waiting:
         got = list(grid.pull_messages(waiting))
         received += got
+        arrived.update((m.metadata.reply_to_message_id, (time.time(), content_bytes(m)))
+                       for m in got)
         waiting -= {m.metadata.reply_to_message_id for m in got}
         if not waiting or time.monotonic() >= deadline:
             break
-        time.sleep(REPLY_POLL)
+        time.sleep(pause)
+        pause = min(2 * pause, REPLY_POLL)
+    record_sent(messages, pushed, arrived)
     return received
 
 
