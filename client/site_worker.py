@@ -77,27 +77,17 @@ def _die_with_parent(parent: int) -> None:
 
 def handle(conn: socket.socket, folder: Path) -> str:
     """One message: receive it, run its handler, send the reply; what happened, in words."""
-    from flwr.common.serde import (
-        context_from_proto,
-        message_from_proto,
-        message_to_proto,
-    )
-    from flwr.proto.message_pb2 import Context as ProtoContext
-    from flwr.proto.message_pb2 import Message as ProtoMessage
-
     from fedcmr.client.client_app import handler_for
 
-    _, (message_bytes, context_bytes) = worker_channel.receive(conn)
-    message = message_from_proto(ProtoMessage.FromString(message_bytes))
-    context = context_from_proto(ProtoContext.FromString(context_bytes))
-    del message_bytes
+    message, context = worker_channel.unpack(*worker_channel.receive(conn))
     kind = message.metadata.message_type
     started = time.perf_counter()
     reply = handler_for(kind)(message, context)
     seconds = time.perf_counter() - started
-    payload = message_to_proto(reply).SerializeToString()
+    del message
+    header, parts = worker_channel.pack(reply)
     try:
-        worker_channel.send(conn, {"handler_s": seconds}, [payload], folder)
+        worker_channel.send(conn, {**header, "handler_s": seconds}, parts, folder)
     except OSError as err:
         return (f"{kind}: done in {seconds:.2f} s, but its ClientApp went away ({err}); the "
                 "reply is dropped")

@@ -66,21 +66,18 @@ def connect(path: Path, pid: int | None, wait: float = WORKER_START_S) -> socket
 def relay(path: Path, pid: int | None, message: Message, context: Context
           ) -> tuple[Message, float]:
     """The worker's reply to `message`, and the seconds its handler took."""
-    from flwr.common.serde import context_to_proto, message_from_proto, message_to_proto
-    from flwr.proto.message_pb2 import Message as ProtoMessage
-
-    parts = [message_to_proto(message).SerializeToString(),
-             context_to_proto(context).SerializeToString()]
+    header, parts = worker_channel.pack(message, context)
     with connect(path, pid) as sock:
         try:
-            worker_channel.send(sock, {"type": message.metadata.message_type}, parts,
-                                path.parent)
+            worker_channel.send(sock, {**header, "type": message.metadata.message_type},
+                                parts, path.parent)
             del parts
-            header, (payload,) = worker_channel.receive(sock)
+            header, parts = worker_channel.receive(sock)
         except OSError as err:
             raise WorkerUnavailable(f"the site worker went away during the message ({err})"
                                     ) from err
-    return message_from_proto(ProtoMessage.FromString(payload)), float(header["handler_s"])
+    reply, _ = worker_channel.unpack(header, parts)
+    return reply, float(header["handler_s"])
 
 
 def worker_mod(message: Message, context: Context, call_next) -> Message:

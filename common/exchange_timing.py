@@ -26,14 +26,14 @@ def _folder() -> Path | None:
 
 
 def process_started() -> float | None:
-    """This process's start (epoch seconds, 10 ms resolution; Linux's /proc)."""
+    """This process's start (epoch seconds, 10 ms resolution): its age from Linux's
+    /proc (ticks since boot) against the boot-time clock, taken from now."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text()
-                    .splitlines() if line.startswith("btime"))
-    except (OSError, ValueError, IndexError, StopIteration):
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
         return None
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - age
 
 
 def append(side: str, row: dict) -> None:

@@ -105,8 +105,8 @@ def test_the_worker_answers_as_the_clientapp_would_and_outlives_a_crashed_one(wo
     # a ClientApp that sends its message and dies before the reply (killed mid-message)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(path))
-        parts = [m.SerializeToString() for m in _protos(msg, ctx)]
-        worker_channel.send(sock, {"type": str(Kind.TRAIN)}, parts, path.parent)
+        header, parts = worker_channel.pack(msg, ctx)
+        worker_channel.send(sock, header, parts, path.parent)
     # and one that dies halfway through its header
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(path))
@@ -163,10 +163,16 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _protos(msg: Message, ctx: Context):
-    from flwr.common.serde import context_to_proto, message_to_proto
-
-    return message_to_proto(msg), context_to_proto(ctx)
+def test_a_message_passes_whole_with_its_arrays_as_their_own_bytes(node):
+    msg = train_message()
+    header, parts = worker_channel.pack(msg, context(node))
+    assert len(parts) == 2 + len(msg.content.array_records[ARRAYS])
+    back, ctx = worker_channel.unpack(header, parts)
+    assert back.metadata == msg.metadata and ctx.node_config == context(node).node_config
+    assert list(back.content) == list(msg.content)  # record order kept
+    assert dict(back.content.config_records[CONFIG]) == dict(msg.content.config_records[CONFIG])
+    got, want = arrays(back), arrays(msg)
+    assert list(got) == list(want) and all(np.array_equal(got[k], want[k]) for k in want)
 
 
 def test_the_channel_carries_parts_inline_when_shared_memory_has_no_room(tmp_path):
