@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedcmr.common.device import Placement
+from fedcmr.common.device import Placement, placement
 from fedcmr.common.learning.data import FrameDataset
 from fedcmr.common.metrics import auc
 from fedcmr.common.model import InitInfo, parameter_groups
@@ -50,13 +50,17 @@ def make_optimizer(model: nn.Module, hyper: Profile, init: InitInfo) -> torch.op
     return torch.optim.Adam(parameter_groups(model, hyper.lr_head, lr_body), fused=True)
 
 
-def train_loader(dataset: FrameDataset, batch_size: int, generator: torch.Generator
-                 ) -> DataLoader:
+def train_loader(dataset: FrameDataset, batch_size: int, generator: torch.Generator,
+                 where: Placement | None = None) -> DataLoader:
     """Shuffled batches (the original code did not shuffle); a last batch of one sample is
-    dropped only when it would break BatchNorm."""
+    dropped only when it would break BatchNorm. Made as `where` (default: this machine's
+    placement) wants them: in this process on CPU; on CUDA by worker processes into pinned
+    memory. The order and the samples are the same either way (the shuffle is drawn from
+    `generator` here, each sample's augmentation from its own seed)."""
+    where = where or placement()
     drop_last = len(dataset) % batch_size == 1 and len(dataset) > batch_size
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                      drop_last=drop_last)
+                      drop_last=drop_last, **where.loader_options())
 
 
 def restart_batchnorm_statistics(model: nn.Module) -> None:
@@ -86,27 +90,33 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
                 placement: Placement, max_steps: int | None = None,
                 frozen_batchnorm: bool = False) -> TrainStats:
     """One pass over `batches` (or `max_steps` of them), BatchNorm statistics restarted,
-    or kept frozen (`frozen_batchnorm`)."""
+    or kept frozen (`frozen_batchnorm`).
+
+    The loss is fp32 whatever the autocast: binary cross-entropy of the fp32 logits, outside
+    the autocast region. Its running sum stays on the device, in float64 (the same IEEE
+    products and sums as Python floats), and is read once at the end: no step waits for the
+    GPU, so the next batch is copied and launched while the current one computes."""
     model.train()
     if frozen_batchnorm:
         freeze_batchnorm(model)
     else:
         restart_batchnorm_statistics(model)
-    total, n, steps = 0.0, 0, 0
+    total = torch.zeros((), dtype=torch.float64, device=placement.device)
+    n, steps = 0, 0
     for x, y in batches:
-        x, y = placement.to_device(x), y.to(placement.device)
+        x, y = placement.to_device(x), y.to(placement.device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with placement.autocast():
             logits = model(x).squeeze(1)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y.float())
         loss.backward()
         optimizer.step()
-        total += loss.item() * len(y)
+        total += loss.detach().double() * len(y)
         n += len(y)
         steps += 1
         if max_steps is not None and steps >= max_steps:
             break
-    return TrainStats(loss=total / max(n, 1), n_samples=n, n_batches=steps)
+    return TrainStats(loss=total.item() / max(n, 1), n_samples=n, n_batches=steps)
 
 
 @torch.no_grad()
@@ -116,10 +126,14 @@ def score(model: nn.Module, dataset: FrameDataset, placement: Placement,
     logits, so a score reaches exactly 1 only beyond a logit of ~37 (~17 in fp32), and 0
     below ~-709: saturated models keep their ranking for the AUC (common/metrics.py)."""
     model.eval()
-    labels, scores, total = [], [], 0.0
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    batches = []  # the logits stay on the device until the last batch is launched
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                           **placement.loader_options()):
         with placement.autocast():
-            logits = model(placement.to_device(x)).squeeze(1).float().cpu()
+            batches.append((model(placement.to_device(x)).squeeze(1).float(), y))
+    labels, scores, total = [], [], 0.0
+    for logits, y in batches:
+        logits = logits.cpu()
         total += float(F.binary_cross_entropy_with_logits(logits, y, reduction="sum"))
         labels.append(y.numpy())
         scores.append(torch.sigmoid(logits.double()).numpy())
