@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
 
 from fedcmr.client import site_measures
 from fedcmr.client.release_ledger import ReleaseLedger
@@ -54,6 +53,7 @@ from fedcmr.common.replies import (
 )
 from fedcmr.common.results import prediction_rows, read_predictions, write_predictions
 from fedcmr.common.seeds import derive_seed, seed_run
+from fedcmr.common.update_codec import encode
 
 StateDict = dict[str, torch.Tensor]
 log = logging.getLogger("fedcmr.client")
@@ -212,7 +212,8 @@ def train(site: Site, order: Order, state: StateDict) -> TrainReply:
         weights, norm = clip_update(weights, state, order.run.dp_clip)
         log.info("fold %d round %d: update norm %.4g clipped to %.4g", order.fold,
                  order.server_round, norm, min(norm, order.run.dp_clip))
-    return TrainReply(site=site.name, arrays=ArrayRecord(weights), num_examples=len(data),
+    arrays = encode(weights, state, order.run.update_encoding)  # fp32, or fp16 deltas
+    return TrainReply(site=site.name, arrays=arrays, num_examples=len(data),
                       train_loss=stats.loss, train_batches=stats.n_batches, batch_size=batch,
                       server_round=order.server_round, val=val, withheld=withheld)
 

@@ -25,6 +25,9 @@ ProfileName = Literal["smoke", "quick", "paper"]
 #: What is trained: the r3d_18 CNN on the images, or logistic regression on the clinical
 #: measures (common/learning/measures_model.py).
 ModelName = Literal["cnn", "measures"]
+#: How a site's trained weights travel back (common/update_codec.py): as they are, or each
+#: float tensor as the float16 difference from the global model the site received.
+UpdateEncoding = Literal["fp32", "fp16-delta"]
 
 
 class Profile(BaseModel):
@@ -60,7 +63,7 @@ class RunConfig(FlatModel):
 
     FLAT: ClassVar[tuple[str, ...]] = (
         "model", "protocol", "folds", "seed", "split_seed", "prior", "augment", "phases", "profile",
-        "epochs", "pretrained", "min_subjects", "dp_clip", "dp_noise")
+        "epochs", "pretrained", "min_subjects", "dp_clip", "dp_noise", "update_encoding")
 
     model: ModelName = Field("cnn", description="what is trained: the CNN on the images, or "
                                                 "logistic regression on the clinical measures")
@@ -97,14 +100,23 @@ class RunConfig(FlatModel):
                                                    "site weight)")
     #: δ of the reported (ε, δ) guarantee.
     dp_delta: float = Field(1e-5, gt=0, lt=1)
+    #: Federated runs: how each site's update travels back (common/update_codec.py).
+    update_encoding: UpdateEncoding = Field(
+        "fp32", description="federated runs: a site's trained weights as they are (fp32), "
+                            "or as float16 differences from the model it received "
+                            "(fp16-delta: half the bytes)")
     #: Every centre of the study, sorted; fixes the LCO fold order for all participants.
     centres: tuple[str, ...] = ()
 
     @model_validator(mode="after")
-    def _measures_without_dp(self) -> RunConfig:
+    def _combinations(self) -> RunConfig:
         if self.model == "measures" and self.dp_clip > 0:
             raise ValueError("differential privacy (dp-clip) is implemented for the CNN's "
                              "updates only; run the measures model with dp-clip 0")
+        if self.update_encoding != "fp32" and (self.model == "measures" or self.dp_clip > 0):
+            # dp: rounding a clipped update may lift its norm above dp-clip, the noise's scale
+            raise ValueError(f"update-encoding {self.update_encoding} is for the CNN's updates "
+                             "without dp-clip; use update-encoding fp32")
         return self
 
     @field_validator("folds", mode="before")

@@ -31,7 +31,7 @@ from fedcmr.server.study_runner import FoldOutcome
 
 ROUND_COLUMNS = ("fold", "round", "site", "n_k", "weight", "train_loss", "batch_size",
                  "val_loss_received", "val_auc_received", "pooled_val_loss_received",
-                 "pooled_val_auc_received")
+                 "pooled_val_auc_received", "update_bytes")
 
 
 def metrics_from_counts(outcomes: Sequence[FoldOutcome], sites: Sequence[SiteInfo]) -> dict:

@@ -2,9 +2,10 @@
 
 `FoldTraining` overrides two steps and nothing else: `configure_train` (only the fold's
 training sites get a train message) and `aggregate_train` (replies in a fixed order, each
-site's vote n_k ** alpha attached, integer buffers kept as counts). Mixed into Flower's
-FedAvg it gives the study's weighted means (fedavg, equal-vote, tempered); mixed into
-FedMedian, FedTrimmedAvg and Krum it gives the robust rules, applied to the same messages.
+site's vote n_k ** alpha attached, integer buffers kept as counts, fp16 deltas decoded
+against the round's global model: common/update_codec.py). Mixed into Flower's FedAvg it
+gives the study's weighted means (fedavg, equal-vote, tempered); mixed into FedMedian,
+FedTrimmedAvg and Krum it gives the robust rules, applied to the same messages.
 
 With four hospitals (three training sites under leave-centre-out): the coordinate-wise
 median (`median`) and the trimmed mean (`trimmed-mean`, beta 0.25: one site cut at each
@@ -33,10 +34,15 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum
 from fedcmr.common.learning.privacy import add_noise, noise_std
 from fedcmr.common.protocol import METRICS, SITE
 from fedcmr.common.replies import NUM_EXAMPLES
-from fedcmr.common.run_config import RunConfig
+from fedcmr.common.run_config import RunConfig, UpdateEncoding
 from fedcmr.common.seeds import derive_seed
 from fedcmr.server.settings import strategy_alpha
-from fedcmr.server.update_checks import as_numpy, integer_tensors, with_tensors
+from fedcmr.server.update_checks import (
+    as_numpy,
+    decoded_message,
+    integer_tensors,
+    with_tensors,
+)
 
 log = logging.getLogger("fedcmr.server")
 
@@ -55,6 +61,9 @@ class FoldTraining:
     vote_alpha : float (default: 1.0)
         1 gives FedAvg (n_k / n), 0 the equal vote of FL-EV (1 / K), values in between the
         intermediate schemes the paper leaves as future work.
+    update_encoding : str (default: "fp32")
+        How the sites send their weights (RunConfig.update_encoding); deltas are decoded
+        against the global model `configure_train` sent, before aggregation.
     **kwargs
         Passed to the Flower strategy this is mixed into.
     """
@@ -62,9 +71,13 @@ class FoldTraining:
     #: Whether the aggregate is the vote-weighted mean (False: a robust rule).
     weighted = True
 
-    def __init__(self, vote_alpha: float = 1.0, **kwargs) -> None:
+    def __init__(self, vote_alpha: float = 1.0, update_encoding: UpdateEncoding = "fp32",
+                 **kwargs) -> None:
         super().__init__(weighted_by_key=VOTE, **kwargs)
         self.vote_alpha = vote_alpha
+        self.update_encoding = update_encoding
+        #: The global model sent for each round (what deltas are decoded against).
+        self.sent: dict[int, ArrayRecord] = {}
         #: Node ids that train this fold (None: every connected node, as in FedAvg).
         self.train_nodes: list[int] | None = None
         #: Effective weight per node id, by server round (NaN: the rule weighs none).
@@ -84,6 +97,7 @@ class FoldTraining:
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Train messages to this fold's training sites only."""
+        self.sent = {server_round: arrays}
         if self.train_nodes is None:
             return super().configure_train(server_round, arrays, config, grid)
         self.check_sites(len(self.train_nodes))
@@ -101,6 +115,13 @@ class FoldTraining:
         site whose vote is not a positive number is left out (the server's update checks
         reject it first, with the reason); with none left there is no aggregate.
         """
+        reference = None
+        if self.update_encoding != "fp32":
+            if server_round not in self.sent:
+                raise ValueError(f"round {server_round}: no global model was sent for it, so "
+                                 f"its {self.update_encoding} updates cannot be decoded")
+            reference = as_numpy(self.sent[server_round])
+        replies = [decoded_message(m, reference, self.update_encoding) for m in replies]
         kept, votes = [], {}
         for msg in sorted(replies, key=_reply_order):
             if msg.has_error():
@@ -218,7 +239,8 @@ def make_strategy(name: str, vote_alpha: float | None = None, run: RunConfig | N
     alpha = strategy_alpha(name, vote_alpha)
     # Every site is sampled; the train set is fixed per fold by train_nodes.
     common = {"fraction_evaluate": 0.0, "min_train_nodes": 1, "min_evaluate_nodes": 0,
-              "min_available_nodes": 1}
+              "min_available_nodes": 1,
+              "update_encoding": "fp32" if run is None else run.update_encoding}
     if run is None or not run.private:
         return STRATEGIES[name](vote_alpha=alpha, **common)
     if not STRATEGIES[name].weighted:

@@ -29,6 +29,7 @@ from fedcmr.common.model import build_model
 from fedcmr.common.protocol import ARRAYS, CONFIG, POLICY_REFUSED, Kind, Order
 from fedcmr.common.replies import ScoreCounts, TrainReply
 from fedcmr.common.run_config import RunConfig
+from fedcmr.common.update_codec import update_bytes
 from fedcmr.server.audit_trail import model_hash
 from fedcmr.server.checkpoint import Checkpoint, FoldState, restore_rng, state_dict
 from fedcmr.server.fold_start import FoldStart
@@ -292,7 +293,7 @@ class StudyRunner(FoldStart):
         outcome.rejected += [{"round": rnd, "site": n, "reason": r}
                              for n, r in failed.items() if POLICY_REFUSED in r]
         received, rejected = screen(list(answers.values()), arrays, self.roster.node_frames(),
-                                    self.roster.node_names(), rnd)
+                                    self.roster.node_names(), rnd, self.run.update_encoding)
         outcome.rejected += [{"round": rnd, "site": r.site, "reason": r.reason}
                              for r in rejected]
         trained = {r.metadata.src_node_id: TrainReply.from_message(r) for r in received}
@@ -370,6 +371,7 @@ class StudyRunner(FoldStart):
             outcome.rounds.append({
                 "fold": outcome.fold, "round": rnd, "site": r.site,
                 "n_k": r.num_examples, "weight": round(weights.get(node, 0.0), 6),
+                "update_bytes": update_bytes(r.arrays),
                 "train_loss": r.train_loss, "batch_size": r.batch_size,
                 "val_loss_received": None if r.withheld else r.val.loss,
                 "val_auc_received": None if r.withheld else r.val.auc(),

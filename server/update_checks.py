@@ -11,6 +11,11 @@ median: near-equal updates must not make every small difference an outlier, and 
 sites of different sizes take steps of different lengths, so nothing under 3.5 times the
 median norm is ever rejected. With four hospitals the median of four norms still stands
 when one site goes wrong.
+
+An update that travels encoded (update-encoding fp16-delta: common/update_codec.py) is
+decoded against the global model first, and every rule judges the decoded weights; one
+encoded otherwise than the run asked is rejected. The bytes each site's update took are
+logged once per round.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from flwr.app import Array, ArrayRecord, Message
 from pydantic import ValidationError
 
 from fedcmr.common.replies import TrainReply
+from fedcmr.common.run_config import UpdateEncoding
+from fedcmr.common.update_codec import EncodingError, decode, update_bytes, whole_tensors
 
 log = logging.getLogger("fedcmr.server")
 
@@ -44,9 +51,11 @@ def as_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
-def reply_problem(reply: TrainReply, reference: Mapping[str, np.ndarray],
-                  declared_frames: int | None, server_round: int) -> str | None:
-    """Why this reply must not be aggregated (None: it may)."""
+def reply_problem(reply: TrainReply, arrays: Mapping[str, np.ndarray],
+                  reference: Mapping[str, np.ndarray], declared_frames: int | None,
+                  server_round: int) -> str | None:
+    """Why this reply, its weights decoded to `arrays`, must not be aggregated (None: it
+    may)."""
     if reply.server_round != server_round:
         return f"a reply to round {reply.server_round}, not to round {server_round}"
     if reply.num_examples <= 0:
@@ -54,7 +63,6 @@ def reply_problem(reply: TrainReply, reference: Mapping[str, np.ndarray],
     if declared_frames is not None and reply.num_examples > declared_frames:
         return (f"n_k = {reply.num_examples} exceeds the {declared_frames} frames the site "
                 "declared at discovery")
-    arrays = as_numpy(reply.arrays)
     missing = sorted(set(reference) - set(arrays))
     extra = sorted(set(arrays) - set(reference))
     if missing or extra:
@@ -69,9 +77,9 @@ def reply_problem(reply: TrainReply, reference: Mapping[str, np.ndarray],
     return None
 
 
-def update_norm(reply: TrainReply, reference: Mapping[str, np.ndarray]) -> float:
+def update_norm(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]
+                ) -> float:
     """||w_k - w|| over the floating-point tensors."""
-    arrays = as_numpy(reply.arrays)
     total = 0.0
     for key, want in reference.items():
         if np.issubdtype(want.dtype, np.floating):
@@ -94,13 +102,17 @@ def norm_outliers(norms: Mapping[int, float]) -> dict[int, str]:
 
 def screen(replies: Iterable[Message], global_arrays: ArrayRecord,
            declared_frames: Mapping[int, int], names: Mapping[int, str],
-           server_round: int) -> tuple[list[Message], list[Rejection]]:
+           server_round: int, encoding: UpdateEncoding = "fp32"
+           ) -> tuple[list[Message], list[Rejection]]:
     """The replies that may be aggregated, and the rejected ones with their reasons.
-    Error replies pass through untouched (the caller reports them)."""
+    Error replies pass through untouched (the caller reports them). `encoding`: how the run
+    asked the sites to send their weights (the messages keep them as they came; the
+    strategy decodes them again to aggregate)."""
     reference = as_numpy(global_arrays)
     passed: list[Message] = []
-    parsed: dict[int, TrainReply] = {}
+    decoded: dict[int, dict[str, np.ndarray]] = {}
     rejected: list[Rejection] = []
+    sizes: dict[str, int] = {}
     for message in replies:
         if message.has_error():
             passed.append(message)
@@ -112,19 +124,49 @@ def screen(replies: Iterable[Message], global_arrays: ArrayRecord,
         except ValidationError as err:
             rejected.append(Rejection(node, site, f"not a training reply ({err.errors()[0]})"))
             continue
-        problem = reply_problem(reply, reference, declared_frames.get(node), server_round)
+        sizes[site] = update_bytes(reply.arrays)
+        try:
+            arrays = decode(reply.arrays, reference, encoding)
+        except EncodingError as err:
+            rejected.append(Rejection(node, site, str(err)))
+            continue
+        problem = reply_problem(reply, arrays, reference, declared_frames.get(node),
+                                server_round)
         if problem:
             rejected.append(Rejection(node, site, problem))
             continue
-        parsed[node] = reply
+        whole = whole_tensors(reply.arrays, reference)
+        if whole:
+            log.warning("round %d: site %s sent %d tensor(s) whole in fp32, their change "
+                        "being beyond float16's range: %s", server_round, site, len(whole),
+                        ", ".join(whole[:5]))
+        decoded[node] = arrays
         passed.append(message)
-    outliers = norm_outliers({n: update_norm(r, reference) for n, r in parsed.items()})
+    outliers = norm_outliers({n: update_norm(a, reference) for n, a in decoded.items()})
     rejected += [Rejection(node, names.get(node, f"node {node}"), why)
                  for node, why in outliers.items()]
     passed = [m for m in passed if m.has_error() or m.metadata.src_node_id not in outliers]
+    if sizes:
+        log.info("round %d: update bytes per site (%s): %s", server_round, encoding,
+                 ", ".join(f"{site} {n / 1e6:.1f} MB" for site, n in sorted(sizes.items())))
     for r in rejected:
         log.error("round %d: rejected the update of site %s: %s", server_round, r.site, r.reason)
     return passed, rejected
+
+
+def decoded_message(message: Message, reference: Mapping[str, np.ndarray] | None,
+                    encoding: UpdateEncoding) -> Message:
+    """The reply, its weights put in fresh records: decoded against `reference` (deltas),
+    or the same arrays (fp32). Aggregation may consume records (Flower's median pops their
+    arrays); the records the reply arrived with stay whole for its round's row."""
+    if message.has_error():
+        return message
+    content = message.content
+    for name, record in list(content.array_records.items()):
+        if encoding != "fp32":
+            record = {k: Array(v) for k, v in decode(record, reference or {}, encoding).items()}
+        content[name] = ArrayRecord(dict(record))
+    return message
 
 
 def integer_tensors(message: Message) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
 import fedcmr.common.handshake as common_handshake
+import fedcmr.common.model as common_model
 from fedcmr.client import client_app, site_work
 from fedcmr.client.audit import AUDIT_FILE, audit_mod
 from fedcmr.client.prep_config import N4Params, PrepConfig
@@ -96,7 +97,7 @@ def test_a_site_running_another_fedcmr_version_is_refused(tmp_path, monkeypatch)
 
 def test_a_site_with_another_model_definition_is_refused(tmp_path, monkeypatch):
     found = fingerprints(tmp_path)
-    real = common_handshake.build_model
+    real = common_model.build_model
 
     def two_logits(*args, **kwargs):
         model, info = real(*args, **kwargs)
@@ -105,7 +106,7 @@ def test_a_site_with_another_model_definition_is_refused(tmp_path, monkeypatch):
 
     ours = common_handshake.model_digest()
     with monkeypatch.context() as patch:  # the site's (modified) install
-        patch.setattr(common_handshake, "build_model", two_logits)
+        patch.setattr(common_model, "build_model", two_logits)  # model_digest imports it
         common_handshake.model_digest.cache_clear()
         found["Delta"] = site_fingerprint([cache(tmp_path, "Delta")])
     common_handshake.model_digest.cache_clear()

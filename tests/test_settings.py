@@ -26,7 +26,8 @@ def pyproject_config() -> dict:
 def test_settings_survive_the_run_config_round_trip_through_flowers_parser():
     run = RunConfig(protocol="lco", folds=(1, 3), seed=4, split_seed=2, prior="masked",
                     augment="shape-intensity", phases=("ED",), profile="smoke", epochs=3,
-                    pretrained="/weights/r3d 18.pth", min_subjects=7)
+                    pretrained="/weights/r3d 18.pth", min_subjects=7,
+                    update_encoding="fp16-delta")
     settings = FederationSettings(strategy="tempered", vote_alpha=0.25,
                                   out_dir=Path("/runs/a b/c'd"), round_timeout=60.0,
                                   sites=3, min_sites=3, wait_sites_timeout=30.0,
@@ -60,7 +61,14 @@ def test_the_command_line_defaults_are_the_models(command):
 def test_the_command_lines_choices_are_the_models():
     from typing import get_args
 
-    from fedcmr.common.run_config import Augment, ModelName, Prior, ProfileName, Protocol
+    from fedcmr.common.run_config import (
+        Augment,
+        ModelName,
+        Prior,
+        ProfileName,
+        Protocol,
+        UpdateEncoding,
+    )
     from fedcmr.server.settings import Strategy
 
     parser = build_parser()
@@ -69,6 +77,7 @@ def test_the_command_lines_choices_are_the_models():
     assert choices == {"model": get_args(ModelName), "protocol": get_args(Protocol),
                        "prior": get_args(Prior),
                        "augment": get_args(Augment), "profile": get_args(ProfileName),
+                       "update_encoding": get_args(UpdateEncoding),
                        "strategy": get_args(Strategy)}
 
 
