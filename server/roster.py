@@ -42,8 +42,8 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> lis
     """Flower's `Grid.send_and_receive` on a shorter schedule: push the messages, then pull
     after FIRST_REPLY_POLL s, waiting twice as long each time up to REPLY_POLL s, until each
     has its reply or `timeout` s have passed."""
+    pushed = time.time()  # the exchange starts with the upload of the messages
     waiting = set(grid.push_messages(messages))
-    pushed = time.time()
     deadline = time.monotonic() + timeout
     received: list[Message] = []
     arrived: dict[str, tuple[float, int]] = {}
