@@ -40,3 +40,16 @@ os.environ["FEDCMR_SITE_POLICY"] = str(SMALL_SITE_POLICY)
 def _quiet_flower(monkeypatch):
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
     monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+
+def small_site(root: Path):
+    """Site Alpha over a cache of 8 NOR and 8 HCM ring frames, under the synthetic sites'
+    release policy (test_site_work.py, test_update_codec.py)."""
+    from cache_factory import write_site_cache
+
+    from fedcmr.client import site_work
+    from fedcmr.client.site_policy import SitePolicy
+
+    write_site_cache(root / "cache", "Alpha", 8, 8)
+    return site_work.Site.open("Alpha", [root / "cache"], root / "out",
+                               SitePolicy.load(SMALL_SITE_POLICY))

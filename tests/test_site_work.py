@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cache_factory import write_site_cache
-from conftest import SMALL_SITE_POLICY
+from conftest import small_site
 
 from fedcmr.client import site_work
-from fedcmr.client.site_policy import SitePolicy
 from fedcmr.common.metrics import binned_counts
 from fedcmr.common.model import build_model
 from fedcmr.common.protocol import Kind, Order
@@ -19,10 +17,7 @@ from fedcmr.common.run_config import RunConfig
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> site_work.Site:
-    root = tmp_path_factory.mktemp("site")
-    write_site_cache(root / "cache", "Alpha", 8, 8)
-    return site_work.Site.open("Alpha", [root / "cache"], root / "out",
-                               SitePolicy.load(SMALL_SITE_POLICY))
+    return small_site(tmp_path_factory.mktemp("site"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -148,10 +147,7 @@ def test_the_worker_ends_with_its_parent(worker):
     parent, pid, path, _ = worker
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    deadline = time.monotonic() + 30
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _alive(pid), "the worker outlived its SuperNode"
+    wait_for(lambda: not _alive(pid), 30, "the worker to end with its SuperNode")
     assert not path.exists()  # it removed its socket on the way out
 
 

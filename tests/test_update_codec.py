@@ -8,14 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from cache_factory import write_site_cache
-from conftest import SMALL_SITE_POLICY
+from conftest import small_site
 from flwr.app import Array, ArrayRecord, Context, Message, Metadata, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedcmr.client import site_work
 from fedcmr.client.audit import audit_mod
-from fedcmr.client.site_policy import SitePolicy
 from fedcmr.common.model import build_model
 from fedcmr.common.protocol import Order
 from fedcmr.common.replies import ScoreCounts, TrainReply
@@ -204,10 +202,7 @@ def test_run_config_refuses_deltas_where_they_do_not_apply():
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> site_work.Site:
-    root = tmp_path_factory.mktemp("site")
-    write_site_cache(root / "cache", "Alpha", 8, 8)
-    return site_work.Site.open("Alpha", [root / "cache"], root / "out",
-                               SitePolicy.load(SMALL_SITE_POLICY))
+    return small_site(tmp_path_factory.mktemp("site"))
 
 
 def test_a_site_trains_and_sends_deltas_the_gate_passes_and_the_server_decodes(site,

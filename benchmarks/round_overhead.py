@@ -1,0 +1,192 @@
+"""Where a federated round's time goes: the same federation (four sites, full-size r3d_18
+weights: 33 M parameters, 133 MB in fp32; the paper's 7 local steps per round) on the
+deployment runtime as Flower runs it (a fresh ClientApp process per message), with
+fedcmr's forked ClientApps, with the warm site worker, and on the simulation runtime.
+
+    python benchmarks/round_overhead.py [--modes exec,fork,worker,simulation] [--rounds 3]
+                                        [--update-encoding fp32|fp16-delta]
+                                        [--caches DIR ...] [--out FILE]
+
+The input is the smoke profile's 4 x 24 x 24 crop, so that compute is small and the
+overhead shows; the weights that travel are the full model's whatever the input. With
+$FEDCMR_TIMINGS set, the coordinator and each ClientApp note their side of every message
+(common/exchange_timing.py); joined on the message id, each exchange splits into:
+
+  to the site      push -> the ClientApp process exists: the SuperNode's and the
+                   SuperExec's polls and the SuperNode's download of the message
+  clientapp start  the ClientApp process's start until its app is imported: the process
+                   (a fresh interpreter importing torch, or a fork), the message's pull
+                   from the SuperNode, Flower's unpacking of the app bundle, the import
+                   (benchmarks/clientapp_start.py times the process start alone)
+  handover         (worker) passing the message to the worker and its reply back through
+                   shared memory, with their serialisation
+  compute          the handler's own work (training, scoring)
+  back             the reply from the ClientApp to the coordinator: the uploads and the
+                   coordinator's poll
+
+Simulation has no processes per message: only its total and compute are split. Prints a
+table; writes benchmarks/results/round_overhead.json. Run it alone: on 2 cores anything
+else running changes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fedcmr.common.atomic import write_json
+from fedcmr.common.exchange_timing import TIMINGS_ENV
+from fedcmr.common.run_config import RunConfig
+from fedcmr.server.settings import FederationSettings
+
+RESULTS = Path(__file__).resolve().parent / "results" / "round_overhead.json"
+REPO = Path(__file__).resolve().parent.parent
+#: What each mode sets (and what it unsets) in the environment the processes inherit.
+MODES = {
+    "exec": {"FEDCMR_CLIENTAPP_START": "exec", "FEDCMR_WORKER": "off"},
+    "fork": {"FEDCMR_CLIENTAPP_START": "fork", "FEDCMR_WORKER": "off"},
+    "worker": {"FEDCMR_CLIENTAPP_START": "fork", "FEDCMR_WORKER": "on"},
+    "simulation": {},
+}
+PARTS = ("to_site", "clientapp_start", "handover", "compute", "back")
+SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (5, 6), "Delta": (6, 7)}
+
+
+def make_caches(root: Path) -> list[Path]:
+    sys.path.insert(0, str(REPO / "tests"))
+    from cache_factory import write_cohort  # the tests' ring-frame caches
+
+    return write_cohort(root, SIZES)
+
+
+def read_rows(folder: Path, side: str) -> dict[str, dict]:
+    rows = {}
+    for path in folder.glob(f"{side}-*.jsonl"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            rows[row["message_id"]] = row
+    return rows
+
+
+def split(server: dict, site: dict | None, simulated: bool) -> dict[str, float] | None:
+    if server["replied"] is None:
+        return None
+    total = server["replied"] - server["pushed"]
+    out = {"total": total}
+    if site is None:
+        return out
+    out["compute"] = site["handler_s"]
+    if simulated:
+        return out
+    started = site["process_started"] or site["imported"]
+    out.update(to_site=started - server["pushed"], clientapp_start=site["imported"] - started,
+               handover=site["left"] - site["imported"] - site["handler_s"],
+               back=server["replied"] - site["left"])
+    return out
+
+
+def summarise(folder: Path, simulated: bool) -> dict:
+    servers, sites = read_rows(folder, "server"), read_rows(folder, "site")
+    by_type: dict[str, list[dict]] = {}
+    bytes_seen: dict[str, list[int]] = {}
+    for mid, server in servers.items():
+        parts = split(server, sites.get(mid), simulated)
+        if parts is not None:
+            by_type.setdefault(server["type"], []).append(parts)
+            bytes_seen.setdefault(server["type"], []).append(
+                server["bytes_out"] + (server["bytes_back"] or 0))
+    out = {}
+    for kind, rows in sorted(by_type.items()):
+        keys = [k for k in ("total", *PARTS) if all(k in r for r in rows)]
+        means = {k: round(statistics.fmean(r[k] for r in rows), 3) for k in keys}
+        if "compute" in means:
+            means["beyond_compute"] = round(means["total"] - means["compute"], 3)
+        out[kind] = {"exchanges": len(rows), "mean_s": means,
+                     "bytes_per_exchange": round(statistics.fmean(bytes_seen[kind]))}
+    return out
+
+
+def run_mode(mode: str, caches: list[Path], root: Path, rounds: int,
+             encoding: str = "fp32") -> dict:
+    from fedcmr.lab.local_federation import run_local_federation
+
+    timings = root / f"{mode}-timings"
+    saved = {k: os.environ.get(k) for k in (*MODES["worker"], TIMINGS_ENV)}
+    os.environ.update({**MODES[mode], TIMINGS_ENV: str(timings)})
+    run = RunConfig(profile="smoke", folds=(0,), min_subjects=3, epochs=rounds,
+                    pretrained="none", update_encoding=encoding)
+    settings = FederationSettings(strategy="fedavg", round_timeout=900, run=run)
+    runtime = "simulation" if mode == "simulation" else "deployment"
+    started = time.monotonic()
+    try:
+        metrics = run_local_federation(caches, settings, root / mode, echo=lambda _: None,
+                                       runtime=runtime)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    elapsed = time.monotonic() - started
+    return {"elapsed_s": round(elapsed, 1), "auc_total": metrics["auc"]["total"],
+            "exchanges": summarise(timings, mode == "simulation")}
+
+
+def table(results: dict) -> str:
+    lines = [f"{'mode':<11} {'run s':>7} {'train exch s':>12} {'compute':>8} {'beyond':>7}  "
+             + " ".join(f"{p:>13}" for p in PARTS if p != "compute")]
+    for mode, res in results["modes"].items():
+        train = res["exchanges"].get("train", {}).get("mean_s", {})
+        lines.append(f"{mode:<11} {res['elapsed_s']:>7.1f} {train.get('total', 0):>12.2f} "
+                     f"{train.get('compute', 0):>8.2f} {train.get('beyond_compute', 0):>7.2f}  "
+                     + " ".join(f"{train[p]:>13.2f}" if p in train else f"{'-':>13}"
+                                for p in PARTS if p != "compute"))
+    for mode, ratio in results.get("ratio_to_simulation", {}).items():
+        lines.append(f"{mode}: {ratio:.2f}x the simulation runtime's time")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modes", default="exec,fork,worker,simulation")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--caches", nargs="*", type=Path)
+    parser.add_argument("--update-encoding", default="fp32", choices=("fp32", "fp16-delta"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"--modes: unknown {unknown}; choose from {', '.join(MODES)}")
+    with tempfile.TemporaryDirectory(prefix="round-overhead-") as tmp:
+        root = Path(tmp)
+        caches = args.caches or make_caches(root / "caches")
+        results: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+                                     "load_before": os.getloadavg()[0]},
+                         "sites": len(caches), "rounds": args.rounds, "profile": "smoke",
+                         "update_encoding": args.update_encoding,
+                         "modes": {}}
+        for mode in modes:
+            print(f"-- {mode} ...", flush=True)
+            results["modes"][mode] = run_mode(mode, caches, root, args.rounds,
+                                              args.update_encoding)
+            print(json.dumps(results["modes"][mode]["exchanges"].get("train", {})), flush=True)
+    sim = results["modes"].get("simulation")
+    if sim:
+        results["ratio_to_simulation"] = {m: round(r["elapsed_s"] / sim["elapsed_s"], 2)
+                                          for m, r in results["modes"].items()
+                                          if m != "simulation"}
+    write_json(args.out, results)
+    print(table(results))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
