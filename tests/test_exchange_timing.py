@@ -1,0 +1,69 @@
+"""Each side's view of a message exchange (common/exchange_timing.py) and how
+benchmarks/round_overhead.py joins them: the parts of an exchange add up to its total."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedcmr.common import exchange_timing
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def identity(monkeypatch):
+    for attr, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, attr, value)
+
+
+def benchmark():
+    spec = importlib.util.spec_from_file_location("round_overhead",
+                                                  REPO / "benchmarks" / "round_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def message(mid: str, arrays: bool) -> Message:
+    content = RecordDict({"config": ConfigRecord({"a": 1})})
+    if arrays:
+        content["arrays"] = ArrayRecord({"w": Array(np.zeros((10, 10), np.float32))})
+    msg = Message(content=content, message_type="train", dst_node_id=5)
+    msg.metadata.__dict__["_message_id"] = mid
+    return msg
+
+
+def test_nothing_is_written_without_the_variable(tmp_path, monkeypatch, identity):
+    monkeypatch.delenv(exchange_timing.TIMINGS_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    exchange_timing.record_sent([message("m1", True)], time.time(), {})
+    exchange_timing.record_exchange(message("m1", True), 1.0, 2.0, 0.5, "worker")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_parts_of_an_exchange_add_up_to_its_total(tmp_path, monkeypatch, identity):
+    monkeypatch.setenv(exchange_timing.TIMINGS_ENV, str(tmp_path))
+    pushed = time.time()
+    sent = message("m1", True)
+    exchange_timing.record_sent([sent, message("m2", False)], pushed,
+                                {"m1": (pushed + 9.0, 400)})  # m2 never answered
+    started = exchange_timing.process_started()
+    assert started is not None and abs(time.time() - started) < 600  # this process's start
+    exchange_timing.record_exchange(sent, pushed + 4.0, pushed + 7.5, 2.0, "worker")
+    summary = benchmark().summarise(tmp_path, simulated=False)["train"]
+    assert summary["exchanges"] == 1  # the unanswered message is not an exchange
+    assert summary["bytes_per_exchange"] == exchange_timing.content_bytes(sent) + 400
+    assert exchange_timing.content_bytes(sent) >= 400  # 100 float32
+    means = summary["mean_s"]
+    assert means["total"] == pytest.approx(9.0, abs=1e-3)
+    assert means["compute"] == 2.0 and means["beyond_compute"] == pytest.approx(7.0, abs=1e-3)
+    parts = ("to_site", "clientapp_start", "handover", "compute", "back")
+    assert sum(means[p] for p in parts) == pytest.approx(means["total"], abs=5e-3)
+    assert means["back"] == pytest.approx(1.5, abs=1e-3)
