@@ -41,8 +41,10 @@ WORKER_ENV = "FEDCMR_WORKER"
 SOCKET_ENV = "FEDCMR_WORKER_SOCKET"
 PID_ENV = "FEDCMR_WORKER_PID"
 SOCKET_NAME = "worker.sock"
-#: The command line: `python -c WORKER_MAIN FOLDER PARENT_PID`.
+#: The command line: `python -c WORKER_MAIN WORKER_NAME FOLDER PARENT_PID` (argv[1] names
+#: the process in `ps`).
 WORKER_MAIN = "from fedcmr.client.site_worker import main; main()"
+WORKER_NAME = "fedcmr-site-worker"
 #: Imported before the worker says it is ready (what every message's work needs).
 PRELOAD = ("torch", "torchvision", "fedcmr.client.client_app", "fedcmr.client.site_work",
            "fedcmr.client.site_measures")
@@ -63,8 +65,8 @@ def enabled() -> bool:
 def start(folder: Path) -> subprocess.Popen:
     """Start the worker for this process (the SuperNode) in `folder`; it serves on
     folder/SOCKET_NAME once it has imported what the work needs."""
-    return subprocess.Popen([sys.executable, "-c", WORKER_MAIN, str(folder), str(os.getpid())],
-                            stdin=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-c", WORKER_MAIN, WORKER_NAME, str(folder),
+                             str(os.getpid())], stdin=subprocess.DEVNULL)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -124,7 +126,7 @@ def serve(folder: Path, parent: int) -> None:
 
 
 def main() -> None:
-    folder, parent = Path(sys.argv[1]), int(sys.argv[2])
+    folder, parent = Path(sys.argv[2]), int(sys.argv[3])
     _die_with_parent(parent)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
