@@ -6,17 +6,21 @@ metadata) into OUT/cache by the code of `fedcmr prepare`; a cache given as it is
 been prepared so (its prep.json is checked). Then each frame of the bundle's phases is
 harmonised with the bundle's landmarks, turned into the network input as in training
 (FrameDataset, no augmentation) and scored: P(HCM) per frame, float64, and per subject the
-mean of its frames. OUT/predictions.csv and OUT/subjects.csv are written atomically.
+mean of its frames. A measures-model bundle reads each subject's clinical measures from the
+cache's measures.csv (which `prepare` measures from the label maps) instead of the images,
+and gives each frame its subject's P(HCM), as in training. OUT/predictions.csv and
+OUT/subjects.csv are written atomically.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fedcmr.client.loaders.result import LoadResult
 from fedcmr.client.prep_config import N4Params, PrepConfig
@@ -26,16 +30,25 @@ from fedcmr.common.bundle import (
     NO_PREPROCESSING,
     BundleError,
     BundleMetadata,
+    Preprocessing,
     bundle_model,
-    check_cache_preprocessing,
     load_bundle,
     read_metadata,
 )
-from fedcmr.common.cache_format import CacheError, check_cache, load_frame, read_manifest
+from fedcmr.common.cache_format import (
+    PREP_INFO,
+    CacheError,
+    check_cache,
+    label_convention,
+    load_frame,
+    read_manifest,
+)
 from fedcmr.common.device import placement
+from fedcmr.common.handshake import n4_differences, prepare_fix, read_cache_fields, show
 from fedcmr.common.learning.data import CachedFrame, FrameDataset
 from fedcmr.common.learning.harmonise import Harmoniser
 from fedcmr.common.learning.training import score
+from fedcmr.common.measures import SubjectMeasures
 from fedcmr.common.metrics import auc
 
 log = logging.getLogger("fedcmr.predict")
@@ -66,8 +79,7 @@ class PredictReport:
     def summary(self, metadata: BundleMetadata) -> str:
         called = sum(s["p_hcm"] >= THRESHOLD for s in self.subjects)
         lines = [f"{len(self.subjects)} subject(s), {len(self.frames)} frame(s) "
-                 f"({','.join(metadata.phases)}) scored with the {metadata.framework.upper()} "
-                 f"fold-{metadata.fold} {metadata.prior} model",
+                 f"({','.join(metadata.phases)}) scored with the {metadata.described}",
                  f"{called} called HCM (mean P(HCM) >= {THRESHOLD:g}), "
                  f"{len(self.subjects) - called} NOR"]
         subject_auc, frame_auc = self.auc(self.subjects, "p_hcm"), self.auc(self.frames, "score")
@@ -134,6 +146,45 @@ def read_frames(caches: Sequence[Path], metadata: BundleMetadata
     return frames, left_out
 
 
+def check_cache_preprocessing(cache: Path, metadata: BundleMetadata) -> None:
+    """Refuse a cache that was not prepared as the bundle's training data were, naming its
+    prep.json and the `fedcmr prepare` options that make it fit."""
+    want = metadata.preprocessing
+    path = Path(cache) / PREP_INFO
+    if want is None:
+        raise CacheError(path, "the bundle does not record how its training data were "
+                         f"prepared ({NO_PREPROCESSING}), so no cache can be checked against "
+                         "it", "use a bundle from a run of `fedcmr centralized` or `fedcmr "
+                         "federate` on caches prepared alike")
+    redo = (f"re-run `fedcmr prepare ... --out {cache}` with the bundle's options "
+            f"({prepare_options(want)}), or give `fedcmr predict` the raw data (--dataset, "
+            "--root) and it prepares them so")
+    if not path.is_file():
+        raise CacheError(path, "missing: not a cache written by `fedcmr prepare`", redo)
+    have = Preprocessing.from_fields(read_cache_fields(Path(cache)))
+    if have.cache_format != want.cache_format or have.label_convention != label_convention():
+        raise CacheError(path, f"cache format {have.cache_format} with labels "
+                         f"{have.label_convention}; the bundle needs format "
+                         f"{want.cache_format} with labels {label_convention()}", redo)
+    diffs = [(f, getattr(have, f), getattr(want, f)) for f in ("spacing_mm", "crop")
+             if getattr(have, f) != getattr(want, f)]
+    diffs += n4_differences(have.n4_text(), want.n4_text())
+    if diffs:
+        listed = "; ".join(f"{f} {show(f, a)} (the bundle: {show(f, b)}, "
+                           f"{prepare_fix(f, b)})" for f, a, b in diffs)
+        raise CacheError(path, f"prepared differently from the bundle's training data: "
+                         f"{listed}", redo)
+
+
+def prepare_options(prep: Preprocessing) -> str:
+    """The `fedcmr prepare` options that reproduce `prep`."""
+    options = [f"--spacing {','.join(f'{v:g}' for v in prep.spacing_mm)}",
+               f"--crop {','.join(str(v) for v in prep.crop)}"]
+    if not prep.n4.get("enabled", True):
+        options.append("--no-n4")
+    return " ".join(options)
+
+
 def predict_caches(bundle: Path, caches: Sequence[Path], out: Path) -> tuple[
         BundleMetadata, PredictReport]:
     """Score every frame of the caches with the bundle; writes OUT/predictions.csv and
@@ -146,12 +197,15 @@ def predict_caches(bundle: Path, caches: Sequence[Path], out: Path) -> tuple[
         raise CacheError(Path(caches[0]) / "manifest.csv", f"no frame of the bundle's phases "
                          f"({','.join(metadata.phases)})", "prepare the subjects' ED and ES "
                          "frames")
-    where = placement()
-    model = bundle_model(bundle, metadata, state).to(where.device,
-                                                     memory_format=where.memory_format)
-    harmoniser = Harmoniser(metadata.prior, metadata.harmonisation.landmarks)
-    scores = score(model, FrameDataset(frames, harmoniser, metadata.input_size, "none"),
-                   where).scores
+    if metadata.model == "measures":
+        scores = measures_scores(caches, frames, state)
+    else:
+        where = placement()
+        model = bundle_model(bundle, metadata, state).to(where.device,
+                                                         memory_format=where.memory_format)
+        harmoniser = Harmoniser(metadata.prior, metadata.harmonisation.landmarks)
+        scores = score(model, FrameDataset(frames, harmoniser, metadata.input_size, "none"),
+                       where).scores
     rows = [{"subject": f.subject, "centre": f.entry.centre, "phase": f.entry.phase,
              "label": _label(f.entry.label), "score": float(s)}
             for f, s in zip(frames, scores, strict=True)]
@@ -160,6 +214,34 @@ def predict_caches(bundle: Path, caches: Sequence[Path], out: Path) -> tuple[
     write_csv(Path(out) / PREDICTIONS, PREDICTION_COLUMNS, rows)
     write_csv(Path(out) / SUBJECTS, SUBJECT_COLUMNS, report.subjects)
     return metadata, report
+
+
+def measures_scores(caches: Sequence[Path], frames: Sequence[CachedFrame],
+                    state: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """Each frame's P(HCM) from its subject's measures (the caches' measures.csv). A
+    subject the caches hold no measures for is a CacheError naming the file and the fix."""
+    from fedcmr.common.learning import measures_model as mm
+    from fedcmr.common.measures import MEASURES_CSV, read_measures
+
+    table: dict[str, SubjectMeasures] = {}
+    for cache in map(Path, caches):
+        try:
+            found = read_measures(cache)
+        except (OSError, ValueError) as exc:
+            raise CacheError(cache / MEASURES_CSV, str(exc).split(": ", 1)[-1].split(
+                ". Fix: ")[0], f"re-run `fedcmr prepare ... --out {cache}` with this fedcmr "
+                "version (it measures every subject from its label maps)") from None
+        subjects = {e.subject for e in read_manifest(cache)} & {f.subject for f in frames}
+        missing = sorted(subjects - set(found))
+        if missing:
+            raise CacheError(cache / MEASURES_CSV, f"no clinical measures for subject(s) "
+                             f"{missing[:5]} (of {len(missing)}); the measures model reads "
+                             "them instead of the images", "prepare the subjects with their "
+                             "LV, MYO and RV label maps at ED and ES (`fedcmr prepare` "
+                             "measures them), or use a CNN bundle")
+        table.update({s: found[s] for s in subjects})
+    x = np.array([table[f.subject].features() for f in frames], dtype=np.float64)
+    return mm.predict(state, x.reshape(len(frames), -1))
 
 
 def _label(value: int) -> int | str:

@@ -10,7 +10,12 @@ metadata.json is removed first), so a folder with a metadata.json is a whole bun
 metadata.json records model.pt's SHA-256, so a damaged or swapped weights file is refused.
 `load_bundle` checks everything it can before the model runs and raises `BundleError`, one
 line naming the file, the problem and the fix. The `model` field says what kind of model the
-bundle holds ("cnn": r3d_18); loading dispatches on it (`WEIGHT_READERS`).
+bundle holds, and loading dispatches on it (`WEIGHT_READERS`):
+- "cnn": r3d_18's state dict; `input` is the network input of a frame, `harmonisation` the
+  Nyul landmarks its images are scaled with;
+- "measures": the measures model's four arrays (common/learning/measures_model.py);
+  `features` names the clinical measures (the cache's measures.csv columns) it reads, in
+  order; it takes no image, so `input` is None.
 """
 
 from __future__ import annotations
@@ -24,19 +29,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from torch import nn
 
 from fedcmr.common import __version__, nyul
 from fedcmr.common.atomic import atomic_path, write_json
-from fedcmr.common.cache_format import PREP_INFO, CacheError, label_convention
 from fedcmr.common.frames import Phase
 from fedcmr.common.handshake import (
     model_digest,
-    n4_differences,
-    prepare_fix,
-    read_cache_fields,
-    show,
     site_fingerprint,
 )
 from fedcmr.common.run_config import Prior, RunConfig
@@ -137,12 +137,15 @@ class Init(_Strict):
 
 class BundleMetadata(_Strict):
     bundle_format: int = BUNDLE_FORMAT
-    model: Literal["cnn"] = "cnn"
+    model: Literal["cnn", "measures"] = "cnn"
     fedcmr_version: str = __version__
     model_digest: str
     #: SHA-256 of model.pt (write_bundle fills it in).
     weights_sha256: str = ""
-    input: InputLayout
+    #: The CNN's input per frame (None for the measures model, which takes no image).
+    input: InputLayout | None
+    #: The measures model's inputs: measures.csv columns, in the order of its coefficients.
+    features: tuple[str, ...] | None = None
     prior: Prior
     phases: tuple[Phase, ...]
     #: None: the training data's preprocessing is not known (caches that disagreed).
@@ -162,7 +165,21 @@ class BundleMetadata(_Strict):
 
     @property
     def needs_labels(self) -> bool:
-        return self.prior in PRIORS_NEEDING_LABELS
+        return self.model == "cnn" and self.prior in PRIORS_NEEDING_LABELS
+
+    @property
+    def described(self) -> str:
+        """The model in a few words, for the console."""
+        what = "measures model" if self.model == "measures" else f"{self.prior} CNN"
+        return f"{self.framework.upper()} fold-{self.fold} {what}"
+
+    @model_validator(mode="after")
+    def _inputs_fit_the_model(self) -> BundleMetadata:
+        if self.model == "cnn" and (self.input is None or self.features is not None):
+            raise ValueError("a cnn bundle has an input layout and no features")
+        if self.model == "measures" and (self.input is not None or not self.features):
+            raise ValueError("a measures bundle has features and no input layout")
+        return self
 
 
 def prior_channel_count(prior: Prior) -> int:
@@ -191,6 +208,35 @@ def cnn_metadata(config: RunConfig, fold: int, framework: Literal["cds", "fl"],
                           fold_seed=config.fold_seed(fold)),
         framework=framework, strategy=strategy, vote_alpha=vote_alpha, fold=fold,
         metrics=metrics, init=Init(source=init_source, pretrained=init_source != "random",
+                                   seed=config.fold_seed(fold)))
+
+
+def measures_digest() -> str:
+    """A digest of the measures model's definition: its features and arrays, in order."""
+    from fedcmr.common.learning.measures_model import STATE_KEYS
+    from fedcmr.common.measures import FEATURES
+
+    text = "logistic\n" + ",".join(FEATURES) + "\n" + ",".join(STATE_KEYS)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def measures_metadata(config: RunConfig, fold: int, framework: Literal["cds", "fl"],
+                      preprocessing: Preprocessing | None, metrics: Metrics,
+                      strategy: str | None = None, vote_alpha: float | None = None
+                      ) -> BundleMetadata:
+    """The metadata of one fold's measures model (no image input, no landmarks, a zero
+    start: common/learning/measures_model.py)."""
+    from fedcmr.common.measures import FEATURES
+
+    return BundleMetadata(
+        model="measures", model_digest=measures_digest(), input=None, features=FEATURES,
+        prior=config.prior, phases=config.phases, preprocessing=preprocessing,
+        harmonisation=Harmonisation(landmarks=None),
+        training=Training(config=config.model_dump(mode="json"),
+                          profile=config.hyper.model_dump(mode="json"),
+                          fold_seed=config.fold_seed(fold)),
+        framework=framework, strategy=strategy, vote_alpha=vote_alpha, fold=fold,
+        metrics=metrics, init=Init(source="zeros", pretrained=False,
                                    seed=config.fold_seed(fold)))
 
 
@@ -268,6 +314,8 @@ def read_metadata(folder: Path) -> BundleMetadata:
 
 
 def _check_input(metadata: BundleMetadata, path: Path) -> None:
+    if metadata.input is None:  # the measures model: its features are checked on loading
+        return
     want = prior_channel_count(metadata.prior)
     if metadata.input.channels != want:
         raise BundleError(path, f"input has {metadata.input.channels} channels, but prior "
@@ -275,12 +323,14 @@ def _check_input(metadata: BundleMetadata, path: Path) -> None:
                           f"use the fedcmr version that wrote it ({metadata.fedcmr_version})")
 
 
-def _read_cnn_weights(folder: Path, metadata: BundleMetadata) -> dict[str, torch.Tensor]:
-    if metadata.model_digest != model_digest():
+def _read_weights(folder: Path, metadata: BundleMetadata, digest: str
+                  ) -> dict[str, torch.Tensor]:
+    """model.pt, checked against the model definition's digest and metadata.json's SHA-256."""
+    if metadata.model_digest != digest:
         raise BundleError(folder / METADATA, f"this bundle was trained with another model "
-                          f"definition (digest {metadata.model_digest}, this fedcmr's "
-                          f"{model_digest()})", f"use the fedcmr version that wrote it "
-                          f"({metadata.fedcmr_version})")
+                          f"definition ({metadata.model} digest {metadata.model_digest}, this "
+                          f"fedcmr's {digest})",
+                          f"use the fedcmr version that wrote it ({metadata.fedcmr_version})")
     path = folder / WEIGHTS
     if not path.is_file():
         raise BundleError(path, "missing (the bundle has metadata but no weights)",
@@ -297,8 +347,33 @@ def _read_cnn_weights(folder: Path, metadata: BundleMetadata) -> dict[str, torch
                           ) from None
 
 
+def _read_cnn_weights(folder: Path, metadata: BundleMetadata) -> dict[str, torch.Tensor]:
+    return _read_weights(folder, metadata, model_digest())
+
+
+def _read_measures_weights(folder: Path, metadata: BundleMetadata
+                           ) -> dict[str, torch.Tensor]:
+    """The four arrays, each of the length its features say (checked here, so that predict
+    never meets a mismatched state)."""
+    from fedcmr.common.learning.measures_model import STATE_KEYS
+    from fedcmr.common.measures import FEATURES
+
+    fix = f"use the fedcmr version that wrote it ({metadata.fedcmr_version})"
+    if tuple(metadata.features or ()) != FEATURES:
+        raise BundleError(folder / METADATA, f"the bundle reads the measures "
+                          f"{list(metadata.features or ())}, this fedcmr measures "
+                          f"{list(FEATURES)}", fix)
+    state = _read_weights(folder, metadata, measures_digest())
+    sizes = {"mean": len(FEATURES), "std": len(FEATURES), "coef": len(FEATURES), "intercept": 1}
+    wrong = [k for k in STATE_KEYS if k not in state or state[k].numel() != sizes[k]]
+    if wrong or set(state) != set(STATE_KEYS):
+        raise BundleError(folder / WEIGHTS, f"not a measures model's arrays (expected "
+                          f"{sizes}, found {({k: v.numel() for k, v in state.items()})})", fix)
+    return state
+
+
 #: How each kind of model's weights are read (BundleMetadata.model).
-WEIGHT_READERS = {"cnn": _read_cnn_weights}
+WEIGHT_READERS = {"cnn": _read_cnn_weights, "measures": _read_measures_weights}
 
 
 def load_bundle(folder: Path) -> tuple[BundleMetadata, dict[str, torch.Tensor]]:
@@ -321,42 +396,3 @@ def bundle_model(folder: Path, metadata: BundleMetadata,
                           f"use the fedcmr version that wrote it ({metadata.fedcmr_version})"
                           ) from None
     return model
-
-
-def check_cache_preprocessing(cache: Path, metadata: BundleMetadata) -> None:
-    """Refuse a cache that was not prepared as the bundle's training data were, naming its
-    prep.json and the `fedcmr prepare` options that make it fit."""
-    want = metadata.preprocessing
-    path = Path(cache) / PREP_INFO
-    if want is None:
-        raise CacheError(path, "the bundle does not record how its training data were "
-                         f"prepared ({NO_PREPROCESSING}), so no cache can be checked against "
-                         "it", "use a bundle from a run of `fedcmr centralized` or `fedcmr "
-                         "federate` on caches prepared alike")
-    redo = (f"re-run `fedcmr prepare ... --out {cache}` with the bundle's options "
-            f"({prepare_options(want)}), or give `fedcmr predict` the raw data (--dataset, "
-            "--root) and it prepares them so")
-    if not path.is_file():
-        raise CacheError(path, "missing: not a cache written by `fedcmr prepare`", redo)
-    have = Preprocessing.from_fields(read_cache_fields(Path(cache)))
-    if have.cache_format != want.cache_format or have.label_convention != label_convention():
-        raise CacheError(path, f"cache format {have.cache_format} with labels "
-                         f"{have.label_convention}; the bundle needs format "
-                         f"{want.cache_format} with labels {label_convention()}", redo)
-    diffs = [(f, getattr(have, f), getattr(want, f)) for f in ("spacing_mm", "crop")
-             if getattr(have, f) != getattr(want, f)]
-    diffs += n4_differences(have.n4_text(), want.n4_text())
-    if diffs:
-        listed = "; ".join(f"{f} {show(f, a)} (the bundle: {show(f, b)}, "
-                           f"{prepare_fix(f, b)})" for f, a, b in diffs)
-        raise CacheError(path, f"prepared differently from the bundle's training data: "
-                         f"{listed}", redo)
-
-
-def prepare_options(prep: Preprocessing) -> str:
-    """The `fedcmr prepare` options that reproduce `prep`."""
-    options = [f"--spacing {','.join(f'{v:g}' for v in prep.spacing_mm)}",
-               f"--crop {','.join(str(v) for v in prep.crop)}"]
-    if not prep.n4.get("enabled", True):
-        options.append("--no-n4")
-    return " ".join(options)

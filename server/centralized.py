@@ -188,7 +188,8 @@ def run_centralized(frames: Sequence[CachedFrame], config: RunConfig, out: Path,
             finished = json.loads(done.read_text())
         else:
             if config.model == "measures":
-                fold_rows, _ = train_measures_fold(frames, config, fold, fold_dir, measures)
+                fold_rows, _ = train_measures_fold(frames, config, fold, fold_dir, measures,
+                                                   preprocessing)
                 init = InitInfo(source="zeros", seed=0)
             else:
                 fold_rows, init = train_fold(frames, config, fold, fold_dir, where, progress,

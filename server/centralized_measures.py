@@ -1,7 +1,7 @@
 """The centralised baseline of the measures model: the pooled training subjects' clinical
 measures, standardised and fitted exactly (common/learning/measures_model.fit_central), on
 the same splits as every other run, with the same fold outputs (history.csv, predictions
-rows) and a model file the bundle can carry."""
+rows) and the fold's model bundle (common/bundle.py, model "measures")."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ from pathlib import Path
 import torch
 
 from fedcmr.common.atomic import atomic_path, write_csv
+from fedcmr.common.bundle import (
+    BUNDLE_DIR,
+    Metrics,
+    Preprocessing,
+    SplitMetric,
+    measures_metadata,
+    write_bundle,
+)
 from fedcmr.common.learning import measures_model as mm
 from fedcmr.common.learning.data import CachedFrame
 from fedcmr.common.learning.split import split_frames
@@ -21,9 +29,11 @@ from fedcmr.common.run_config import RunConfig
 
 
 def train_measures_fold(frames: Sequence[CachedFrame], config: RunConfig, fold: int,
-                        fold_dir: Path, measures: Mapping[str, SubjectMeasures]
+                        fold_dir: Path, measures: Mapping[str, SubjectMeasures],
+                        preprocessing: Preprocessing | None = None
                         ) -> tuple[list[dict], dict]:
-    """(test prediction rows, {"val_auc", "val_loss", "state"}) of one fold."""
+    """(test prediction rows, {"val_auc", "val_loss", "state"}) of one fold; writes
+    fold_dir/best_model.pt, history.csv and the bundle (fold_dir/bundle)."""
     parts = split_frames(frames, config, fold)
     if not parts["train"] or not parts["test"]:
         raise ValueError(f"fold {fold}: empty train or test split; the cohort is too small")
@@ -38,6 +48,11 @@ def train_measures_fold(frames: Sequence[CachedFrame], config: RunConfig, fold: 
     write_csv(fold_dir / "history.csv", ["epoch", "train_loss", "val_loss", "val_auc", "best"],
               [{"epoch": 0, "train_loss": mm.loss(state, x, y),
                 "val_loss": val_loss, "val_auc": val_auc, "best": True}])
-    _, test_scores, _ = mm.frame_scores(parts["test"], measures, state)
+    test_labels, test_scores, _ = mm.frame_scores(parts["test"], measures, state)
+    metrics = Metrics(validation=SplitMetric(auc=val_auc, n=len(val_labels)),
+                      test=SplitMetric(auc=auc(test_labels, test_scores) if len(test_labels)
+                                       else None, n=len(test_labels)))
+    write_bundle(fold_dir / BUNDLE_DIR, measures_metadata(config, fold, "cds", preprocessing,
+                                                          metrics), fold_dir / "best_model.pt")
     return (prediction_rows(parts["test"], test_scores, fold),
             {"val_auc": val_auc, "val_loss": val_loss, "state": state})

@@ -20,6 +20,7 @@ from fedcmr.common.bundle import (
     Preprocessing,
     SplitMetric,
     cnn_metadata,
+    measures_metadata,
     write_bundle,
 )
 from fedcmr.common.learning.privacy import privacy_spent
@@ -88,8 +89,7 @@ def write_fold(out: Path, outcome: FoldOutcome, bundle: FoldBundle | None = None
     if outcome.best_arrays is not None:
         with atomic_path(fold_dir / "best_model.pt") as tmp:
             torch.save(outcome.best_arrays.to_torch_state_dict(), tmp)
-        # the bundle holds the CNN only, until the measures model has its own form
-        if bundle is not None and bundle.run.model == "cnn":
+        if bundle is not None:
             write_bundle(fold_dir / BUNDLE_DIR, bundle.metadata(outcome),
                          fold_dir / "best_model.pt")
     write_json(fold_dir / "summary.json", {
@@ -132,6 +132,9 @@ class FoldBundle:
                                    sum(np.asarray(t.pos) for t in tests)) if tests else None
         metrics = Metrics(validation=SplitMetric(auc=val),
                           test=SplitMetric(auc=test_auc, n=sum(t.examples for t in tests)))
+        if self.run.model == "measures":
+            return measures_metadata(self.run, outcome.fold, "fl", self.preprocessing, metrics,
+                                     strategy=self.strategy, vote_alpha=self.vote_alpha)
         return cnn_metadata(self.run, outcome.fold, "fl", outcome.landmarks, self.preprocessing,
                             outcome.init_source, metrics, strategy=self.strategy,
                             vote_alpha=self.vote_alpha)

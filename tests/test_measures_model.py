@@ -132,6 +132,7 @@ def test_federated_and_centralised_measures_models_on_the_same_splits(caches, tm
     """The Flower app (simulation runtime) trains the measures model from the sites' sums
     and coefficients only; the pooled baseline fits it on the same training subjects; both
     score the same test frames, with a high AUC on data built to be separable."""
+    from fedcmr.common.bundle import preprocessing_of_caches
     from fedcmr.lab.local_federation import run_local_federation
     from fedcmr.server.centralized import run_centralized
     from fedcmr.server.settings import FederationSettings
@@ -141,7 +142,8 @@ def test_federated_and_centralised_measures_models_on_the_same_splits(caches, tm
     metrics = run_local_federation(caches, FederationSettings(strategy="fedavg", run=run),
                                    fl_dir, echo=lambda line: None, runtime="simulation")
     cds = run_centralized(load_cache(caches), run, tmp_path / "cds", progress=False,
-                          measures=read_all_measures(caches))
+                          measures=read_all_measures(caches),
+                          preprocessing=preprocessing_of_caches(caches))
 
     def rows(path: Path) -> dict[tuple[str, str], float]:
         with path.open() as handle:
@@ -158,3 +160,16 @@ def test_federated_and_centralised_measures_models_on_the_same_splits(caches, tm
         assert "query.measure_stats" in kinds and "query.nyul" not in kinds
     summary = json.loads((fl_dir / "fold_0" / "summary.json").read_text())
     assert summary["best_round"] >= 1
+    # both folds' bundles give their run's test scores back through `fedcmr predict`
+    from fedcmr.client.predict import predict_caches
+    from fedcmr.common.bundle import BUNDLE_DIR
+
+    for framework, folder, scores in (("fl", fl_dir, fl_rows), ("cds", tmp_path / "cds",
+                                                                  cds_rows)):
+        metadata, report = predict_caches(folder / "fold_0" / BUNDLE_DIR, caches,
+                                          tmp_path / f"predict-{framework}")
+        assert metadata.model == "measures" and metadata.framework == framework
+        predicted = {(r["subject"], r["phase"]): r["score"] for r in report.frames}
+        for key, value in scores.items():
+            assert predicted[key] == pytest.approx(value, abs=1e-5), (framework, key)
+    assert metadata.metrics.test.auc == pytest.approx(cds["auc"]["total"])
