@@ -9,9 +9,11 @@ Reads finished runs; runs nothing. The layout it expects (what #14's runs wrote)
   --cohort ROOT (one per draw, in draw order)      ROOT/cache/<centre>/ (measures.csv)
 
 Every AUC is frame-level over the pooled CCV test predictions (each subject is tested once,
-so every subject of the cohort counts). A measure alone scores each frame with its
-subject's value (larger = HCM). Prints a markdown table; writes benchmarks/results/
-model_draws.json.
+so every subject of the cohort counts). The pretraining is judged by the paired difference
+(pretrained minus plain, same draw and network seed): the rule, fixed before the last runs,
+keeps it only if the mean over the pairs is above zero by more than two standard errors.
+A measure alone scores each frame with its subject's value (larger = HCM). Prints a markdown
+table; writes benchmarks/results/model_draws.json.
 
   python benchmarks/model_draws.py --draws runs/draws \
       --cohort runs/small/cohort runs/draws/draw1 runs/draws/draw2
@@ -82,6 +84,8 @@ def summarise(draws: Path, cohorts: list[Path], seeds: list[int]) -> dict:
         return {"mean": mean(got), "sd": stdev(got) if len(got) > 1 else 0.0, "n": len(got)}
 
     rows = out["draws"]
+    pairs = [r["cnn_measures_pretrained"][s] - r["cnn"][s] for r in rows for s in seeds
+             if r["cnn_measures_pretrained"].get(s) is not None and r["cnn"].get(s) is not None]
     out["mean"] = {
         "cnn": spread([v for r in rows for v in r["cnn"].values()]),
         "cnn_measures_pretrained": spread([v for r in rows
@@ -90,7 +94,12 @@ def summarise(draws: Path, cohorts: list[Path], seeds: list[int]) -> dict:
         "measures_cds": spread([r["measures_cds"] for r in rows]),
         "measures_fl": spread([r["measures_fl"] for r in rows]),
         "max_wall_ed_mm": spread([r["max_wall_ed_mm"] for r in rows]),
+        "best_measure": spread([r["best_measure_auc"] for r in rows]),
+        "pretraining_gain": spread(pairs),
     }
+    gain = out["mean"]["pretraining_gain"]
+    out["pretraining_kept"] = bool(gain and gain["n"] > 1 and
+                                   gain["mean"] > 2 * gain["sd"] / gain["n"] ** 0.5)
     return out
 
 
@@ -99,13 +108,14 @@ def fmt(value) -> str:
 
 
 def table(summary: dict, seeds: list[int]) -> str:
-    head = (["draw"] + [f"CNN seed {s}" for s in seeds] + ["CNN + measures pretraining (s0)",
-            "measures CDS", "measures FL", "max ED wall", "best measure"])
+    head = (["draw"] + [f"CNN seed {s}" for s in seeds]
+            + [f"CNN + measures pretraining, seed {s}" for s in seeds]
+            + ["measures CDS", "measures FL", "max ED wall", "best measure"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["draws"]:
         cells = ([str(r["draw"])] + [fmt(r["cnn"].get(s)) for s in seeds]
-                 + [fmt(r["cnn_measures_pretrained"].get(0)), fmt(r["measures_cds"]),
-                    fmt(r["measures_fl"]), fmt(r["max_wall_ed_mm"]),
+                 + [fmt(r["cnn_measures_pretrained"].get(s)) for s in seeds]
+                 + [fmt(r["measures_cds"]), fmt(r["measures_fl"]), fmt(r["max_wall_ed_mm"]),
                     f"{r['best_measure']} {fmt(r['best_measure_auc'])}"])
         lines.append("| " + " | ".join(cells) + " |")
     m = summary["mean"]
@@ -113,9 +123,13 @@ def table(summary: dict, seeds: list[int]) -> str:
     def ms(key: str) -> str:
         v = m.get(key)
         return "" if v is None else f"{v['mean']:.3f} ± {v['sd']:.3f} (n={v['n']})"
-    lines.append(f"| mean ± SD | CNN, all seeds: {ms('cnn')} | | "
-                 f"{ms('cnn_measures_pretrained')} | {ms('measures_cds')} | "
-                 f"{ms('measures_fl')} | {ms('max_wall_ed_mm')} | |")
+    gap = [""] * (len(seeds) - 1)
+    lines.append("| mean ± SD | " + " | ".join(
+        [f"CNN, all seeds: {ms('cnn')}", *gap, f"pretrained, all seeds: "
+         f"{ms('cnn_measures_pretrained')}", *gap, ms("measures_cds"), ms("measures_fl"),
+         ms("max_wall_ed_mm"), ms("best_measure")]) + " |")
+    lines.append(f"\npretraining gain per (draw, seed) pair: {ms('pretraining_gain')}; "
+                 f"kept by the rule: {'yes' if summary['pretraining_kept'] else 'no'}")
     return "\n".join(lines)
 
 

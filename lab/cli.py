@@ -56,6 +56,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
                         "paper's 7-batch rule: batches of 1-3 frames, and no learning)")
     p.add_argument("--seed", type=int, default=0, help="cohort seed")
     add_model_option(p, RunConfig, "folds", default="0")
+    add_model_option(p, RunConfig, "model")
     add_model_option(p, RunConfig, "profile")
     add_model_option(p, RunConfig, "epochs", help="federated rounds (0: the profile's, 12 "
                                                   "for quick)")

@@ -101,7 +101,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             rejoin_timeout=args.rejoin_timeout,
             # a demo run again continues its earlier run (same settings) or says why not
             resume=args.resume or (args.out / "federated/checkpoint/settings.json").exists(),
-            run=RunConfig(folds=args.fold, profile=args.profile, epochs=args.epochs))
+            run=RunConfig(folds=args.fold, model=args.model, profile=args.profile,
+                          epochs=args.epochs))
         check_resume((args.out / "federated").resolve(), settings)
     except (RuntimeError, ValueError) as err:
         log.error("%s", err)
@@ -113,8 +114,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ValueError as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
-    log.info("2/2 federating four hospitals (%s runtime, %s, profile %s, fold %s)",
-             args.runtime, args.strategy, args.profile, args.fold)
+    log.info("2/2 federating four hospitals (%s runtime, %s, %s model, profile %s, fold %s)",
+             args.runtime, args.strategy, args.model, args.profile, args.fold)
     policy = args.site_policy or app_dir() / SYNTHETIC_SITE_POLICY
     log.info("the synthetic hospitals' release policy (%s): %s", policy,
              "; ".join(SitePolicy.load(policy).lines()))
