@@ -4,19 +4,22 @@ seeds), the measures model (CDS and FL), and each clinical measure alone, side b
 Reads finished runs; runs nothing. The layout it expects (what #14's runs wrote):
 
   DRAWS/cnn/d{draw}_s{seed}/metrics.json           fedcmr centralized --seed S
-  DRAWS/pretrain/d{draw}_s{seed}/metrics.json      python -m fedcmr.lab.measures_pretraining
+  DIR/d{draw}_s{seed}/metrics.json                 each CNN variant (--variant NAME=DIR);
+                                                   default pretrained=DRAWS/pretrain
+                                                   (python -m fedcmr.lab.measures_pretraining)
   DRAWS/measures_d{draw}/results.csv               fedcmr study --config studies/measures.toml
   --cohort ROOT (one per draw, in draw order)      ROOT/cache/<centre>/ (measures.csv)
 
 Every AUC is frame-level over the pooled CCV test predictions (each subject is tested once,
-so every subject of the cohort counts). The pretraining is judged by the paired difference
-(pretrained minus plain, same draw and network seed): the rule, fixed before the last runs,
+so every subject of the cohort counts). Each CNN variant is judged by the paired difference
+(variant minus plain, same draw and network seed): the rule, fixed before the runs it judges,
 keeps it only if the mean over the pairs is above zero by more than two standard errors.
 A measure alone scores each frame with its subject's value (larger = HCM). Prints a markdown
 table; writes benchmarks/results/model_draws.json.
 
   python benchmarks/model_draws.py --draws runs/draws \
-      --cohort runs/small/cohort runs/draws/draw1 runs/draws/draw2
+      --cohort runs/small/cohort runs/draws/draw1 runs/draws/draw2 \
+      --variant pretrained=runs/draws/pretrain --variant whole_ventricle=runs/slab/cnn
 """
 
 from __future__ import annotations
@@ -62,16 +65,17 @@ def measure_aucs(root: Path) -> dict[str, float]:
                                               for e in frames]))) for name in FEATURES}
 
 
-def summarise(draws: Path, cohorts: list[Path], seeds: list[int]) -> dict:
-    out: dict = {"draws": []}
+def summarise(draws: Path, cohorts: list[Path], seeds: list[int],
+              variants: dict[str, Path]) -> dict:
+    out: dict = {"draws": [], "variants": {k: str(v) for k, v in variants.items()}}
     for d, root in enumerate(cohorts):
         singles = measure_aucs(root)
         best = max(singles, key=singles.get)
         out["draws"].append({
             "draw": d, "cohort": str(root),
             "cnn": {s: total_auc(draws / "cnn" / f"d{d}_s{s}" / "metrics.json") for s in seeds},
-            "cnn_measures_pretrained": {s: total_auc(draws / "pretrain" / f"d{d}_s{s}" /
-                                                     "metrics.json") for s in seeds},
+            **{f"cnn_{k}": {s: total_auc(v / f"d{d}_s{s}" / "metrics.json") for s in seeds}
+               for k, v in variants.items()},
             "measures_cds": study_auc(draws / f"measures_d{d}" / "results.csv", "cds"),
             "measures_fl": study_auc(draws / f"measures_d{d}" / "results.csv", "fedavg"),
             "max_wall_ed_mm": singles["max_wall_ed_mm"],
@@ -84,22 +88,23 @@ def summarise(draws: Path, cohorts: list[Path], seeds: list[int]) -> dict:
         return {"mean": mean(got), "sd": stdev(got) if len(got) > 1 else 0.0, "n": len(got)}
 
     rows = out["draws"]
-    pairs = [r["cnn_measures_pretrained"][s] - r["cnn"][s] for r in rows for s in seeds
-             if r["cnn_measures_pretrained"].get(s) is not None and r["cnn"].get(s) is not None]
     out["mean"] = {
         "cnn": spread([v for r in rows for v in r["cnn"].values()]),
-        "cnn_measures_pretrained": spread([v for r in rows
-                                           for v in r["cnn_measures_pretrained"].values()]),
+        **{f"cnn_{k}": spread([v for r in rows for v in r[f"cnn_{k}"].values()])
+           for k in variants},
         "cnn_seed0": spread([r["cnn"].get(0) for r in rows]),
         "measures_cds": spread([r["measures_cds"] for r in rows]),
         "measures_fl": spread([r["measures_fl"] for r in rows]),
         "max_wall_ed_mm": spread([r["max_wall_ed_mm"] for r in rows]),
         "best_measure": spread([r["best_measure_auc"] for r in rows]),
-        "pretraining_gain": spread(pairs),
     }
-    gain = out["mean"]["pretraining_gain"]
-    out["pretraining_kept"] = bool(gain and gain["n"] > 1 and
-                                   gain["mean"] > 2 * gain["sd"] / gain["n"] ** 0.5)
+    out["gain"], out["kept"] = {}, {}
+    for k in variants:
+        pairs = [r[f"cnn_{k}"][s] - r["cnn"][s] for r in rows for s in seeds
+                 if r[f"cnn_{k}"].get(s) is not None and r["cnn"].get(s) is not None]
+        gain = out["gain"][k] = spread(pairs)
+        out["kept"][k] = bool(gain and gain["n"] > 1 and
+                              gain["mean"] > 2 * gain["sd"] / gain["n"] ** 0.5)
     return out
 
 
@@ -108,28 +113,30 @@ def fmt(value) -> str:
 
 
 def table(summary: dict, seeds: list[int]) -> str:
+    variants = list(summary["variants"])
     head = (["draw"] + [f"CNN seed {s}" for s in seeds]
-            + [f"CNN + measures pretraining, seed {s}" for s in seeds]
+            + [f"CNN {k}, seed {s}" for k in variants for s in seeds]
             + ["measures CDS", "measures FL", "max ED wall", "best measure"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["draws"]:
         cells = ([str(r["draw"])] + [fmt(r["cnn"].get(s)) for s in seeds]
-                 + [fmt(r["cnn_measures_pretrained"].get(s)) for s in seeds]
+                 + [fmt(r[f"cnn_{k}"].get(s)) for k in variants for s in seeds]
                  + [fmt(r["measures_cds"]), fmt(r["measures_fl"]), fmt(r["max_wall_ed_mm"]),
                     f"{r['best_measure']} {fmt(r['best_measure_auc'])}"])
         lines.append("| " + " | ".join(cells) + " |")
-    m = summary["mean"]
 
-    def ms(key: str) -> str:
-        v = m.get(key)
+    def ms(v: dict | None) -> str:
         return "" if v is None else f"{v['mean']:.3f} ± {v['sd']:.3f} (n={v['n']})"
-    gap = [""] * (len(seeds) - 1)
+    m, gap = summary["mean"], [""] * (len(seeds) - 1)
     lines.append("| mean ± SD | " + " | ".join(
-        [f"CNN, all seeds: {ms('cnn')}", *gap, f"pretrained, all seeds: "
-         f"{ms('cnn_measures_pretrained')}", *gap, ms("measures_cds"), ms("measures_fl"),
-         ms("max_wall_ed_mm"), ms("best_measure")]) + " |")
-    lines.append(f"\npretraining gain per (draw, seed) pair: {ms('pretraining_gain')}; "
-                 f"kept by the rule: {'yes' if summary['pretraining_kept'] else 'no'}")
+        [f"all seeds: {ms(m['cnn'])}", *gap]
+        + [c for k in variants for c in (f"all seeds: {ms(m[f'cnn_{k}'])}", *gap)]
+        + [ms(m[k]) for k in ("measures_cds", "measures_fl", "max_wall_ed_mm",
+                              "best_measure")]) + " |")
+    lines.append("")
+    for k in variants:
+        lines.append(f"{k}: gain per (draw, seed) pair {ms(summary['gain'][k])}; kept by the "
+                     f"rule: {'yes' if summary['kept'][k] else 'no'}")
     return "\n".join(lines)
 
 
@@ -138,8 +145,15 @@ def main() -> None:
     parser.add_argument("--draws", type=Path, default=Path("runs/draws"))
     parser.add_argument("--cohort", type=Path, nargs="+", required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--variant", action="append", metavar="NAME=DIR",
+                        help="a CNN variant's runs, DIR/d{draw}_s{seed}/ (repeatable; "
+                             "default: pretrained=DRAWS/pretrain)")
     args = parser.parse_args()
-    summary = summarise(args.draws, args.cohort, args.seeds)
+    pairs = args.variant or [f"pretrained={args.draws / 'pretrain'}"]
+    if any("=" not in p for p in pairs):
+        parser.error("--variant takes NAME=DIR, e.g. whole_ventricle=runs/slab/cnn")
+    variants = {k: Path(v) for k, v in (p.split("=", 1) for p in pairs)}
+    summary = summarise(args.draws, args.cohort, args.seeds, variants)
     print(table(summary, args.seeds))
     write_json(RESULTS, summary)
     print(f"written to {RESULTS}")
