@@ -125,3 +125,11 @@ def write_measures_table(cache: Path, seed: int = 0) -> Path:
             rv_ef=1 - rv_esv / rv_edv))
     write_measures(cache, rows)
     return cache
+
+
+def write_measured_cohort(root: Path, sizes: dict[str, tuple[int, int]]) -> list[Path]:
+    """`write_cohort` with a measures.csv in every cache (one measures seed per cache)."""
+    made = write_cohort(root, sizes)
+    for i, cache in enumerate(made):
+        write_measures_table(cache, seed=i)
+    return made

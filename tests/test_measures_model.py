@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cache_factory import write_cohort, write_measures_table
+from cache_factory import write_measured_cohort
 
 from fedcmr.client import site_measures, site_work
 from fedcmr.client.site_policy import PolicyRefusal, SitePolicy
@@ -25,10 +25,7 @@ SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (5, 6)}
 
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory) -> list[Path]:
-    made = write_cohort(tmp_path_factory.mktemp("measures-caches"), SIZES)
-    for i, cache in enumerate(made):
-        write_measures_table(cache, seed=i)
-    return made
+    return write_measured_cohort(tmp_path_factory.mktemp("measures-caches"), SIZES)
 
 
 def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cache_factory import write_cohort, write_measures_table
+from cache_factory import write_measured_cohort
 from mri_factory import write_acdc_patient
 
 from fedcmr.client.loaders.acdc import load_acdc
@@ -41,10 +41,7 @@ SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (5, 6)}
 
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory) -> list[Path]:
-    made = write_cohort(tmp_path_factory.mktemp("caches"), SIZES)
-    for i, cache in enumerate(made):
-        write_measures_table(cache, seed=i)
-    return made
+    return write_measured_cohort(tmp_path_factory.mktemp("caches"), SIZES)
 
 
 @pytest.fixture(scope="module")
