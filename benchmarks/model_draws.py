@@ -17,6 +17,10 @@ keeps it only if the mean over the pairs is above zero by more than two standard
 A measure alone scores each frame with its subject's value (larger = HCM). Prints a markdown
 table; writes benchmarks/results/model_draws.json.
 
+--reuse PREVIOUS.json takes each figure whose run is not on disk (a finished run's folder
+deleted, a machine lost) from an earlier results file, and lists what it took in the output
+(`reused`), so a new variant is judged against the same plain runs without re-running them.
+
   python benchmarks/model_draws.py --draws runs/draws \
       --cohort runs/small/cohort runs/draws/draw1 runs/draws/draw2 \
       --variant pretrained=runs/draws/pretrain --variant whole_ventricle=runs/slab/cnn
@@ -65,9 +69,28 @@ def measure_aucs(root: Path) -> dict[str, float]:
                                               for e in frames]))) for name in FEATURES}
 
 
+def fill_from(row: dict, previous: dict) -> list[str]:
+    """Fill the run figures `row` lacks from the same draw's `previous` row; what was taken."""
+    taken = []
+    for key, value in row.items():
+        if not (key == "cnn" or key.startswith("cnn_") or key.startswith("measures_")):
+            continue
+        if isinstance(value, dict):
+            for seed, got in value.items():
+                old = previous.get(key, {}).get(str(seed))
+                if got is None and old is not None:
+                    value[seed] = old
+                    taken.append(f"{key} seed {seed}")
+        elif value is None and previous.get(key) is not None:
+            row[key] = previous[key]
+            taken.append(key)
+    return taken
+
+
 def summarise(draws: Path, cohorts: list[Path], seeds: list[int],
-              variants: dict[str, Path]) -> dict:
+              variants: dict[str, Path], reuse: Path | None = None) -> dict:
     out: dict = {"draws": [], "variants": {k: str(v) for k, v in variants.items()}}
+    before = {r["draw"]: r for r in json.loads(reuse.read_text())["draws"]} if reuse else {}
     for d, root in enumerate(cohorts):
         singles = measure_aucs(root)
         best = max(singles, key=singles.get)
@@ -80,6 +103,10 @@ def summarise(draws: Path, cohorts: list[Path], seeds: list[int],
             "measures_fl": study_auc(draws / f"measures_d{d}" / "results.csv", "fedavg"),
             "max_wall_ed_mm": singles["max_wall_ed_mm"],
             "best_measure": best, "best_measure_auc": singles[best], "single_measures": singles})
+        if d in before:
+            out["draws"][-1]["reused"] = fill_from(out["draws"][-1], before[d])
+    if reuse:
+        out["reused_from"] = str(reuse)
 
     def spread(values: list[float | None]) -> dict | None:
         got = [v for v in values if v is not None]
@@ -148,12 +175,15 @@ def main() -> None:
     parser.add_argument("--variant", action="append", metavar="NAME=DIR",
                         help="a CNN variant's runs, DIR/d{draw}_s{seed}/ (repeatable; "
                              "default: pretrained=DRAWS/pretrain)")
+    parser.add_argument("--reuse", type=Path, default=None, metavar="PREVIOUS.json",
+                        help="take the figures of runs not on disk from an earlier results "
+                             "file (listed under `reused` in the output)")
     args = parser.parse_args()
     pairs = args.variant or [f"pretrained={args.draws / 'pretrain'}"]
     if any("=" not in p for p in pairs):
         parser.error("--variant takes NAME=DIR, e.g. whole_ventricle=runs/slab/cnn")
     variants = {k: Path(v) for k, v in (p.split("=", 1) for p in pairs)}
-    summary = summarise(args.draws, args.cohort, args.seeds, variants)
+    summary = summarise(args.draws, args.cohort, args.seeds, variants, args.reuse)
     print(table(summary, args.seeds))
     write_json(RESULTS, summary)
     print(f"written to {RESULTS}")
