@@ -5,7 +5,7 @@ Reads finished runs; runs nothing. The layout it expects (what #14's runs wrote)
 
   DRAWS/cnn/d{draw}_s{seed}/metrics.json           fedcmr centralized --seed S
   DIR/d{draw}_s{seed}/metrics.json                 each CNN variant (--variant NAME=DIR);
-                                                   default pretrained=DRAWS/pretrain
+                                                   default measures_pretrained=DRAWS/pretrain
                                                    (python -m fedcmr.lab.measures_pretraining)
   DRAWS/measures_d{draw}/results.csv               fedcmr study --config studies/measures.toml
   --cohort ROOT (one per draw, in draw order)      ROOT/cache/<centre>/ (measures.csv)
@@ -23,7 +23,10 @@ deleted, a machine lost) from an earlier results file, and lists what it took in
 
   python benchmarks/model_draws.py --draws runs/draws \
       --cohort runs/small/cohort runs/draws/draw1 runs/draws/draw2 \
-      --variant pretrained=runs/draws/pretrain --variant whole_ventricle=runs/slab/cnn
+      --variant measures_pretrained=runs/draws/pretrain --variant whole_ventricle=runs/slab/cnn
+
+(The committed results came from the whole-ventricle cohorts, runs/slab/d0 d1 d2, with
+--reuse of the earlier file for the plain, pretrained and measures-model runs.)
 """
 
 from __future__ import annotations
@@ -174,12 +177,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--variant", action="append", metavar="NAME=DIR",
                         help="a CNN variant's runs, DIR/d{draw}_s{seed}/ (repeatable; "
-                             "default: pretrained=DRAWS/pretrain)")
+                             "default: measures_pretrained=DRAWS/pretrain)")
     parser.add_argument("--reuse", type=Path, default=None, metavar="PREVIOUS.json",
                         help="take the figures of runs not on disk from an earlier results "
                              "file (listed under `reused` in the output)")
     args = parser.parse_args()
-    pairs = args.variant or [f"pretrained={args.draws / 'pretrain'}"]
+    pairs = args.variant or [f"measures_pretrained={args.draws / 'pretrain'}"]
     if any("=" not in p for p in pairs):
         parser.error("--variant takes NAME=DIR, e.g. whole_ventricle=runs/slab/cnn")
     variants = {k: Path(v) for k, v in (p.split("=", 1) for p in pairs)}
