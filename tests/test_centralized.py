@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import golden
 from cache_factory import write_cohort
 
 from fedcmr.common import run_config
@@ -37,6 +38,7 @@ def config(**kw) -> RunConfig:
 def test_outputs_best_model_and_resume(frames, tmp_path, caplog, monkeypatch):
     cfg = config()
     metrics = run_centralized(frames, cfg, tmp_path, progress=False)
+    golden.check("cds_cnn", tmp_path / "predictions.csv")
     assert set(metrics["auc"]) == {"total", "Alpha", "Bravo", "Charlie", "Delta"}
     assert metrics["init"][0]["source"] == "random"
     rows = read_predictions(tmp_path / "predictions.csv")

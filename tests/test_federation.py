@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import golden
 from cache_factory import write_cohort
 from process_tools import ENV, finish, hospital, kill_tree, our_processes, server_command, wait_for
 
@@ -107,6 +108,7 @@ def equal_vote_run(caches, tmp_path_factory) -> Path:
 
 def test_hospitals_as_separate_processes_leave_nothing_running(equal_vote_run):
     check_run(equal_vote_run, 0.0)
+    golden.check("fl_deployment_cnn_equal_vote", equal_vote_run / "predictions.csv")
     assert our_processes(equal_vote_run) == []
     # every message's ClientApp was forked from its site's SuperExec (superexec_main.py),
     # and handed its message to the site's warm worker (site_worker.py), one per site

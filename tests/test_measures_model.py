@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import golden
 from cache_factory import write_measured_cohort
 
 from fedcmr.client import site_measures, site_work
@@ -150,6 +151,8 @@ def test_federated_and_centralised_measures_models_on_the_same_splits(caches, tm
     fl_rows, cds_rows = rows(fl_dir / "predictions.csv"), rows(tmp_path / "cds" /
                                                                 "predictions.csv")
     assert fl_rows.keys() == cds_rows.keys()  # the same test frames
+    golden.check("fl_simulation_measures", fl_dir / "predictions.csv")
+    golden.check("cds_measures", tmp_path / "cds" / "predictions.csv")
     assert metrics["auc"]["total"] > 0.8 and cds["auc"]["total"] > 0.8
     # what left the sites: sums once, then the model's four arrays and counts
     for log in (fl_dir / "sites").glob("*/audit.jsonl"):
@@ -170,3 +173,6 @@ def test_federated_and_centralised_measures_models_on_the_same_splits(caches, tm
         for key, value in scores.items():
             assert predicted[key] == pytest.approx(value, abs=1e-5), (framework, key)
     assert metadata.metrics.test.auc == pytest.approx(cds["auc"]["total"])
+    for framework in ("fl", "cds"):
+        golden.check(f"predict_{framework}_measures", tmp_path / f"predict-{framework}" /
+                     "predictions.csv")

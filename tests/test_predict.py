@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import golden
 from cache_factory import write_cohort, write_prep_info, write_site_cache
 from mri_factory import write_acdc_patient
 
@@ -77,6 +78,8 @@ def check_reproduces(run: Path, caches: list[Path], out: Path) -> dict:
 
 def test_cds_bundle_reproduces_the_runs_test_scores(cds_run, caches, tmp_path):
     meta = check_reproduces(cds_run, caches, tmp_path)
+    golden.check("cds_cnn_small", cds_run / "predictions.csv")
+    golden.check("predict_cds_cnn", tmp_path / PREDICTIONS)
     fold = cds_run / "fold_0"
     harmonisation = json.loads((fold / "harmonisation.json").read_text())
     assert meta["harmonisation"]["landmarks"] == harmonisation["reference_landmarks"]
@@ -113,6 +116,8 @@ def test_fl_bundle_reproduces_the_runs_test_scores(caches, tmp_path):
     run_local_federation(caches, settings, run_dir, echo=lambda line: None,
                          runtime="simulation")
     meta = check_reproduces(run_dir, caches, tmp_path / "predicted")
+    golden.check("fl_simulation_cnn", run_dir / "predictions.csv")
+    golden.check("predict_fl_cnn", tmp_path / "predicted" / PREDICTIONS)
     summary = json.loads((run_dir / "fold_0" / "summary.json").read_text())
     assert meta["framework"] == "fl" and meta["strategy"] == "equal-vote"
     assert meta["vote_alpha"] == 0.0
