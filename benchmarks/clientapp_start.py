@@ -1,10 +1,10 @@
 """What it costs to start a ClientApp for one message, the way Flower does it (a fresh
 `flwr-clientapp` process that imports torch, torchvision and Flower) and the way fedcmr's
-SuperExec does it (client/superexec_main.py: a fork of a process that imported them once).
+SuperExec does it (client/runtime/superexec_main.py: a fork of a process that imported them once).
 
     python benchmarks/clientapp_start.py [--repeats 5] [--federation]
 
-Each start ends once the ClientApp's own module (fedcmr.client.client_app) is imported,
+Each start ends once the ClientApp's own module (fedcmr.client.site.client_app) is imported,
 the point at which the message's work begins. With --federation it also times one small
 `fedcmr federate` run (three sites, smoke profile, fold 0) in each mode, minutes on 2 cores.
 Prints a table and writes benchmarks/results/clientapp_start.json.
@@ -24,11 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedcmr.client.superexec_main import PRELOAD, START_ENV
+from fedcmr.client.runtime.superexec_main import PRELOAD, START_ENV
 from fedcmr.common.atomic import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "clientapp_start.json"
-APP = "fedcmr.client.client_app"
+APP = "fedcmr.client.site.client_app"
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CPU that four idle SuperNodes and their SuperLink use in 30 s, with Flower's own polling
-# schedule and with fedcmr's (client/supernode_main.py: 1 s idle wait), and with a faster
+# schedule and with fedcmr's (client/runtime/supernode_main.py: 1 s idle wait), and with a faster
 # SuperExec poll. Prints a line per schedule and writes benchmarks/results/idle_polling.txt.
 # Usage: bash benchmarks/idle_polling.sh   (from the repository root, .venv installed)
 set -euo pipefail
@@ -14,7 +14,7 @@ measure() {  # label, idle wait (s, empty: Flower's), SuperExec poll (s)
   local link=$!; sleep 8
   for i in 1 2 3 4; do
     if [ -n "$2" ]; then
-      FLWR_SUPEREXEC_TASK_POLL_INTERVAL=$3 setsid "$BIN/python" -c "import fedcmr.client.supernode_main as m; m.IDLE_POLL_S = $2; m.main()" \
+      FLWR_SUPEREXEC_TASK_POLL_INTERVAL=$3 setsid "$BIN/python" -c "import fedcmr.client.runtime.supernode_main as m; m.IDLE_POLL_S = $2; m.main()" \
         flower-supernode --insecure --superlink 127.0.0.1:$port --port $((port + 10 + i)) >>"$TMP/$1.log" 2>&1 &
     else
       FLWR_SUPEREXEC_TASK_POLL_INTERVAL=$3 setsid "$BIN/flower-supernode" --insecure --superlink 127.0.0.1:$port \

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from fedcmr.client.bias_field import foreground_mask, n4_log_bias_field
-from fedcmr.client.prep_config import N4Params
+from fedcmr.client.data.bias_field import foreground_mask, n4_log_bias_field
+from fedcmr.client.data.prep_config import N4Params
 from fedcmr.common.atomic import write_json
 
 DEFAULT_DATA = Path("/work/shared/data/acdc-sample")

@@ -10,7 +10,7 @@ fedcmr's forked ClientApps, with the warm site worker, and on the simulation run
 The input is the smoke profile's 4 x 24 x 24 crop, so that compute is small and the
 overhead shows; the weights that travel are the full model's whatever the input. With
 $FEDCMR_TIMINGS set, the coordinator and each ClientApp note their side of every message
-(common/exchange_timing.py); joined on the message id, each exchange splits into:
+(support/exchange_timing.py); joined on the message id, each exchange splits into:
 
   to the site      push -> the ClientApp process exists: the SuperNode's and the
                    SuperExec's polls and the SuperNode's download of the message
@@ -42,9 +42,9 @@ import time
 from pathlib import Path
 
 from fedcmr.common.atomic import write_json
-from fedcmr.common.exchange_timing import TIMINGS_ENV
 from fedcmr.common.run_config import RunConfig
 from fedcmr.server.settings import FederationSettings
+from fedcmr.support.exchange_timing import TIMINGS_ENV
 
 RESULTS = Path(__file__).resolve().parent / "results" / "round_overhead.json"
 REPO = Path(__file__).resolve().parent.parent

@@ -10,16 +10,16 @@ import sys
 from collections.abc import Sequence
 
 from fedcmr.client import cli as client_cli
-from fedcmr.common.cli_options import EXIT_FAILED, EXIT_INTERRUPTED
 from fedcmr.lab import cli as lab_cli
 from fedcmr.lab.study import cli as study_cli
 from fedcmr.server import cli as server_cli
+from fedcmr.support.cli_options import EXIT_FAILED, EXIT_INTERRUPTED
 
 log = logging.getLogger("fedcmr")
 
 #: The subcommands in the order `fedcmr --help` lists them.
 COMMANDS = [lab_cli.add_synth, client_cli.add_prepare, client_cli.add_predict,
-            server_cli.add_centralized,
+            lab_cli.add_centralized,
             lab_cli.add_federate, server_cli.add_server, client_cli.add_client, lab_cli.add_demo,
             study_cli.add_study]
 

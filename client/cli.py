@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedcmr.client.loaders.acdc import ACDC_PARTS, DEFAULT_ACDC_PART
-from fedcmr.client.prep_config import PrepConfig
-from fedcmr.client.site_policy import POLICY_ENV
-from fedcmr.common.cli_options import lazy
+from fedcmr.client.data.loaders.acdc import ACDC_PARTS, DEFAULT_ACDC_PART
+from fedcmr.client.data.prep_config import PrepConfig
+from fedcmr.client.site.policy import POLICY_ENV
+from fedcmr.support.cli_options import lazy
 
 
 def add_dataset_options(p: argparse.ArgumentParser, required: bool, out_help: str) -> None:

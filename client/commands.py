@@ -7,11 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
-from fedcmr.client.errors import DatasetError
-from fedcmr.client.loaders.result import LoadResult
-from fedcmr.client.prep_config import PrepConfig
-from fedcmr.common.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
-from fedcmr.common.measures import MEASURES_CSV
+from fedcmr.client.data.errors import DatasetError
+from fedcmr.client.data.loaders.result import LoadResult
+from fedcmr.client.data.prep_config import PrepConfig
+from fedcmr.support.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
 
 log = logging.getLogger("fedcmr.prepare")
 plog = logging.getLogger("fedcmr.predict")
@@ -30,45 +29,22 @@ def _triple(text: str, kind: type, what: str) -> tuple:
 def load_dataset(args: argparse.Namespace) -> tuple[LoadResult, list[Path]]:
     """The loader the --dataset flag names, and the input roots that must stay untouched."""
     if args.dataset == "acdc":
-        from fedcmr.client.loaders.acdc import load_acdc
+        from fedcmr.client.data.loaders.acdc import load_acdc
         return load_acdc(args.root, args.acdc_part), [args.root]
     if args.dataset == "mnms":
-        from fedcmr.client.loaders.mnms import load_mnms
+        from fedcmr.client.data.loaders.mnms import load_mnms
         from fedcmr.common.centres import parse_centre_map
         centre_map = parse_centre_map(args.centre_map) if args.centre_map else None
         return load_mnms(args.root, args.csv, args.centre, centre_map), [args.root]
-    from fedcmr.client.loaders.site_folder import load_site_folder, parse_label_numbers
+    from fedcmr.client.data.loaders.site_folder import load_site_folder, parse_label_numbers
     labels = parse_label_numbers(args.label_numbers) if args.label_numbers else None
     centre = (args.centre or [args.root.parent.name])[0]
     return load_site_folder(args.root, centre, args.vendor, labels), [args.root.parent]
 
 
-def prepare_loaded(loaded: LoadResult, config: PrepConfig, out: Path, workers: int,
-                   progress: bool = True):
-    """Prepare what a loader found into the cache `out`, saying what was done; returns the
-    PrepareReport (its `skipped` lists the subjects that could not be prepared)."""
-    from fedcmr.client.prepare import run_prepare
-
-    for reason, n in sorted(loaded.excluded.items()):
-        log.info("not in the study: %d subject(s) with %s", n, reason)
-    log.info("%d subjects to prepare into %s", len(loaded.subjects), out)
-    report = run_prepare(loaded, config, out, workers=workers, progress=progress)
-    for err in report.skipped:
-        log.warning("skipped %s", err.line())
-    log.info("%d frames of %d subjects ready in %s (%d computed, %d reused); clinical "
-             "measures in %s (%d subjects measured now, the others reused)", report.frames,
-             report.subjects, out, report.computed, report.frames - report.computed,
-             out / MEASURES_CSV, report.measured)
-    for centre, counts in sorted(report.by_centre.items()):
-        log.info("  %-16s NOR %3d  HCM %3d", centre, counts["NOR"], counts["HCM"])
-    if report.skipped:
-        log.warning("%d subject(s) skipped; see %s", len(report.skipped), out / "skipped.csv")
-    return report
-
-
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from fedcmr.client.prep_config import N4Params
-    from fedcmr.client.prepare import check_out_not_in_root
+    from fedcmr.client.data.prep_config import N4Params
+    from fedcmr.client.data.prepare import check_out_not_in_root
 
     try:
         config = PrepConfig(n4=N4Params(enabled=not args.no_n4),
@@ -82,6 +58,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     except DatasetError as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
+    from fedcmr.client.data.prepare import prepare_loaded
+
     report = prepare_loaded(loaded, config, args.out, args.workers, progress=not args.quiet)
     if report.skipped:
         return EXIT_FAILED if args.strict else EXIT_SKIPPED
@@ -92,9 +70,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """A bundle on caches, or on raw data prepared with its options into OUT/cache
     (client/predict.py). Bad input (bundle, cache, data): one line, exit 2; some raw
     subjects skipped: predictions for the others, exit 3."""
+    from fedcmr.client.data.prepare import check_out_not_in_root
     from fedcmr.client.predict import predict_caches, prepare_raw
-    from fedcmr.client.prepare import check_out_not_in_root
     from fedcmr.common.bundle import read_metadata
+    from fedcmr.common.models.bundles import bundle_plugin
 
     raw = args.dataset is not None or args.root is not None
     skipped = 0
@@ -102,7 +81,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if raw == (args.cache is not None) or (raw and None in (args.dataset, args.root)):
             raise DatasetError("fedcmr predict needs either --cache CACHE... or --dataset and "
                                "--root (raw data). Fix: give one of the two")
-        read_metadata(args.model)  # a bad bundle is refused before any preparing
+        # a bad bundle is refused before any preparing
+        bundle_plugin(args.model, read_metadata(args.model))
         caches = args.cache
         if raw:
             if not args.root.exists():
@@ -127,14 +107,14 @@ def cmd_client(args: argparse.Namespace) -> int:
     """Serve the hospital's cache as a SuperNode (a child process) until the coordinator
     says the run is over (exit 0), or give up on a coordinator it cannot reach (one line
     naming the address, exit 1)."""
-    from fedcmr.client.app_approval import APPROVED_ENV
-    from fedcmr.client.site_policy import SitePolicy, policy_default
-    from fedcmr.client.supernode_main import SUPERNODE_MAIN
-    from fedcmr.client.supernode_watch import SuperNodeWatch, clog
+    from fedcmr.client.runtime.supernode_main import SUPERNODE_MAIN
+    from fedcmr.client.runtime.supernode_watch import SuperNodeWatch, clog
+    from fedcmr.client.site.app_approval import APPROVED_ENV
+    from fedcmr.client.site.policy import SitePolicy, policy_default
     from fedcmr.common.app_bundle import bundle_digest
-    from fedcmr.common.flower_env import flower_env, tool
     from fedcmr.common.node_config import NodeConfig
     from fedcmr.common.protocol import FINISHED_MARKER
+    from fedcmr.support.flower_env import flower_env, tool
 
     missing = [p for p in args.data if not (p / "manifest.csv").exists()]
     if missing:

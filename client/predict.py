@@ -6,24 +6,24 @@ metadata) into OUT/cache by the code of `fedcmr prepare`; a cache given as it is
 been prepared so (its prep.json is checked). Then each frame of the bundle's phases is
 harmonised with the bundle's landmarks, turned into the network input as in training
 (FrameDataset, no augmentation) and scored: P(HCM) per frame, float64, and per subject the
-mean of its frames. A measures-model bundle reads each subject's clinical measures from the
-cache's measures.csv (which `prepare` measures from the label maps) instead of the images,
-and gives each frame its subject's P(HCM), as in training. OUT/predictions.csv and
+mean of its frames. How a frame is scored is the bundle's model's (common/models/): the CNN
+reads the images; the measures model reads each subject's clinical measures from the
+cache's measures.csv (which `prepare` measures from the label maps) and gives each frame its
+subject's P(HCM), as in training. OUT/predictions.csv and
 OUT/subjects.csv are written atomically.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from fedcmr.client.loaders.result import LoadResult
-from fedcmr.client.prep_config import N4Params, PrepConfig
+from fedcmr.client.data.loaders.result import LoadResult
+from fedcmr.client.data.prep_config import N4Params, PrepConfig
 from fedcmr.common.atomic import write_csv
 from fedcmr.common.bundle import (
     METADATA,
@@ -31,8 +31,6 @@ from fedcmr.common.bundle import (
     BundleError,
     BundleMetadata,
     Preprocessing,
-    bundle_model,
-    load_bundle,
     read_metadata,
 )
 from fedcmr.common.cache_format import (
@@ -43,13 +41,11 @@ from fedcmr.common.cache_format import (
     load_frame,
     read_manifest,
 )
-from fedcmr.common.device import placement
 from fedcmr.common.handshake import n4_differences, prepare_fix, read_cache_fields, show
-from fedcmr.common.learning.data import CachedFrame, FrameDataset
-from fedcmr.common.learning.harmonise import Harmoniser
-from fedcmr.common.learning.training import score
-from fedcmr.common.measures import SubjectMeasures
+from fedcmr.common.learning.data import CachedFrame
 from fedcmr.common.metrics import auc
+from fedcmr.common.models import registry
+from fedcmr.common.models.bundles import bundle_plugin, described, load_bundle
 
 log = logging.getLogger("fedcmr.predict")
 
@@ -79,7 +75,7 @@ class PredictReport:
     def summary(self, metadata: BundleMetadata) -> str:
         called = sum(s["p_hcm"] >= THRESHOLD for s in self.subjects)
         lines = [f"{len(self.subjects)} subject(s), {len(self.frames)} frame(s) "
-                 f"({','.join(metadata.phases)}) scored with the {metadata.described}",
+                 f"({','.join(metadata.phases)}) scored with the {described(metadata)}",
                  f"{called} called HCM (mean P(HCM) >= {THRESHOLD:g}), "
                  f"{len(self.subjects) - called} NOR"]
         subject_auc, frame_auc = self.auc(self.subjects, "p_hcm"), self.auc(self.frames, "score")
@@ -114,7 +110,7 @@ def prepare_raw(loaded: LoadResult, bundle: Path, out: Path, workers: int = 1,
                 progress: bool = True) -> tuple[Path, int]:
     """Prepare what a loader found with the bundle's preprocessing into OUT/cache; returns
     the cache and how many subjects were skipped."""
-    from fedcmr.client.commands import prepare_loaded
+    from fedcmr.client.data.prepare import prepare_loaded
 
     metadata = read_metadata(bundle)
     cache = Path(out) / CACHE_DIR
@@ -128,6 +124,7 @@ def read_frames(caches: Sequence[Path], metadata: BundleMetadata
     how many of other phases were left out. A prior that needs label maps refuses a frame
     without heart labels."""
     frames, left_out = [], {}
+    needs_labels = registry.get(metadata.model).needs_labels(metadata)
     for cache in map(Path, caches):
         entries = read_manifest(cache)
         for e in entries:
@@ -137,7 +134,7 @@ def read_frames(caches: Sequence[Path], metadata: BundleMetadata
         check_cache(cache, entries)
         for entry in entries:
             image, labels = load_frame(cache / entry.file, cache)
-            if metadata.needs_labels and not labels.any():
+            if needs_labels and not labels.any():
                 raise CacheError(cache / entry.file, f"no heart labels in this frame, and the "
                                  f"bundle's prior {metadata.prior!r} builds its input from "
                                  "them", "prepare the subject with its LV, MYO and RV label "
@@ -197,15 +194,8 @@ def predict_caches(bundle: Path, caches: Sequence[Path], out: Path) -> tuple[
         raise CacheError(Path(caches[0]) / "manifest.csv", f"no frame of the bundle's phases "
                          f"({','.join(metadata.phases)})", "prepare the subjects' ED and ES "
                          "frames")
-    if metadata.model == "measures":
-        scores = measures_scores(caches, frames, state)
-    else:
-        where = placement()
-        model = bundle_model(bundle, metadata, state).to(where.device,
-                                                         memory_format=where.memory_format)
-        harmoniser = Harmoniser(metadata.prior, metadata.harmonisation.landmarks)
-        scores = score(model, FrameDataset(frames, harmoniser, metadata.input_size, "none"),
-                       where).scores
+    scores = bundle_plugin(bundle, metadata).predict(Path(bundle), metadata, state, frames,
+                                                     caches)
     rows = [{"subject": f.subject, "centre": f.entry.centre, "phase": f.entry.phase,
              "label": _label(f.entry.label), "score": float(s)}
             for f, s in zip(frames, scores, strict=True)]
@@ -214,34 +204,6 @@ def predict_caches(bundle: Path, caches: Sequence[Path], out: Path) -> tuple[
     write_csv(Path(out) / PREDICTIONS, PREDICTION_COLUMNS, rows)
     write_csv(Path(out) / SUBJECTS, SUBJECT_COLUMNS, report.subjects)
     return metadata, report
-
-
-def measures_scores(caches: Sequence[Path], frames: Sequence[CachedFrame],
-                    state: Mapping[str, torch.Tensor]) -> np.ndarray:
-    """Each frame's P(HCM) from its subject's measures (the caches' measures.csv). A
-    subject the caches hold no measures for is a CacheError naming the file and the fix."""
-    from fedcmr.common.learning import measures_model as mm
-    from fedcmr.common.measures import MEASURES_CSV, read_measures
-
-    table: dict[str, SubjectMeasures] = {}
-    for cache in map(Path, caches):
-        try:
-            found = read_measures(cache)
-        except (OSError, ValueError) as exc:
-            raise CacheError(cache / MEASURES_CSV, str(exc).split(": ", 1)[-1].split(
-                ". Fix: ")[0], f"re-run `fedcmr prepare ... --out {cache}` with this fedcmr "
-                "version (it measures every subject from its label maps)") from None
-        subjects = {e.subject for e in read_manifest(cache)} & {f.subject for f in frames}
-        missing = sorted(subjects - set(found))
-        if missing:
-            raise CacheError(cache / MEASURES_CSV, f"no clinical measures for subject(s) "
-                             f"{missing[:5]} (of {len(missing)}); the measures model reads "
-                             "them instead of the images", "prepare the subjects with their "
-                             "LV, MYO and RV label maps at ED and ES (`fedcmr prepare` "
-                             "measures them), or use a CNN bundle")
-        table.update({s: found[s] for s in subjects})
-    x = np.array([table[f.subject].features() for f in frames], dtype=np.float64)
-    return mm.predict(state, x.reshape(len(frames), -1))
 
 
 def _label(value: int) -> int | str:

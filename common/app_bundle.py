@@ -1,7 +1,7 @@
 """The fedcmr app bundle (Flower's FAB) as this installation builds it.
 
 Both sides need it: the coordinator submits the installed source folder with `flwr run`,
-and a hospital accepts only a bundle whose digest it approved (client/app_approval.py),
+and a hospital accepts only a bundle whose digest it approved (client/site/app_approval.py),
 by default the one its own installation builds. Flower builds a FAB deterministically (the
 files sorted, fixed zip dates), and `flwr run APP_DIR` sends exactly
 `build_fab_from_disk(APP_DIR)`, so two installations of the same code agree on its sha256.

@@ -8,19 +8,15 @@ RUN/fold_K/bundle/metadata.json   BundleMetadata: versions, input layout, prepro
 `write_bundle` writes model.pt first and metadata.json last (each atomically; an earlier
 metadata.json is removed first), so a folder with a metadata.json is a whole bundle, and
 metadata.json records model.pt's SHA-256, so a damaged or swapped weights file is refused.
-`load_bundle` checks everything it can before the model runs and raises `BundleError`, one
-line naming the file, the problem and the fix. The `model` field says what kind of model the
-bundle holds, and loading dispatches on it (`WEIGHT_READERS`):
-- "cnn": r3d_18's state dict; `input` is the network input of a frame, `harmonisation` the
-  Nyul landmarks its images are scaled with;
-- "measures": the measures model's four arrays (common/learning/measures_model.py);
-  `features` names the clinical measures (the cache's measures.csv columns) it reads, in
-  order; it takes no image, so `input` is None.
+`read_metadata` checks the format and every field; the model named in `model` (a plug-in of
+common/models/) checks what is its own and reads its weights (common/models/bundles.py
+`load_bundle`). Anything wrong is a `BundleError`, one line naming the file, the problem and
+the fix. `input` is the network input of a frame for a model that reads images (None
+otherwise); `features` names the per-subject inputs of a model that reads them, in order.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,16 +25,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
-from torch import nn
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fedcmr.common import __version__, nyul
 from fedcmr.common.atomic import atomic_path, write_json
+from fedcmr.common.digests import file_sha256
 from fedcmr.common.frames import Phase
-from fedcmr.common.handshake import (
-    model_digest,
-    site_fingerprint,
-)
+from fedcmr.common.handshake import site_fingerprint
 from fedcmr.common.run_config import Prior, RunConfig
 
 #: Bump when what metadata.json holds changes incompatibly.
@@ -137,7 +130,8 @@ class Init(_Strict):
 
 class BundleMetadata(_Strict):
     bundle_format: int = BUNDLE_FORMAT
-    model: Literal["cnn", "measures"] = "cnn"
+    #: The model's name (common/models/registry.py), which reads and checks the rest.
+    model: str = "cnn"
     fedcmr_version: str = __version__
     model_digest: str
     #: SHA-256 of model.pt (write_bundle fills it in).
@@ -163,24 +157,6 @@ class BundleMetadata(_Strict):
     def input_size(self) -> tuple[int, int, int]:
         return (self.input.depth, self.input.height, self.input.width)
 
-    @property
-    def needs_labels(self) -> bool:
-        return self.model == "cnn" and self.prior in PRIORS_NEEDING_LABELS
-
-    @property
-    def described(self) -> str:
-        """The model in a few words, for the console."""
-        what = "measures model" if self.model == "measures" else f"{self.prior} CNN"
-        return f"{self.framework.upper()} fold-{self.fold} {what}"
-
-    @model_validator(mode="after")
-    def _inputs_fit_the_model(self) -> BundleMetadata:
-        if self.model == "cnn" and (self.input is None or self.features is not None):
-            raise ValueError("a cnn bundle has an input layout and no features")
-        if self.model == "measures" and (self.input is not None or not self.features):
-            raise ValueError("a measures bundle has features and no input layout")
-        return self
-
 
 def prior_channel_count(prior: Prior) -> int:
     """How many input channels the dataset builds for `prior` (from prior_channels)."""
@@ -190,53 +166,25 @@ def prior_channel_count(prior: Prior) -> int:
     return int(prior_channels(one, one.to(torch.uint8), prior).shape[0])
 
 
-def cnn_metadata(config: RunConfig, fold: int, framework: Literal["cds", "fl"],
-                 landmarks: Sequence[float] | None, preprocessing: Preprocessing | None,
-                 init_source: str, metrics: Metrics, strategy: str | None = None,
-                 vote_alpha: float | None = None) -> BundleMetadata:
-    """The metadata of one fold's r3d_18, from the run's settings and what the fold found."""
-    depth, height, width = config.hyper.input_size
+def base_metadata(model: str, digest: str, config: RunConfig, fold: int,
+                  framework: Literal["cds", "fl"], metrics: Metrics,
+                  preprocessing: Preprocessing | None, init_source: str, *,
+                  harmonisation: Harmonisation, input: InputLayout | None = None,
+                  features: Sequence[str] | None = None, strategy: str | None = None,
+                  vote_alpha: float | None = None) -> BundleMetadata:
+    """The metadata of one fold's model: the run's settings, what the fold found, and what
+    the model says of its inputs (a model plug-in's `bundle_metadata` calls this)."""
     return BundleMetadata(
-        model_digest=model_digest(),
-        input=InputLayout(channels=prior_channel_count(config.prior), depth=depth,
-                          height=height, width=width),
+        model=model, model_digest=digest, input=input,
+        features=None if features is None else tuple(features),
         prior=config.prior, phases=config.phases, preprocessing=preprocessing,
-        harmonisation=Harmonisation(landmarks=None if landmarks is None
-                                    else tuple(float(x) for x in landmarks)),
+        harmonisation=harmonisation,
         training=Training(config=config.model_dump(mode="json"),
                           profile=config.hyper.model_dump(mode="json"),
                           fold_seed=config.fold_seed(fold)),
         framework=framework, strategy=strategy, vote_alpha=vote_alpha, fold=fold,
-        metrics=metrics, init=Init(source=init_source, pretrained=init_source != "random",
-                                   seed=config.fold_seed(fold)))
-
-
-def measures_digest() -> str:
-    """A digest of the measures model's definition: its features and arrays, in order."""
-    from fedcmr.common.learning.measures_model import STATE_KEYS
-    from fedcmr.common.measures import FEATURES
-
-    text = "logistic\n" + ",".join(FEATURES) + "\n" + ",".join(STATE_KEYS)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def measures_metadata(config: RunConfig, fold: int, framework: Literal["cds", "fl"],
-                      preprocessing: Preprocessing | None, metrics: Metrics,
-                      strategy: str | None = None, vote_alpha: float | None = None
-                      ) -> BundleMetadata:
-    """The metadata of one fold's measures model (no image input, no landmarks, a zero
-    start: common/learning/measures_model.py)."""
-    from fedcmr.common.measures import FEATURES
-
-    return BundleMetadata(
-        model="measures", model_digest=measures_digest(), input=None, features=FEATURES,
-        prior=config.prior, phases=config.phases, preprocessing=preprocessing,
-        harmonisation=Harmonisation(landmarks=None),
-        training=Training(config=config.model_dump(mode="json"),
-                          profile=config.hyper.model_dump(mode="json"),
-                          fold_seed=config.fold_seed(fold)),
-        framework=framework, strategy=strategy, vote_alpha=vote_alpha, fold=fold,
-        metrics=metrics, init=Init(source="zeros", pretrained=False,
+        metrics=metrics, init=Init(source=init_source,
+                                   pretrained=init_source not in ("random", "zeros"),
                                    seed=config.fold_seed(fold)))
 
 
@@ -248,14 +196,6 @@ def preprocessing_of_caches(caches: Sequence[Path]) -> Preprocessing:
 
 
 # -- write -----------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_bundle(folder: Path, metadata: BundleMetadata,
                  weights: Mapping[str, torch.Tensor] | Path) -> Path:
     """Write the bundle into `folder`: model.pt (a state dict, or a state-dict file that is
@@ -272,7 +212,7 @@ def write_bundle(folder: Path, metadata: BundleMetadata,
                 shutil.copyfile(weights, tmp)
         else:
             torch.save(dict(weights), tmp)
-    final = metadata.model_copy(update={"weights_sha256": _sha256(folder / WEIGHTS)})
+    final = metadata.model_copy(update={"weights_sha256": file_sha256(folder / WEIGHTS)})
     write_json(folder / METADATA, final.model_dump(mode="json"))
     return folder / METADATA
 
@@ -309,21 +249,10 @@ def read_metadata(folder: Path) -> BundleMetadata:
         raise BundleError(path, f"field {where}: {first['msg']} (input {first.get('input')!r})",
                           f"use the fedcmr version that wrote it ({version}), or copy the "
                           "bundle again from the run that wrote it") from None
-    _check_input(metadata, path)
     return metadata
 
 
-def _check_input(metadata: BundleMetadata, path: Path) -> None:
-    if metadata.input is None:  # the measures model: its features are checked on loading
-        return
-    want = prior_channel_count(metadata.prior)
-    if metadata.input.channels != want:
-        raise BundleError(path, f"input has {metadata.input.channels} channels, but prior "
-                          f"{metadata.prior!r} gives {want} in fedcmr {__version__}",
-                          f"use the fedcmr version that wrote it ({metadata.fedcmr_version})")
-
-
-def _read_weights(folder: Path, metadata: BundleMetadata, digest: str
+def read_checked_weights(folder: Path, metadata: BundleMetadata, digest: str
                   ) -> dict[str, torch.Tensor]:
     """model.pt, checked against the model definition's digest and metadata.json's SHA-256."""
     if metadata.model_digest != digest:
@@ -335,7 +264,7 @@ def _read_weights(folder: Path, metadata: BundleMetadata, digest: str
     if not path.is_file():
         raise BundleError(path, "missing (the bundle has metadata but no weights)",
                           "copy the whole bundle folder again from the run that wrote it")
-    if metadata.weights_sha256 and _sha256(path) != metadata.weights_sha256:
+    if metadata.weights_sha256 and file_sha256(path) != metadata.weights_sha256:
         raise BundleError(path, "damaged or replaced (its SHA-256 differs from the one "
                           f"{METADATA} records)", "copy the whole bundle folder again from "
                           "the run that wrote it")
@@ -345,54 +274,3 @@ def _read_weights(folder: Path, metadata: BundleMetadata, digest: str
         raise BundleError(path, f"damaged (torch cannot read it: {type(exc).__name__})",
                           "copy the whole bundle folder again from the run that wrote it"
                           ) from None
-
-
-def _read_cnn_weights(folder: Path, metadata: BundleMetadata) -> dict[str, torch.Tensor]:
-    return _read_weights(folder, metadata, model_digest())
-
-
-def _read_measures_weights(folder: Path, metadata: BundleMetadata
-                           ) -> dict[str, torch.Tensor]:
-    """The four arrays, each of the length its features say (checked here, so that predict
-    never meets a mismatched state)."""
-    from fedcmr.common.learning.measures_model import STATE_KEYS
-    from fedcmr.common.measures import FEATURES
-
-    fix = f"use the fedcmr version that wrote it ({metadata.fedcmr_version})"
-    if tuple(metadata.features or ()) != FEATURES:
-        raise BundleError(folder / METADATA, f"the bundle reads the measures "
-                          f"{list(metadata.features or ())}, this fedcmr measures "
-                          f"{list(FEATURES)}", fix)
-    state = _read_weights(folder, metadata, measures_digest())
-    sizes = {"mean": len(FEATURES), "std": len(FEATURES), "coef": len(FEATURES), "intercept": 1}
-    wrong = [k for k in STATE_KEYS if k not in state or state[k].numel() != sizes[k]]
-    if wrong or set(state) != set(STATE_KEYS):
-        raise BundleError(folder / WEIGHTS, f"not a measures model's arrays (expected "
-                          f"{sizes}, found {({k: v.numel() for k, v in state.items()})})", fix)
-    return state
-
-
-#: How each kind of model's weights are read (BundleMetadata.model).
-WEIGHT_READERS = {"cnn": _read_cnn_weights, "measures": _read_measures_weights}
-
-
-def load_bundle(folder: Path) -> tuple[BundleMetadata, dict[str, torch.Tensor]]:
-    """The checked metadata and the state dict of the bundle in `folder`."""
-    metadata = read_metadata(folder)
-    return metadata, WEIGHT_READERS[metadata.model](Path(folder), metadata)
-
-
-def bundle_model(folder: Path, metadata: BundleMetadata,
-                 state: Mapping[str, torch.Tensor]) -> nn.Module:
-    """The network with the bundle's weights (every entry must fit, strictly)."""
-    from fedcmr.common.model import build_model
-
-    model, _ = build_model("none", quiet=True)
-    try:
-        model.load_state_dict(dict(state), strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0][:200]
-        raise BundleError(Path(folder) / WEIGHTS, f"the weights do not fit the model ({first})",
-                          f"use the fedcmr version that wrote it ({metadata.fedcmr_version})"
-                          ) from None
-    return model

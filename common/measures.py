@@ -1,5 +1,5 @@
 """Clinical measures of each subject: the contract between `fedcmr prepare` (which measures
-them from the whole label stacks, client/measures.py) and the measures model
+them from the whole label stacks, client/data/measures.py) and the measures model
 (common/learning/measures_model.py).
 
 CACHE/measures.csv   one row per subject (MEASURE_COLUMNS); a value that cannot be had

@@ -36,7 +36,7 @@ class NodeConfig(BaseModel):
     out_dir: Path
     #: CPU threads for torch (0: torch's default).
     threads: int = Field(0, ge=0)
-    #: The hospital's release policy file (client/site_policy.py); None: its defaults.
+    #: The hospital's release policy file (client/site/policy.py); None: its defaults.
     policy: Path | None = None
     #: The centres of its caches it serves (empty: all); comma-separated in Flower's node
     #: config. The local launcher gives each centre of a multi-centre cache its own site.

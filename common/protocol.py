@@ -26,7 +26,7 @@ class Kind(StrEnum):
     VALIDATE = f"{MessageType.QUERY}.validate"  # validation of a global model (final round)
     TEST = f"{MessageType.QUERY}.test"  # scoring of the best model on the site's test split
     #: The study run is over: the site marks it in its out-dir and its `fedcmr client`
-    #: stops (client/supernode_watch.py); sent once, after the results are written.
+    #: stops (client/runtime/supernode_watch.py); sent once, after the results are written.
     FINISHED = f"{MessageType.QUERY}.finished"
 
     @property
@@ -42,6 +42,52 @@ FINISHED_MARKER = ".run-finished"
 #: How a site's refusal under its own policy reads (an error reply, a withheld part): the
 #: same request would be refused again, so the coordinator does not wait for it to heal.
 POLICY_REFUSED = "refused by the site's policy"
+
+
+class RefusalRule(StrEnum):
+    """The rule of a site's release policy (client/site/policy.py) that refused a request
+    or withheld part of a reply. A refused request comes back as a Flower error whose code
+    is the rule's `code`; a withheld part as a `Refusal` in the reply: the coordinator reads
+    the code, never the text."""
+
+    MODELS = "models"
+    PROTOCOLS = "protocols"
+    CCV_FOLDS = "ccv_folds"
+    VAL_FRACTIONS = "val_fractions"
+    SPLIT_SEED = "split_seed"
+    MIN_SUBJECTS = "min_subjects"
+    MIN_EVAL_SUBJECTS = "min_eval_subjects"
+    MIN_DIFFERENCE = "min_difference"
+    MAX_RELEASED_SETS = "max_released_sets"
+
+    @property
+    def code(self) -> int:
+        """The Flower error code of a request refused under this rule."""
+        return REFUSAL_CODE_BASE + list(RefusalRule).index(self)
+
+    @classmethod
+    def of_code(cls, code: int) -> RefusalRule | None:
+        """The rule behind a Flower error code; None for any other error."""
+        rules = list(cls)
+        index = code - REFUSAL_CODE_BASE
+        return rules[index] if 0 <= index < len(rules) else None
+
+
+#: Flower's own error codes are small integers (flwr.common.constant.ErrorCode).
+REFUSAL_CODE_BASE = 4030
+
+
+class Refusal(BaseModel):
+    """Why a site's policy refused or withheld something: the rule, and a text that names
+    the rule and counts, never a path or a subject (it may leave the site in full)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rule: RefusalRule
+    text: str
+
+    def __str__(self) -> str:
+        return f"{POLICY_REFUSED} ({self.rule}): {self.text}"
 
 
 class Order(BaseModel):

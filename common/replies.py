@@ -4,7 +4,7 @@ A reply travels as a Flower RecordDict: the site's name (and other text) in the 
 ConfigRecord, numbers in the `metrics` MetricRecord, model weights in the `arrays`
 ArrayRecord. Where each field travels is declared once on the field (`Wire`); `to_content`
 and `from_content` follow it, and `allowed()` derives from it the complete list of records
-and keys a reply may hold, which the site's audit gate (client/audit.py) enforces.
+and keys a reply may hold, which the site's audit gate (client/site/audit.py) enforces.
 Nothing here is per subject.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 import numpy as np
@@ -22,7 +23,7 @@ from fedcmr.common.handshake import SiteFingerprint
 from fedcmr.common.measures import MeasureSums
 from fedcmr.common.metrics import auc_from_counts, binned_counts
 from fedcmr.common.nyul import NyulSummary
-from fedcmr.common.protocol import ARRAYS, METRICS, SITE, Kind
+from fedcmr.common.protocol import ARRAYS, METRICS, SITE, Kind, Refusal
 
 ANY_KEY = "*"
 
@@ -154,7 +155,9 @@ def _nested(annotation: Any) -> type[BaseModel]:
 
 
 def _plain(value: Any) -> Any:
-    """Tuples -> lists (Flower records take lists)."""
+    """Tuples -> lists (Flower records take lists), enum members -> their values."""
+    if isinstance(value, Enum):
+        return value.value
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -176,7 +179,7 @@ class NyulReply(Reply):
     kind = Kind.NYUL
 
     summary: Annotated[NyulSummary | None, Wire(METRICS, prefix="")] = None
-    refused: Annotated[str | None, Wire(SITE)] = None
+    refused: Annotated[Refusal | None, Wire(SITE, prefix="refused")] = None
 
 
 class MeasureStatsReply(Reply):
@@ -186,7 +189,7 @@ class MeasureStatsReply(Reply):
     kind = Kind.MEASURE_STATS
 
     sums: Annotated[MeasureSums | None, Wire(METRICS, prefix="sums")] = None
-    refused: Annotated[str | None, Wire(SITE)] = None
+    refused: Annotated[Refusal | None, Wire(SITE, prefix="refused")] = None
 
 
 class TrainReply(Reply):
@@ -204,7 +207,7 @@ class TrainReply(Reply):
     server_round: Annotated[int, Wire(METRICS)]
     #: Counts of nothing where the site's policy withholds them (`withheld` says why).
     val: Annotated[ScoreCounts, Wire(METRICS, prefix="val")]
-    withheld: Annotated[str | None, Wire(SITE)] = None
+    withheld: Annotated[Refusal | None, Wire(SITE, prefix="withheld")] = None
 
 
 class ValidateReply(Reply):
@@ -212,7 +215,7 @@ class ValidateReply(Reply):
 
     #: Counts of nothing where the site's policy withholds them (`withheld` says why).
     val: Annotated[ScoreCounts, Wire(METRICS, prefix="val")]
-    withheld: Annotated[str | None, Wire(SITE)] = None
+    withheld: Annotated[Refusal | None, Wire(SITE, prefix="withheld")] = None
 
 
 class TestReply(Reply):
@@ -221,7 +224,7 @@ class TestReply(Reply):
 
     #: None where the site's policy withholds them; `withheld` says why.
     test: Annotated[ScoreCounts | None, Wire(METRICS, prefix="test")] = None
-    withheld: Annotated[str | None, Wire(SITE)] = None
+    withheld: Annotated[Refusal | None, Wire(SITE, prefix="withheld")] = None
 
 
 class FinishedReply(Reply):
@@ -233,6 +236,11 @@ class FinishedReply(Reply):
 REPLIES: dict[Kind, type[Reply]] = {cls.kind: cls for cls in (
     DescribeReply, NyulReply, MeasureStatsReply, TrainReply, ValidateReply, TestReply,
     FinishedReply)}
+#: The contract's exchanges that start a federated fold (a model's `start`): each one's
+#: reply type, and what its aggregate is called in the site's release ledger.
+START_REPLIES: dict[Kind, tuple[type[Reply], str]] = {
+    Kind.NYUL: (NyulReply, "histogram summary"),
+    Kind.MEASURE_STATS: (MeasureStatsReply, "measure sums")}
 #: For every message kind, the records and keys its reply may hold: derived from the models.
 REPLY_ALLOWED: dict[str, dict[str, set[str]]] = {
     kind: cls.allowed() for kind, cls in REPLIES.items()}

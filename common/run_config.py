@@ -16,15 +16,16 @@ from pydantic import (
 
 from fedcmr.common.flat import FlatModel, is_flat
 from fedcmr.common.frames import Phase
+from fedcmr.common.models import registry
 from fedcmr.common.seeds import derive_seed
 
 Prior = Literal["baseline", "masked", "structures"]
 Augment = Literal["none", "basic", "shape", "shape-intensity"]
 Protocol = Literal["ccv", "lco"]
 ProfileName = Literal["smoke", "quick", "paper"]
-#: What is trained: the r3d_18 CNN on the images, or logistic regression on the clinical
-#: measures (common/learning/measures_model.py).
-ModelName = Literal["cnn", "measures"]
+#: What is trained: a model's name (common/models/registry.py): the r3d_18 CNN on the
+#: images ("cnn"), logistic regression on the clinical measures ("measures"), or a plug-in.
+ModelName = str
 #: How a site's trained weights travel back (common/update_codec.py): as they are, or each
 #: float tensor as the float16 difference from the global model the site received.
 UpdateEncoding = Literal["fp32", "fp16-delta"]
@@ -65,8 +66,9 @@ class RunConfig(FlatModel):
         "model", "protocol", "folds", "seed", "split_seed", "prior", "augment", "phases", "profile",
         "epochs", "pretrained", "min_subjects", "dp_clip", "dp_noise", "update_encoding")
 
-    model: ModelName = Field("cnn", description="what is trained: the CNN on the images, or "
-                                                "logistic regression on the clinical measures")
+    model: ModelName = Field(registry.DEFAULT_MODEL, description=(
+        "what is trained: the CNN on the images (cnn), logistic regression on the clinical "
+        "measures (measures), or a registered model plug-in"))
     protocol: Protocol = Field("ccv", description="collaborative (ccv) or leave-centre-out "
                                                   "(lco) cross-validation")
     #: Fold indices to run; None means all (5 for CCV, one per centre for LCO).
@@ -108,15 +110,18 @@ class RunConfig(FlatModel):
     #: Every centre of the study, sorted; fixes the LCO fold order for all participants.
     centres: tuple[str, ...] = ()
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        return registry.check_name(value)
+
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:
-        if self.model == "measures" and self.dp_clip > 0:
-            raise ValueError("differential privacy (dp-clip) is implemented for the CNN's "
-                             "updates only; run the measures model with dp-clip 0")
-        if self.update_encoding != "fp32" and (self.model == "measures" or self.dp_clip > 0):
-            # dp: rounding a clipped update may lift its norm above dp-clip, the noise's scale
-            raise ValueError(f"update-encoding {self.update_encoding} is for the CNN's updates "
-                             "without dp-clip; use update-encoding fp32")
+        """Settings the model must support (its plug-in says: ModelPlugin.check_run); the
+        plug-in is loaded only for such settings, so that a light process that validates a
+        plain run never imports a model's code."""
+        if self.dp_clip > 0 or self.update_encoding != "fp32":
+            registry.get(self.model).check_run(self)
         return self
 
     @field_validator("folds", mode="before")

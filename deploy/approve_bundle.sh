@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prints the sha256 of an app bundle and the site policy line that lets a hospital run it.
 # A site runs only the bundle its own installed fedcmr builds and those listed in its
-# policy's approved_bundles (client/app_approval.py); to run another (a coordinator's newer
+# policy's approved_bundles (client/site/app_approval.py); to run another (a coordinator's newer
 # fedcmr), review that code, then add the digest this prints to the site policy file.
 # Usage: deploy/approve_bundle.sh [APP_DIR | BUNDLE.fab]
 #   APP_DIR   a fedcmr source folder, as the coordinator submits it with `flwr run APP_DIR`

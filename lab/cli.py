@@ -1,4 +1,5 @@
-"""The researcher's commands on one machine: `synth` (the synthetic cohort), `federate` (a
+"""The researcher's commands on one machine: `synth` (the synthetic cohort), `centralized`
+(the pooled baseline), `federate` (a
 local federation) and `demo` (the README's main job)."""
 
 from __future__ import annotations
@@ -6,11 +7,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedcmr.common.cli_options import add_model_option, add_run_options, lazy
 from fedcmr.common.run_config import RunConfig
 from fedcmr.lab.sites import SITE_PER
 from fedcmr.server.cli import add_strategy_options
 from fedcmr.server.superlink import RUNTIMES
+from fedcmr.support.cli_options import add_model_option, add_run_options, lazy
 
 
 def add_synth(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,12 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sites", action="store_true",
                    help="also write OUT/sites/<centre>/: one plain site folder per hospital")
     p.set_defaults(func=lazy("fedcmr.lab.commands:cmd_synth"))
+
+
+def add_centralized(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("centralized", help="the pooled baseline (CDS) on the same splits")
+    add_run_options(p)
+    p.set_defaults(func=lazy("fedcmr.lab.commands:cmd_centralized"))
 
 
 def add_federate(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +80,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def add_site_policy_option(p: argparse.ArgumentParser, otherwise: str) -> None:
-    from fedcmr.client.site_policy import POLICY_ENV
+    from fedcmr.client.site.policy import POLICY_ENV
 
     p.add_argument("--site-policy", type=Path, default=None, metavar="FILE",
                    help="every simulated hospital's release policy (as fedcmr client "

@@ -1,4 +1,5 @@
-"""Handlers of the researcher's commands: `synth`, `federate` and `demo`."""
+"""Handlers of the researcher's commands: `synth`, `centralized` (the pooled baseline,
+which needs pooled data and so runs at neither side), `federate` and `demo`."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from fedcmr.common.cli_options import EXIT_BAD_INPUT, EXIT_OK
 from fedcmr.common.run_config import RunConfig
+from fedcmr.support.cli_options import EXIT_BAD_INPUT, EXIT_OK, run_config_from_args
 
 log = logging.getLogger("fedcmr")
 
@@ -34,6 +35,44 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_centralized(args: argparse.Namespace) -> int:
+    from fedcmr.common.bundle import preprocessing_of_caches
+    from fedcmr.common.learning.data import load_cache
+    from fedcmr.common.measures import read_all_measures
+    from fedcmr.common.models import registry
+    from fedcmr.common.results import auc_table
+    from fedcmr.lab.centralized import run_centralized
+
+    try:
+        frames = load_cache(args.cache)
+        config = run_config_from_args(args, sorted({f.entry.centre for f in frames}))
+        config.fold_list()
+        if config.private:
+            raise ValueError("--dp-clip applies to federated runs (it protects the weights "
+                             "a site releases); the centralised baseline pools the data. "
+                             "Fix: drop --dp-clip, or run fedcmr federate")
+        model = registry.get(config.model)
+        model.check_run(config)
+        measures = read_all_measures(args.cache) if model.needs_measures else None
+    except (FileNotFoundError, ValueError) as err:
+        log.error("%s", err)
+        return EXIT_BAD_INPUT
+    try:  # for the folds' bundles (common/bundle.py)
+        preprocessing = preprocessing_of_caches(args.cache)
+    except ValueError as err:
+        preprocessing = None
+        log.warning("the bundles will not record a preprocessing, so `fedcmr predict` "
+                    "cannot check new data against them: %s", err)
+    log.info("%d frames (%s) from %d centres; %s, folds %s, profile %s",
+             sum(f.entry.phase in config.phases for f in frames), ",".join(config.phases),
+             len(config.centres), config.protocol, config.fold_list(), config.profile)
+    metrics = run_centralized(frames, config, args.out, progress=not args.quiet,
+                              preprocessing=preprocessing, measures=measures)
+    print(auc_table(metrics))
+    log.info("predictions and metrics in %s", args.out)
+    return EXIT_OK
+
+
 def federate(caches: list[Path], settings, out: Path, security=None,
              threads_per_site: int = 1, runtime: str = "deployment",
              quiet: bool = False, site_policy: Path | None = None,
@@ -54,7 +93,7 @@ def federate(caches: list[Path], settings, out: Path, security=None,
 
 
 def cmd_federate(args: argparse.Namespace) -> int:
-    from fedcmr.client.site_policy import SitePolicy
+    from fedcmr.client.site.policy import SitePolicy
     from fedcmr.lab.sites import sites_from_caches
     from fedcmr.server.checkpoint import check_resume
     from fedcmr.server.commands import settings_from_args
@@ -83,11 +122,11 @@ SYNTHETIC_SITE_POLICY = "deploy/synthetic-site-policy.toml"
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """synth -> prepare (one cache per hospital) -> federate -> AUC table."""
-    from fedcmr.client.site_policy import SitePolicy, policy_default
+    from fedcmr.client.site.policy import SitePolicy, policy_default
     from fedcmr.common.app_bundle import app_dir
     from fedcmr.lab.study.cohort import synthetic_caches
     from fedcmr.server.checkpoint import check_resume
-    from fedcmr.server.settings import FederationSettings, strategy_alpha
+    from fedcmr.server.settings import FederationSettings
     from fedcmr.server.superlink import require_ray
 
     try:
@@ -95,14 +134,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         SitePolicy.load(args.site_policy)
         if args.runtime == "simulation":  # say so now, not after preparing the data
             require_ray()
-        settings = FederationSettings(
-            strategy=args.strategy, vote_alpha=strategy_alpha(args.strategy, args.vote_alpha),
+        settings = FederationSettings.build(
+            args.strategy, args.vote_alpha,
+            RunConfig(folds=args.fold, model=args.model, profile=args.profile,
+                      epochs=args.epochs),
             round_timeout=args.round_timeout, min_sites=args.min_sites,
             rejoin_timeout=args.rejoin_timeout,
             # a demo run again continues its earlier run (same settings) or says why not
-            resume=args.resume or (args.out / "federated/checkpoint/settings.json").exists(),
-            run=RunConfig(folds=args.fold, model=args.model, profile=args.profile,
-                          epochs=args.epochs))
+            resume=args.resume or (args.out / "federated/checkpoint/settings.json").exists())
         check_resume((args.out / "federated").resolve(), settings)
     except (RuntimeError, ValueError) as err:
         log.error("%s", err)

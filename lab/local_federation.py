@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedcmr.client.site_work import read_site_predictions
-from fedcmr.client.supernode_main import SUPERNODE_MAIN
+from fedcmr.client.runtime.supernode_main import SUPERNODE_MAIN
+from fedcmr.client.site.work import read_site_predictions
 from fedcmr.common.atomic import write_json
-from fedcmr.common.flower_env import tool
 from fedcmr.common.node_config import NodeConfig, write_simulated_nodes
 from fedcmr.common.results import PREDICTIONS_CSV, write_predictions
 from fedcmr.lab.sites import SitePer, SiteSpec, sites_from_caches
@@ -27,6 +26,7 @@ from fedcmr.server.processes import free_port
 from fedcmr.server.security import Security
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.superlink import Coordinator, Runtime
+from fedcmr.support.flower_env import tool
 
 
 @dataclass

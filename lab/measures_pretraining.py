@@ -42,7 +42,7 @@ from fedcmr.common.results import (
 )
 from fedcmr.common.run_config import RunConfig
 from fedcmr.common.seeds import derive_seed, seed_run
-from fedcmr.server.centralized import run_centralized
+from fedcmr.lab.centralized import run_centralized
 
 log = logging.getLogger("fedcmr.pretraining")
 #: Regression epochs over the fold's training frames, and the rate of body and head.

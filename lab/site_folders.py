@@ -8,8 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
-from fedcmr.client.loaders.acdc import load_acdc
-from fedcmr.client.loaders.mnms import load_mnms
+from fedcmr.client.data.loaders.acdc import load_acdc
+from fedcmr.client.data.loaders.mnms import load_mnms
 from fedcmr.common.atomic import write_csv
 from fedcmr.common.centres import slug
 from fedcmr.common.frames import SubjectRecord

@@ -1,13 +1,13 @@
-"""The coordinator's commands: `centralized` (the pooled baseline) and `server` (the
-SuperLink and the study run, for hospitals that connect with `fedcmr client`)."""
+"""The coordinator's command: `server` (the SuperLink and the study run, for hospitals that
+connect with `fedcmr client`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from fedcmr.common.cli_options import add_model_option, add_run_options, lazy
 from fedcmr.server.settings import FederationSettings
+from fedcmr.support.cli_options import add_model_option, add_run_options, lazy
 
 
 def add_strategy_options(p: argparse.ArgumentParser) -> None:
@@ -19,12 +19,6 @@ def add_strategy_options(p: argparse.ArgumentParser) -> None:
     add_model_option(p, FederationSettings, "min_sites")
     add_model_option(p, FederationSettings, "rejoin_timeout")
     add_model_option(p, FederationSettings, "resume")
-
-
-def add_centralized(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("centralized", help="the pooled baseline (CDS) on the same splits")
-    add_run_options(p)
-    p.set_defaults(func=lazy("fedcmr.server.commands:cmd_centralized"))
 
 
 def add_server(sub: argparse._SubParsersAction) -> None:

@@ -6,14 +6,14 @@ import argparse
 import json
 import logging
 
-from fedcmr.common.cli_options import (
+from fedcmr.server.settings import FederationSettings
+from fedcmr.support.cli_options import (
     EXIT_BAD_INPUT,
     EXIT_OK,
     EXIT_PARTIAL,
     flat_from_args,
     run_config_from_args,
 )
-from fedcmr.server.settings import FederationSettings, strategy_alpha
 
 log = logging.getLogger("fedcmr")
 
@@ -21,45 +21,9 @@ log = logging.getLogger("fedcmr")
 def settings_from_args(args: argparse.Namespace, centres: list[str]) -> FederationSettings:
     """The federation settings the command line asks for (the strategy fixes vote-alpha
     unless it is tempered)."""
-    return FederationSettings.from_flat(
-        flat_from_args(FederationSettings, args), out_dir=args.out,
-        vote_alpha=strategy_alpha(args.strategy, args.vote_alpha),
-        run=run_config_from_args(args, centres))
-
-
-def cmd_centralized(args: argparse.Namespace) -> int:
-    from fedcmr.common.bundle import preprocessing_of_caches
-    from fedcmr.common.learning.data import load_cache
-    from fedcmr.common.measures import read_all_measures
-    from fedcmr.common.results import auc_table
-    from fedcmr.server.centralized import run_centralized
-
-    try:
-        frames = load_cache(args.cache)
-        config = run_config_from_args(args, sorted({f.entry.centre for f in frames}))
-        config.fold_list()
-        if config.private:
-            raise ValueError("--dp-clip applies to federated runs (it protects the weights "
-                             "a site releases); the centralised baseline pools the data. "
-                             "Fix: drop --dp-clip, or run fedcmr federate")
-        measures = read_all_measures(args.cache) if config.model == "measures" else None
-    except (FileNotFoundError, ValueError) as err:
-        log.error("%s", err)
-        return EXIT_BAD_INPUT
-    try:  # for the folds' bundles (common/bundle.py)
-        preprocessing = preprocessing_of_caches(args.cache)
-    except ValueError as err:
-        preprocessing = None
-        log.warning("the bundles will not record a preprocessing, so `fedcmr predict` "
-                    "cannot check new data against them: %s", err)
-    log.info("%d frames (%s) from %d centres; %s, folds %s, profile %s",
-             sum(f.entry.phase in config.phases for f in frames), ",".join(config.phases),
-             len(config.centres), config.protocol, config.fold_list(), config.profile)
-    metrics = run_centralized(frames, config, args.out, progress=not args.quiet,
-                              preprocessing=preprocessing, measures=measures)
-    print(auc_table(metrics))
-    log.info("predictions and metrics in %s", args.out)
-    return EXIT_OK
+    return FederationSettings.build(args.strategy, args.vote_alpha,
+                                    run_config_from_args(args, centres),
+                                    flat_from_args(FederationSettings, args), out_dir=args.out)
 
 
 def cmd_server(args: argparse.Namespace) -> int:

@@ -19,14 +19,13 @@ from fedcmr.common.bundle import (
     Metrics,
     Preprocessing,
     SplitMetric,
-    cnn_metadata,
-    measures_metadata,
     write_bundle,
 )
+from fedcmr.common.learning.harmonise import harmonisation_record
 from fedcmr.common.learning.privacy import privacy_spent
 from fedcmr.common.metrics import auc_from_counts
+from fedcmr.common.models import registry
 from fedcmr.common.run_config import RunConfig
-from fedcmr.server.centralized import harmonisation_record
 from fedcmr.server.roster import Roster, SiteInfo
 from fedcmr.server.study_runner import FoldOutcome
 
@@ -132,12 +131,9 @@ class FoldBundle:
                                    sum(np.asarray(t.pos) for t in tests)) if tests else None
         metrics = Metrics(validation=SplitMetric(auc=val),
                           test=SplitMetric(auc=test_auc, n=sum(t.examples for t in tests)))
-        if self.run.model == "measures":
-            return measures_metadata(self.run, outcome.fold, "fl", self.preprocessing, metrics,
-                                     strategy=self.strategy, vote_alpha=self.vote_alpha)
-        return cnn_metadata(self.run, outcome.fold, "fl", outcome.landmarks, self.preprocessing,
-                            outcome.init_source, metrics, strategy=self.strategy,
-                            vote_alpha=self.vote_alpha)
+        return registry.get(self.run.model).bundle_metadata(
+            self.run, outcome.fold, "fl", metrics, self.preprocessing, outcome.landmarks,
+            outcome.init_source, strategy=self.strategy, vote_alpha=self.vote_alpha)
 
 
 def site_coverage(outcomes: Sequence[FoldOutcome], roster: Roster) -> dict:

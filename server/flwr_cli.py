@@ -10,8 +10,8 @@ from pathlib import Path
 
 from fedcmr.common.app_bundle import app_dir
 from fedcmr.common.atomic import write_text
-from fedcmr.common.flower_env import tool
 from fedcmr.server.settings import FederationSettings
+from fedcmr.support.flower_env import tool
 
 #: The connection's name in FLWR_HOME/config.toml.
 CONNECTION = "fedcmr-local"

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from fedcmr.common.proc_tree import descendants, signal_group, signal_pid, start_time
+from fedcmr.support.proc_tree import descendants, signal_group, signal_pid, start_time
 
 log = logging.getLogger("fedcmr.processes")
 

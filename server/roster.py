@@ -22,10 +22,10 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from pydantic import ValidationError
 
-from fedcmr.common.exchange_timing import content_bytes, record_sent
-from fedcmr.common.protocol import CONFIG, POLICY_REFUSED, Kind
+from fedcmr.common.protocol import CONFIG, Kind, RefusalRule
 from fedcmr.common.replies import DescribeReply
 from fedcmr.server.settings import FederationSettings
+from fedcmr.support.exchange_timing import content_bytes, record_sent
 
 log = logging.getLogger("fedcmr.server")
 #: Seconds between checks while waiting for sites to connect or come back.
@@ -34,7 +34,7 @@ POLL = 2.0
 #: longer waits up to REPLY_POLL (Flower's `send_and_receive` waits 3 s each time).
 FIRST_REPLY_POLL = 0.05
 REPLY_POLL = 0.25
-#: A ClientApp's failure reads "site NAME: KIND failed: ..." (client/client_app.py).
+#: A ClientApp's failure reads "site NAME: KIND failed: ..." (client/site/client_app.py).
 _SITE_IN_REASON = re.compile(r"(?:^|<'|failed: )site (.+?): [\w.]+ failed: ")
 
 
@@ -71,6 +71,19 @@ class SiteInfo:
     subjects: int = 0
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why a site gave no usable reply: the text for the logs, and the rule of the site's
+    policy when it refused (typed: the error's code, common/protocol.py RefusalRule); the
+    same request would be refused again, so the coordinator does not wait for it."""
+
+    reason: str
+    refusal: RefusalRule | None = None
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 class SiteFailure(RuntimeError):
     """The run cannot go on (too few sites, none answered): the message says which and why."""
 
@@ -82,6 +95,9 @@ class Roster:
     #: Checks a described site before it may take part: a reason to refuse it, or None.
     admit: Callable[[DescribeReply], str | None] = lambda reply: None
     sites: dict[str, SiteInfo] = field(default_factory=dict)
+    #: Every loss and return: {"site", "event": "lost" | "rejoined", "reason", "when"}
+    #: (a resumed run starts with its earlier attempts').
+    events: list[dict] = field(default_factory=list)
     #: Each site's last describe reply (its fingerprint for the handshake).
     described: dict[str, DescribeReply] = field(default_factory=dict)
     #: Sites away now: name -> why (the last failure).
@@ -90,8 +106,6 @@ class Roster:
     expected: set[str] = field(default_factory=set)
     #: Sites refused for the whole run (failed describe, refused at the handshake).
     refused: dict[str, str] = field(default_factory=dict)
-    #: Every loss and return: {"site", "event": "lost" | "rejoined", "reason", "when"}.
-    events: list[dict] = field(default_factory=list)
     #: Nodes already seen that are not (or no longer) a site of this run.
     _strangers: set[int] = field(default_factory=set)
 
@@ -112,6 +126,10 @@ class Roster:
         """Those of `names` whose node is online now, in name order."""
         online = self.online()
         return sorted(n for n in names if n in self.sites and self.sites[n].node_id in online)
+
+    def expect(self, names: Iterable[str]) -> None:
+        """The sites the run had before a resume: each counts as asked, back or not."""
+        self.expected = set(names)
 
     def note_lost(self, name: str, reason: str, when: str) -> None:
         if name not in self.away:
@@ -153,9 +171,10 @@ class Roster:
         content = RecordDict({CONFIG: ConfigRecord()})
         replies, failures = self.exchange(Kind.DESCRIBE, {f"node {n}": n for n in new},
                                           content, when)
-        for label, reason in failures.items():
+        for label, failure in failures.items():
             node = int(label.split()[1])
             self._strangers.add(node)
+            reason = str(failure)
             name = (m.group(1) if (m := _SITE_IN_REASON.search(reason)) else label)
             if name not in self.sites:
                 self.refused.setdefault(name, reason)
@@ -196,7 +215,7 @@ class Roster:
 
     # -- exchanges -------------------------------------------------------------------
     def exchange(self, kind: Kind, targets: dict[str, int], content: RecordDict,
-                 when: str) -> tuple[dict[str, Message], dict[str, str]]:
+                 when: str) -> tuple[dict[str, Message], dict[str, Failure]]:
         """Send `content` to each target (label -> node) and wait at most round-timeout;
         returns the good replies and the failures (label -> reason), both by label."""
         return self.exchange_messages(kind, {
@@ -204,7 +223,7 @@ class Roster:
             for label, node in targets.items()}, when)
 
     def exchange_messages(self, kind: Kind, messages: dict[str, Message], when: str
-                          ) -> tuple[dict[str, Message], dict[str, str]]:
+                          ) -> tuple[dict[str, Message], dict[str, Failure]]:
         """Send the prepared messages (label -> message); see `exchange`. A reply that
         comes after the timeout answers a message no later exchange waits for: it is never
         mixed into another round."""
@@ -213,26 +232,27 @@ class Roster:
                                     self.settings.round_timeout)
         by_id = {m.metadata.message_id: label for label, m in messages.items()}
         ok: dict[str, Message] = {}
-        failed: dict[str, str] = {}
+        failed: dict[str, Failure] = {}
         for reply in received:
             label = by_id.get(reply.metadata.reply_to_message_id)
             if label is None:  # not an answer to this exchange: never mixed in
                 continue
             if reply.has_error():
-                failed[label] = f"{kind} failed: {reply.error.reason}"
+                failed[label] = Failure(f"{kind} failed: {reply.error.reason}",
+                                        RefusalRule.of_code(reply.error.code))
             else:
                 ok[label] = reply
         for label in targets:
             if label not in ok and label not in failed:
-                failed[label] = (f"no reply to {kind} within {self.settings.round_timeout:.0f}"
-                                 " s (--round-timeout)")
-        for label, reason in failed.items():
-            if POLICY_REFUSED in reason:  # the site is there; it answered no
-                log.warning("%s: %s", label, reason)
+                failed[label] = Failure(f"no reply to {kind} within "
+                                        f"{self.settings.round_timeout:.0f} s (--round-timeout)")
+        for label, failure in failed.items():
+            if failure.refusal is not None:  # the site is there; it answered no
+                log.warning("%s: %s", label, failure)
             elif label in self.sites:
-                self.note_lost(label, reason, when)
+                self.note_lost(label, str(failure), when)
             else:
-                log.error("%s: %s", label, reason)
+                log.error("%s: %s", label, failure)
         for label in ok:
             if label in self.sites:
                 self.note_back(label, when)

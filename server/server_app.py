@@ -44,10 +44,10 @@ def main(grid: Grid, context: Context) -> None:
     (out / "status.json").unlink(missing_ok=True)  # an earlier attempt's
     checkpoint = Checkpoint(out, settings)
     checkpoint.open()
-    runner = StudyRunner(grid, settings, checkpoint)
     events = out / "site_events.jsonl"
-    if settings.resume and events.exists():  # the earlier attempts' losses still count
-        runner.roster.events = [json.loads(line) for line in events.read_text().splitlines()]
+    earlier = ([json.loads(line) for line in events.read_text().splitlines()]
+               if settings.resume and events.exists() else [])  # their losses still count
+    runner = StudyRunner(grid, settings, checkpoint, events=earlier)
     try:
         outcomes = run_study(runner, out)
     except SiteFailure as err:
@@ -91,14 +91,13 @@ def run_study(runner: StudyRunner, out) -> list[FoldOutcome]:
         write_rounds(out / "rounds.csv", done)
         write_jsonl(out / "audit.jsonl", [row for o in done for row in o.audit])
 
-    runner.on_round = progress
     for fold in runner.run.fold_list():
         outcome = runner.finished_fold(fold)
         if outcome is not None:
             log.info("fold %d: finished in the checkpoint; kept", fold)
         else:
             log.info("fold %d of %s: %s", fold, runner.run.fold_list(), runner.run.protocol)
-            outcome = runner.run_fold(fold)
+            outcome = runner.run_fold(fold, on_round=progress)
             write_fold(out, outcome, FoldBundle.of(runner.run, settings.strategy,
                                                    settings.vote_alpha, runner.roster))
             runner.save_finished(outcome)

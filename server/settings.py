@@ -6,20 +6,18 @@ the only ones (pyproject.toml's `[tool.flwr.app.config]` repeats them, checked b
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
 from fedcmr.common.flat import FlatModel, FlatValue
 from fedcmr.common.node_config import SIM_SITES
 from fedcmr.common.run_config import RunConfig
+from fedcmr.server.strategy_names import STRATEGY_ALPHA, STRATEGY_NAMES, Strategy
 
-Strategy = Literal["fedavg", "equal-vote", "tempered", "median", "trimmed-mean", "krum"]
-#: The vote exponent of each strategy with a fixed one (tempered takes `vote_alpha`); the
-#: robust rules (server/strategies.py) weigh by n_k only their metrics.
-STRATEGY_ALPHA: dict[str, float] = {"fedavg": 1.0, "equal-vote": 0.0, "median": 1.0,
-                                    "trimmed-mean": 1.0, "krum": 1.0}
+__all__ = ["STRATEGY_ALPHA", "FederationSettings", "Strategy", "strategy_alpha"]
 
 
 class FederationSettings(FlatModel):
@@ -80,6 +78,15 @@ class FederationSettings(FlatModel):
         run = extra.pop("run", None) or RunConfig.from_flat(values)
         return super().from_flat(values, run=run, **extra)
 
+    @classmethod
+    def build(cls, strategy: str, vote_alpha: float | None, run: RunConfig,
+              flat: Mapping[str, Any] | None = None, **settings: Any) -> FederationSettings:
+        """The one way fedcmr makes its federation settings (the CLI, the demo, a study's
+        cells): the strategy's vote exponent (its own, or tempered's `vote_alpha`, checked),
+        the run, other settings from flat keys (the command line's) and by name."""
+        return cls.from_flat(flat or {}, strategy=strategy, run=run,
+                             vote_alpha=strategy_alpha(strategy, vote_alpha), **settings)
+
     def to_run_config_text(self) -> str:
         """The `--run-config` string for `flwr run` that reproduces these settings."""
         return " ".join(f"{k}={json.dumps(v)}" for k, v in self.to_flat().items())
@@ -93,4 +100,4 @@ def strategy_alpha(name: str, vote_alpha: float | None = None) -> float:
         return vote_alpha
     if name in STRATEGY_ALPHA:
         return STRATEGY_ALPHA[name]
-    raise ValueError(f"unknown strategy {name!r}: use one of {', '.join(get_args(Strategy))}")
+    raise ValueError(f"unknown strategy {name!r}: use one of {', '.join(STRATEGY_NAMES)}")

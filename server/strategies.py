@@ -37,6 +37,7 @@ from fedcmr.common.replies import NUM_EXAMPLES
 from fedcmr.common.run_config import RunConfig, UpdateEncoding
 from fedcmr.common.seeds import derive_seed
 from fedcmr.server.settings import strategy_alpha
+from fedcmr.server.strategy_names import VOTE_STRATEGIES
 from fedcmr.server.update_checks import (
     as_numpy,
     decoded_message,
@@ -72,7 +73,7 @@ class FoldTraining:
     weighted = True
 
     def __init__(self, vote_alpha: float = 1.0, update_encoding: UpdateEncoding = "fp32",
-                 **kwargs) -> None:
+                 weights: dict[int, dict[int, float]] | None = None, **kwargs) -> None:
         super().__init__(weighted_by_key=VOTE, **kwargs)
         self.vote_alpha = vote_alpha
         self.update_encoding = update_encoding
@@ -80,8 +81,13 @@ class FoldTraining:
         self.sent: dict[int, ArrayRecord] = {}
         #: Node ids that train this fold (None: every connected node, as in FedAvg).
         self.train_nodes: list[int] | None = None
-        #: Effective weight per node id, by server round (NaN: the rule weighs none).
-        self.weights: dict[int, dict[int, float]] = {}
+        #: Effective weight per node id, by server round (NaN: the rule weighs none); a
+        #: resumed fold starts from its checkpoint's (`weights`).
+        self.weights: dict[int, dict[int, float]] = dict(weights or {})
+
+    def train_on(self, nodes: Iterable[int]) -> None:
+        """The node ids that train the next rounds (the fold's training sites present)."""
+        self.train_nodes = list(nodes)
 
     def summary(self) -> None:
         """Log this strategy's settings, then Flower's."""
@@ -228,23 +234,28 @@ class KrumVote(FoldTraining, Krum):
                              "--strategy median or trimmed-mean")
 
 
+#: Each strategy's class, by its name (server/strategy_names.py: every weighted vote is a
+#: WeightedVote with its exponent; tests/test_strategies.py checks the names agree).
 STRATEGIES: dict[str, type[FoldTraining]] = {
-    "fedavg": WeightedVote, "equal-vote": WeightedVote, "tempered": WeightedVote,
+    **dict.fromkeys(VOTE_STRATEGIES, WeightedVote),
     "median": Median, "trimmed-mean": TrimmedMean, "krum": KrumVote}
 
 
 def make_strategy(name: str, vote_alpha: float | None = None, run: RunConfig | None = None,
-                  fold: int = 0) -> FoldTraining:
-    """The strategy `name`; PrivateVote when the run asks for differential privacy."""
+                  fold: int = 0, weights: dict[int, dict[int, float]] | None = None
+                  ) -> FoldTraining:
+    """The strategy `name`; PrivateVote when the run asks for differential privacy.
+    `weights`: the site weights of the rounds a resumed fold already aggregated."""
     alpha = strategy_alpha(name, vote_alpha)
-    # Every site is sampled; the train set is fixed per fold by train_nodes.
+    # Every site is sampled; the train set is fixed per fold by train_on.
     common = {"fraction_evaluate": 0.0, "min_train_nodes": 1, "min_evaluate_nodes": 0,
-              "min_available_nodes": 1,
+              "min_available_nodes": 1, "weights": weights,
               "update_encoding": "fp32" if run is None else run.update_encoding}
     if run is None or not run.private:
         return STRATEGIES[name](vote_alpha=alpha, **common)
     if not STRATEGIES[name].weighted:
-        raise ValueError(f"--dp-clip works with the weighted strategies (fedavg, equal-vote, "
-                         f"tempered), whose noise it can calibrate; not with {name}")
+        raise ValueError(f"--dp-clip works with the weighted strategies "
+                         f"({', '.join(VOTE_STRATEGIES)}), whose noise it can calibrate; "
+                         f"not with {name}")
     return PrivateVote(vote_alpha=alpha, dp_clip=run.dp_clip, dp_noise=run.dp_noise,
                        noise_seed=derive_seed(run.seed, fold), **common)

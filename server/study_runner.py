@@ -1,8 +1,9 @@
 """The coordinator's side of a federated study run, fold by fold:
 
-describe -> histogram round (Nyul summaries, combined N_k / N) -> training rounds (each reply
-also validates the model it received) -> validation of the last model -> test of the best
-model at every site (per-class binned score counts only).
+describe -> the fold's start (the run's model's: common/models/, e.g. the CNN's histogram
+round, Nyul summaries combined N_k / N) -> training rounds (each reply also validates the
+model it received) -> validation of the last model -> test of the best model at every site
+(per-class binned score counts only).
 
 Sites come and go (server/roster.py): a round is aggregated from the training sites that
 answer with a usable update, when there are at least min-sites of them; otherwise the round
@@ -25,14 +26,14 @@ from flwr.serverapp import Grid
 from fedcmr.common import replies
 from fedcmr.common.learning.early_stopping import EarlyStopping
 from fedcmr.common.metrics import auc_from_counts
-from fedcmr.common.model import build_model
-from fedcmr.common.protocol import ARRAYS, CONFIG, POLICY_REFUSED, Kind, Order
-from fedcmr.common.replies import ScoreCounts, TrainReply
+from fedcmr.common.models import registry
+from fedcmr.common.models.base import FoldBegin, StartError
+from fedcmr.common.protocol import ARRAYS, CONFIG, Kind, Order
+from fedcmr.common.replies import START_REPLIES, ScoreCounts, TrainReply
 from fedcmr.common.run_config import RunConfig
 from fedcmr.common.update_codec import update_bytes
 from fedcmr.server.audit_trail import model_hash
 from fedcmr.server.checkpoint import Checkpoint, FoldState, restore_rng, state_dict
-from fedcmr.server.fold_start import FoldStart
 from fedcmr.server.handshake import HandshakeError, check_sites
 from fedcmr.server.roster import POLL, Roster, SiteFailure, SiteInfo
 from fedcmr.server.settings import FederationSettings
@@ -77,18 +78,20 @@ class FoldOutcome:
                    init_source=state.init_source)
 
 
-class StudyRunner(FoldStart):
+class StudyRunner:
     def __init__(self, grid: Grid, settings: FederationSettings,
-                 checkpoint: Checkpoint | None = None):
+                 checkpoint: Checkpoint | None = None, events: list[dict] | None = None):
+        """`events`: the site losses and returns of the run's earlier attempts (resume)."""
         self.grid = grid
         self.settings = settings
-        self.roster = Roster(grid, settings)
+        self.roster = Roster(grid, settings, admit=self._admit, events=list(events or []))
         self.run: RunConfig = settings.run
+        #: The run's model (common/models/): how a fold starts, and its bundle.
+        self.model = registry.get(self.run.model)
+        self.model.check_run(self.run)
         self.checkpoint = checkpoint
         #: (fold, site) whose withheld validation counts were logged; (fold, None): none.
         self._withheld: set[tuple[int, str | None]] = set()
-        #: Called after every completed round with the fold's outcome so far.
-        self.on_round: Callable[[FoldOutcome], None] = lambda outcome: None
 
     @property
     def sites(self) -> dict[int, SiteInfo]:
@@ -108,10 +111,9 @@ class StudyRunner(FoldStart):
             raise SiteFailure(str(err)) from err
         for name, reason in refused.items():
             self.roster.refuse(name, reason)
-        self.roster.admit = self._admit
         if self.checkpoint:
             known = self.checkpoint.remember_sites(sorted(self.roster.sites))
-            self.roster.expected = set(known)
+            self.roster.expect(known)
             for name in sorted(set(known) - set(self.roster.sites)):
                 log.error("site %s took part before the resume and is not back", name)
         if not self.roster.sites:
@@ -158,30 +160,42 @@ class StudyRunner(FoldStart):
                      saved.round, saved.best_round)
             restore_rng(saved.rng)
             return saved
-        outcome = FoldOutcome(fold=fold)
-        if self.run.model == "measures":
-            arrays, landmarks = self.measure_stats_round(fold, outcome), None
-            init_source = "zeros"
-        else:
-            landmarks = self.histogram_round(fold, outcome).landmarks
-            model, init = build_model(self.run.pretrained, self.run.fold_seed(fold))
-            arrays, init_source = state_dict(ArrayRecord(model.state_dict())), init.source
-        return FoldState(fold=fold, arrays=arrays, best_arrays=arrays, landmarks=landmarks,
-                         init_source=init_source, histogram=outcome.histogram,
-                         bin_edges=outcome.bin_edges, refused=outcome.refused,
-                         site_summaries=outcome.site_summaries)
+        begin = self.begin_fold(fold)
+        return FoldState(fold=fold, arrays=begin.state, best_arrays=begin.state,
+                         landmarks=begin.landmarks, init_source=begin.init_source,
+                         histogram=begin.histogram, bin_edges=begin.bin_edges,
+                         refused=list(begin.refused), site_summaries=begin.site_summaries)
+
+    def begin_fold(self, fold: int) -> FoldBegin:
+        """The fold's first exchange, the model's (none where it has no start), and the
+        global model the model makes of the training sites' replies."""
+        replies = []
+        if self.model.start is not None:
+            reply_type, what = START_REPLIES[self.model.start]
+            answers = self.roster.ask_all(self.model.start, self.training_sites(fold),
+                                          self._order(fold), f"fold {fold} {what}")
+            replies = [reply_type.from_message(m) for m in answers.values()]
+        try:
+            begin = self.model.begin_fold(self.run, fold, replies)
+        except StartError as err:
+            raise SiteFailure(str(err)) from err
+        for site, why in begin.refused.items():
+            log.warning("site %s %s", site, why)
+        return begin
 
     def finished_fold(self, fold: int) -> FoldOutcome | None:
         saved = self.checkpoint.load(fold) if self.checkpoint else None
         return FoldOutcome.of(saved) if saved is not None and saved.done else None
 
-    def run_fold(self, fold: int) -> FoldOutcome:
+    def run_fold(self, fold: int,
+                 on_round: Callable[[FoldOutcome], None] = lambda outcome: None
+                 ) -> FoldOutcome:
+        """One fold; `on_round` is called after every completed round with the fold's
+        outcome so far."""
         state = self._start_fold(fold)
         strategy = make_strategy(self.settings.strategy, self.settings.vote_alpha, self.run,
-                                 fold)
-        strategy.weights = state.strategy_weights
-        stopper = EarlyStopping(self.run.hyper.patience)
-        stopper.__dict__.update(state.stopper)
+                                 fold, weights=state.strategy_weights)
+        stopper = EarlyStopping.restore(self.run.hyper.patience, state.stopper)
         arrays = ArrayRecord(state.arrays)
         best_arrays, best_round = ArrayRecord(state.best_arrays), state.best_round
         outcome = FoldOutcome.of(state)
@@ -208,7 +222,7 @@ class StudyRunner(FoldStart):
             arrays = new_arrays
             stopped = stopper.should_stop
             self._save(state, outcome, rnd, arrays, best_arrays, best_round, stopper, strategy)
-            self.on_round(outcome)
+            on_round(outcome)
             if stopped:
                 log.info("fold %d: early stop after round %d (best: round %d)", fold, rnd,
                          best_round)
@@ -283,21 +297,20 @@ class StudyRunner(FoldStart):
             time.sleep(POLL)
 
     def _collect(self, rnd, arrays, strategy, present, order, outcome, when):
-        strategy.train_nodes = sorted(self.roster.sites[n].node_id for n in present)
+        strategy.train_on(sorted(self.roster.sites[n].node_id for n in present))
         targets = {m.metadata.dst_node_id: m for m in
                    strategy.configure_train(rnd, arrays, order, self.grid)}
         by_name = {n: self.roster.sites[n].node_id for n in present}
         answers, failed = self.roster.exchange_messages(
             Kind.TRAIN, {n: targets[node] for n, node in by_name.items()}, when)
         # a site's policy refuses the same request again: rejected, not waited for
-        outcome.rejected += [{"round": rnd, "site": n, "reason": r}
-                             for n, r in failed.items() if POLICY_REFUSED in r]
-        received, rejected = screen(list(answers.values()), arrays, self.roster.node_frames(),
-                                    self.roster.node_names(), rnd, self.run.update_encoding)
+        outcome.rejected += [{"round": rnd, "site": n, "reason": str(f)}
+                             for n, f in failed.items() if f.refusal is not None]
+        screened = screen(list(answers.values()), arrays, self.roster.node_frames(),
+                          self.roster.node_names(), rnd, self.run.update_encoding)
         outcome.rejected += [{"round": rnd, "site": r.site, "reason": r.reason}
-                             for r in rejected]
-        trained = {r.metadata.src_node_id: TrainReply.from_message(r) for r in received}
-        return received, trained
+                             for r in screened.rejected]
+        return screened.messages, screened.replies
 
     def _save(self, state, outcome, rnd, arrays, best_arrays, best_round, stopper,
               strategy) -> None:
@@ -305,7 +318,7 @@ class StudyRunner(FoldStart):
             return
         state.round, state.best_round = rnd, best_round
         state.arrays, state.best_arrays = state_dict(arrays), state_dict(best_arrays)
-        state.stopper = dict(stopper.__dict__)
+        state.stopper = stopper.state()
         state.strategy_weights = strategy.weights
         state.rounds, state.rejected, state.audit = outcome.rounds, outcome.rejected, \
             outcome.audit

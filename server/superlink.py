@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from fedcmr.common.flower_env import flower_env, tool
 from fedcmr.server.flwr_cli import CONNECTION, FlwrCli
 from fedcmr.server.processes import ProcessGroup, exit_on_termination, free_port
 from fedcmr.server.security import Security
 from fedcmr.server.settings import FederationSettings
+from fedcmr.support.flower_env import flower_env, tool
 
 log = logging.getLogger("fedcmr.federate")
 Runtime = Literal["deployment", "simulation"]

@@ -28,9 +28,16 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 from pydantic import ValidationError
 
+from fedcmr.common.protocol import ARRAYS
 from fedcmr.common.replies import TrainReply
 from fedcmr.common.run_config import UpdateEncoding
-from fedcmr.common.update_codec import EncodingError, decode, update_bytes, whole_tensors
+from fedcmr.common.update_codec import (
+    EncodingError,
+    decode,
+    record_encoding,
+    update_bytes,
+    whole_tensors,
+)
 
 log = logging.getLogger("fedcmr.server")
 
@@ -100,16 +107,27 @@ def norm_outliers(norms: Mapping[int, float]) -> dict[int, str]:
                   f"limit {limit:.3g})" for node, n in norms.items() if n > limit}
 
 
+@dataclass
+class Screened:
+    """A round's replies after the update checks: the messages that may be aggregated
+    (error replies among them, untouched; the weights of the others decoded, so that the
+    strategy does not decode them again), each accepted reply parsed once (by node id, its
+    arrays as they arrived: rounds.csv counts their bytes), and the rejected ones."""
+
+    messages: list[Message]
+    replies: dict[int, TrainReply]
+    rejected: list[Rejection]
+
+
 def screen(replies: Iterable[Message], global_arrays: ArrayRecord,
            declared_frames: Mapping[int, int], names: Mapping[int, str],
-           server_round: int, encoding: UpdateEncoding = "fp32"
-           ) -> tuple[list[Message], list[Rejection]]:
+           server_round: int, encoding: UpdateEncoding = "fp32") -> Screened:
     """The replies that may be aggregated, and the rejected ones with their reasons.
     Error replies pass through untouched (the caller reports them). `encoding`: how the run
-    asked the sites to send their weights (the messages keep them as they came; the
-    strategy decodes them again to aggregate)."""
+    asked the sites to send their weights; each reply is parsed and decoded here, once."""
     reference = as_numpy(global_arrays)
     passed: list[Message] = []
+    parsed: dict[int, TrainReply] = {}
     decoded: dict[int, dict[str, np.ndarray]] = {}
     rejected: list[Rejection] = []
     sizes: dict[str, int] = {}
@@ -141,6 +159,9 @@ def screen(replies: Iterable[Message], global_arrays: ArrayRecord,
                         "being beyond float16's range: %s", server_round, site, len(whole),
                         ", ".join(whole[:5]))
         decoded[node] = arrays
+        parsed[node] = reply
+        if record_encoding(reply.arrays) != "fp32":  # the strategy aggregates these
+            message.content[ARRAYS] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
         passed.append(message)
     outliers = norm_outliers({n: update_norm(a, reference) for n, a in decoded.items()})
     rejected += [Rejection(node, names.get(node, f"node {node}"), why)
@@ -151,19 +172,21 @@ def screen(replies: Iterable[Message], global_arrays: ArrayRecord,
                  ", ".join(f"{site} {n / 1e6:.1f} MB" for site, n in sorted(sizes.items())))
     for r in rejected:
         log.error("round %d: rejected the update of site %s: %s", server_round, r.site, r.reason)
-    return passed, rejected
+    kept = {m.metadata.src_node_id for m in passed if not m.has_error()}
+    return Screened(passed, {n: r for n, r in parsed.items() if n in kept}, rejected)
 
 
 def decoded_message(message: Message, reference: Mapping[str, np.ndarray] | None,
                     encoding: UpdateEncoding) -> Message:
     """The reply, its weights put in fresh records: decoded against `reference` (deltas),
-    or the same arrays (fp32). Aggregation may consume records (Flower's median pops their
-    arrays); the records the reply arrived with stay whole for its round's row."""
+    or the same arrays (fp32; also a reply the update checks decoded already: `screen`).
+    Aggregation may consume records (Flower's median pops their arrays); the records the
+    reply arrived with stay whole for its round's row."""
     if message.has_error():
         return message
     content = message.content
     for name, record in list(content.array_records.items()):
-        if encoding != "fp32":
+        if encoding != "fp32" and record_encoding(record) != "fp32":
             record = {k: Array(v) for k, v in decode(record, reference or {}, encoding).items()}
         content[name] = ArrayRecord(dict(record))
     return message

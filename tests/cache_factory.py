@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedcmr.client.prep_config import PrepConfig
+from fedcmr.client.data.prep_config import PrepConfig
 from fedcmr.common import __version__
 from fedcmr.common.atomic import write_json
 from fedcmr.common.cache_format import (

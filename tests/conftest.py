@@ -47,8 +47,8 @@ def small_site(root: Path):
     release policy (test_site_work.py, test_update_codec.py)."""
     from cache_factory import write_site_cache
 
-    from fedcmr.client import site_work
-    from fedcmr.client.site_policy import SitePolicy
+    from fedcmr.client.site import work as site_work
+    from fedcmr.client.site.policy import SitePolicy
 
     write_site_cache(root / "cache", "Alpha", 8, 8)
     return site_work.Site.open("Alpha", [root / "cache"], root / "out",

@@ -108,8 +108,8 @@ def hospital(site: str, cache: Path, superlink: str, out: Path, *extra: str,
     """`fedcmr client` as a hospital starts it, in its own folder (every process it starts,
     flower-superexec included, has its working directory under `out`); its output to a
     pipe (text), or appended to `log`."""
-    from fedcmr.common.flower_env import tool
     from fedcmr.server.processes import free_port
+    from fedcmr.support.flower_env import tool
 
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -123,7 +123,7 @@ def hospital(site: str, cache: Path, superlink: str, out: Path, *extra: str,
 
 def server_command(run_dir: Path, port: int, sites: int, *extra: str) -> list[str]:
     """`fedcmr server` on loopback for `sites` hospitals, smoke-sized, fold 0."""
-    from fedcmr.common.flower_env import tool
+    from fedcmr.support.flower_env import tool
 
     return [tool("fedcmr"), "-q", "server", "--sites", str(sites), "--host", "127.0.0.1",
             "--port", str(port), "--profile", "smoke", "--fold", "0", "--min-subjects", "3",

@@ -22,10 +22,10 @@ import numpy as np
 from fedcmr.common import nyul
 from fedcmr.common.atomic import write_csv, write_json
 from fedcmr.common.cache_format import FrameEntry, write_manifest
+from fedcmr.common.learning.harmonise import harmonisation_record
 from fedcmr.common.results import metrics_from_predictions, write_predictions
 from fedcmr.common.seeds import derive_seed
 from fedcmr.lab.study import layout
-from fedcmr.server.centralized import harmonisation_record
 from fedcmr.server.fl_outputs import ROUND_COLUMNS
 
 #: centre -> (NOR, HCM) subjects

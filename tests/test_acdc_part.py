@@ -10,10 +10,10 @@ import pytest
 from mri_factory import write_acdc_patient
 
 from fedcmr.cli import main
-from fedcmr.client.errors import DatasetError
-from fedcmr.client.loaders.acdc import load_acdc
+from fedcmr.client.data.errors import DatasetError
+from fedcmr.client.data.loaders.acdc import load_acdc
 from fedcmr.common.cache_format import read_manifest
-from fedcmr.common.cli_options import EXIT_BAD_INPUT, EXIT_OK
+from fedcmr.support.cli_options import EXIT_BAD_INPUT, EXIT_OK
 
 #: Patients of each part, as the release numbers them (training 1-100, testing 101-150).
 TRAINING = {21: "HCM", 22: "HCM", 61: "NOR", 1: "DCM"}

@@ -1,6 +1,6 @@
 """Only approved code runs at a hospital: a SuperNode started by fedcmr runs an app bundle
 only when its sha256 is the one the site's own installation builds or one its policy lists
-(client/app_approval.py). A coordinator's modified bundle is refused before any of its code
+(client/site/app_approval.py). A coordinator's modified bundle is refused before any of its code
 runs, and the coordinator gets Flower's verification error reply."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from flwr.cli.build import build_fab_from_disk
 from flwr.supercore.fab import Fab
 from process_tools import hospital, kill_tree, our_processes, wait_for
 
-from fedcmr.client.app_approval import REFUSED, approval_problem, install_approval
+from fedcmr.client.site.app_approval import REFUSED, approval_problem, install_approval
 from fedcmr.common.app_bundle import app_dir, bundle_digest
 from fedcmr.server.flwr_cli import CONNECTION
 from fedcmr.server.settings import FederationSettings
@@ -92,7 +92,7 @@ def evil_bundle(folder: Path, marker: Path) -> Path:
     for top in sorted({pattern.split("/")[0] for pattern in included}):
         shutil.copytree(app_dir() / top, folder / top,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    evil = (pyproject.replace('clientapp = "fedcmr.client.client_app:app"',
+    evil = (pyproject.replace('clientapp = "fedcmr.client.site.client_app:app"',
                               'clientapp = "evil_app:app"')
             .replace("fab-include = [", 'fab-include = ["evil_app.py", '))
     assert 'clientapp = "evil_app:app"' in evil and '"evil_app.py"' in evil

@@ -1,9 +1,13 @@
 """The layout is the architecture: the hospital (client/) and the coordinator (server/) meet
-only in common/, which imports neither; the researcher's bench (lab/) may use both sides;
-the `fedcmr` command (cli/) is the one place that names every side's commands.
+only in common/ (the contract), which imports neither; support/ (process plumbing both sides
+use: Flower's processes and environment, the CLI's options) imports only the contract; the
+researcher's bench (lab/) may use both sides; the `fedcmr` command (cli/) is the one place
+that names every side's commands. No module imports itself back through others (no import
+cycle), and no module outside the model registry branches on a model's name.
 
-Every module's imports are read with ast, those inside functions too, and so are strings
-that name a fedcmr module (lazily imported handlers), so no edge hides in a late import.
+Every module's imports are read with ast, those inside functions and under TYPE_CHECKING
+too, and so are strings that name a fedcmr module (lazily imported handlers), so no edge
+hides in a late import.
 """
 
 from __future__ import annotations
@@ -14,15 +18,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("common", "client", "server", "lab", "cli")
+PACKAGES = ("common", "support", "client", "server", "lab", "cli")
 #: package -> the packages it must never import
 FORBIDDEN = {
-    "common": {"client", "server", "lab", "cli"},
+    "common": {"support", "client", "server", "lab", "cli"},
+    "support": {"client", "server", "lab", "cli"},
     "client": {"server", "lab", "cli"},
     "server": {"client", "lab", "cli"},
     "lab": {"cli"},
     "cli": set(),
 }
+#: Where a model's name may be compared with a literal: the registry and the models.
+MODEL_HOME = ("common/models/",)
 MAX_LINES = 400
 
 
@@ -94,3 +101,107 @@ def test_the_installed_packages_are_the_folders():
                for p in (REPO / pkg).rglob("__init__.py")}
     assert {f"fedcmr.{f}" for f in folders} == set(setup["packages"])
     assert {setup["package-dir"][f"fedcmr.{pkg}"] for pkg in PACKAGES} == set(PACKAGES)
+
+
+# -- no import cycle ---------------------------------------------------------------------
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(["fedcmr", *(parts[:-1] if parts[-1] == "__init__" else parts)])
+
+
+def import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
+    """module -> the fedcmr modules it imports (every import statement, wherever it is;
+    `from package import module` names the module)."""
+    graph: dict[str, set[str]] = {m: set() for m in sources}
+    for module, source in sources.items():
+        for node in ast.walk(ast.parse(source)):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            graph[module] |= {t for t in targets if t in sources and t != module}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_module_imports_itself_back():
+    sources = {module_name(p): p.read_text() for p in modules()}
+    assert not cycles(import_graph(sources)), cycles(import_graph(sources))
+
+
+def test_a_cycle_is_found_through_late_and_type_checking_imports():
+    """The check bites: a cycle of three whose edges hide in a function and under
+    TYPE_CHECKING is named; a chain is not a cycle."""
+    sources = {"fedcmr.client.a": "def f():\n    from fedcmr.client import b\n",
+               "fedcmr.client.b": "from fedcmr.client.c import X\n",
+               "fedcmr.client.c": "if TYPE_CHECKING:\n    import fedcmr.client.a\n",
+               "fedcmr.client.d": "import fedcmr.client.a\n"}
+    assert cycles(import_graph(sources)) == [["fedcmr.client.a", "fedcmr.client.b",
+                                              "fedcmr.client.c"]]
+    del sources["fedcmr.client.c"]
+    assert cycles(import_graph(sources)) == []
+
+
+# -- models are plug-ins -----------------------------------------------------------------
+def model_name_branches(path: str, source: str) -> list[str]:
+    """Comparisons of anything with a built-in model's name ("cnn" == ..., ... in
+    ("cnn", "measures")): a branch on a model that belongs in its plug-in."""
+    from fedcmr.common.models.registry import BUILTIN
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            for part in (node.left, *node.comparators):
+                values = ([part] if isinstance(part, ast.Constant)
+                          else list(getattr(part, "elts", [])))
+                if any(isinstance(v, ast.Constant) and v.value in BUILTIN for v in values):
+                    found.append(f"{path}:{node.lineno}: compares with a model's name")
+    return found
+
+
+def test_no_branch_on_a_model_name_outside_the_registry():
+    found = []
+    for path in modules():
+        rel = str(path.relative_to(REPO))
+        if not rel.startswith(MODEL_HOME):
+            found += model_name_branches(rel, path.read_text())
+    assert not found, "\n".join(found)
+
+
+def test_a_model_name_branch_is_named():
+    assert model_name_branches("x.py", "if run.model == 'measures':\n    pass\n") == [
+        "x.py:1: compares with a model's name"]
+    assert model_name_branches("x.py", "ok = name in ('cnn', 'measures')\n")
+    assert not model_name_branches("x.py", "if run.model == DEFAULT_MODEL:\n    pass\n")

@@ -7,7 +7,7 @@ import json
 import pytest
 from flwr.app import ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
 
-from fedcmr.client.audit import DisallowedContent, audit_mod
+from fedcmr.client.site.audit import DisallowedContent, audit_mod
 
 
 def message(message_type: str, content: RecordDict) -> Message:

@@ -20,7 +20,7 @@ from mri_factory import (
 )
 
 from fedcmr.cli import main
-from fedcmr.common.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_SKIPPED
+from fedcmr.support.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_SKIPPED
 
 
 def tree_digest(root: Path) -> str:
@@ -218,8 +218,8 @@ def test_non_finite_voxels_are_refused_naming_the_file():
     may still hold them."""
     import SimpleITK as sitk
 
-    from fedcmr.client.errors import DataError
-    from fedcmr.client.frame_io import check_signal
+    from fedcmr.client.data.errors import DataError
+    from fedcmr.client.data.frame_io import check_signal
     from fedcmr.common.frames import FrameSource
 
     source = FrameSource(image=Path("scan.nii.gz"), labels=Path("seg.nii.gz"), time_index=2)
@@ -236,7 +236,7 @@ def test_slightly_non_orthonormal_header_is_read_with_a_warning(tmp_path, caplog
     qform to fall back on; fedcmr reads such a file with the nearest rotation, and says so."""
     import SimpleITK as sitk
 
-    from fedcmr.client.frame_io import read_volume
+    from fedcmr.client.data.frame_io import read_volume
 
     root = tmp_path / "data"
     folder = write_mnms_subject(root, "SKEW01")

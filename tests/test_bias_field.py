@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from fedcmr.client.bias_field import N4Params, n4_correct
+from fedcmr.client.data.bias_field import N4Params, n4_correct
 
 SIZE = (96, 96, 8)  # x, y, z as SimpleITK counts
 SPACING = (1.5, 1.5, 10.0)

@@ -14,9 +14,9 @@ from mri_factory import MNMS_HEADER, mnms_row, write_mnms_subject
 
 from fedcmr.cli import main
 from fedcmr.common.cache_format import MANIFEST, CacheError, check_frame, read_manifest
-from fedcmr.common.cli_options import EXIT_BAD_INPUT
-from fedcmr.common.flower_env import tool
 from fedcmr.common.learning.data import load_cache
+from fedcmr.support.cli_options import EXIT_BAD_INPUT
+from fedcmr.support.flower_env import tool
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_truncated_frame_is_refused_when_the_cache_is_opened(cache):
 
 
 def test_a_federated_site_refuses_it_when_it_opens_its_data(cache, tmp_path):
-    from fedcmr.client.site_work import Site  # what `describe` and every message call
+    from fedcmr.client.site.work import Site  # what `describe` and every message call
 
     victim = truncate(frame_file(cache))
     with pytest.raises(CacheError) as caught:
@@ -137,9 +137,9 @@ def test_centralized_command_on_a_truncated_frame_prints_one_line(cache, tmp_pat
 
 @pytest.mark.parametrize("damage", [truncate, flip_image_byte, Path.unlink])
 def test_rerunning_prepare_repairs_the_cache(tmp_path, damage):
-    from fedcmr.client.loaders.mnms import load_mnms
-    from fedcmr.client.prep_config import N4Params, PrepConfig
-    from fedcmr.client.prepare import run_prepare
+    from fedcmr.client.data.loaders.mnms import load_mnms
+    from fedcmr.client.data.prep_config import N4Params, PrepConfig
+    from fedcmr.client.data.prepare import run_prepare
 
     root, cache = tmp_path / "data", tmp_path / "cache"
     for code in ("S01", "S02"):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import json
 
+import golden
 import numpy as np
 import pytest
 import torch
-import golden
 from cache_factory import write_cohort
 
 from fedcmr.common import run_config
@@ -20,7 +20,7 @@ from fedcmr.common.learning.training import score
 from fedcmr.common.model import build_model
 from fedcmr.common.results import read_predictions
 from fedcmr.common.run_config import RunConfig
-from fedcmr.server.centralized import run_centralized
+from fedcmr.lab.centralized import run_centralized
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ import pytest
 from cache_factory import write_cohort, write_site_cache
 
 from fedcmr.cli import main
-from fedcmr.common.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
-from fedcmr.common.flower_env import tool
+from fedcmr.support.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from fedcmr.support.flower_env import tool
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,12 +18,12 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 from process_tools import ENV, hospital, kill_tree, our_processes, wait_for
 
-from fedcmr.client import client_app
-from fedcmr.client.audit import AUDIT_FILE, audit_mod
-from fedcmr.common.flower_env import flower_env, tool
+from fedcmr.client.site import client_app
+from fedcmr.client.site.audit import AUDIT_FILE, audit_mod
 from fedcmr.common.protocol import CONFIG, FINISHED_MARKER, Kind
 from fedcmr.common.replies import FinishedReply
 from fedcmr.server.processes import free_port, port_is_free
+from fedcmr.support.flower_env import flower_env, tool
 
 FLOWER = ("flower-supernode", "flower-superexec", "flwr-clientapp")
 AGAIN = "registering again as a new node"

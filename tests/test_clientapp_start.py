@@ -1,4 +1,4 @@
-"""How a site starts a ClientApp per message (client/superexec_main.py): forked from a
+"""How a site starts a ClientApp per message (client/runtime/superexec_main.py): forked from a
 SuperExec that imported torch once, or, with FEDCMR_CLIENTAPP_START=exec, as Flower's own
 fresh process. The federation tests run the forked path end to end
 (test_federation.py checks that every message's ClientApp was forked)."""
@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from fedcmr.client.superexec_main import (
+from fedcmr.client.runtime.superexec_main import (
     START_ENV,
     SUPEREXEC_MAIN,
     ForkingSubprocess,
     start_mode,
     superexec_command,
 )
-from fedcmr.common.flower_env import tool
+from fedcmr.support.flower_env import tool
 
 
 def wait_reaped(processes: ForkingSubprocess, timeout: float = 60) -> None:

@@ -1,4 +1,4 @@
-"""Each side's view of a message exchange (common/exchange_timing.py) and how
+"""Each side's view of a message exchange (support/exchange_timing.py) and how
 benchmarks/round_overhead.py joins them: the parts of an exchange add up to its total."""
 
 from __future__ import annotations

@@ -14,18 +14,18 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import golden
+import pytest
 from cache_factory import write_cohort
 from process_tools import ENV, finish, hospital, kill_tree, our_processes, server_command, wait_for
 
-from fedcmr.common.flower_env import tool
 from fedcmr.common.replies import ANY_KEY, REPLY_ALLOWED
 from fedcmr.common.run_config import RunConfig
 from fedcmr.lab.local_federation import run_local_federation, sites_from_caches
 from fedcmr.server.processes import free_port, port_is_free
 from fedcmr.server.security import security_from_dir
 from fedcmr.server.settings import FederationSettings
+from fedcmr.support.flower_env import tool
 
 pytestmark = pytest.mark.slow
 #: Three hospitals: the least with a site in the middle of the votes, each extra one costs a

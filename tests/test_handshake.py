@@ -15,9 +15,10 @@ from torch import nn
 
 import fedcmr.common.handshake as common_handshake
 import fedcmr.common.model as common_model
-from fedcmr.client import client_app, site_work
-from fedcmr.client.audit import AUDIT_FILE, audit_mod
-from fedcmr.client.prep_config import N4Params, PrepConfig
+from fedcmr.client.data.prep_config import N4Params, PrepConfig
+from fedcmr.client.site import client_app
+from fedcmr.client.site import work as site_work
+from fedcmr.client.site.audit import AUDIT_FILE, audit_mod
 from fedcmr.common import __version__
 from fedcmr.common.cache_format import CACHE_FORMAT_VERSION, PREP_INFO, label_convention
 from fedcmr.common.handshake import FingerprintError, SiteFingerprint, site_fingerprint
@@ -196,8 +197,8 @@ def test_a_cache_without_prep_json_cannot_be_described(tmp_path):
 def test_fedcmr_prepare_writes_what_the_fingerprint_reads(tmp_path):
     from mri_factory import write_acdc_patient
 
-    from fedcmr.client.loaders.acdc import load_acdc
-    from fedcmr.client.prepare import run_prepare
+    from fedcmr.client.data.loaders.acdc import load_acdc
+    from fedcmr.client.data.prepare import run_prepare
 
     write_acdc_patient(tmp_path / "acdc", 21, "HCM")
     config = PrepConfig(crop=(4, 32, 32), n4=N4Params(enabled=False))

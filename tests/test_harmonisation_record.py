@@ -14,10 +14,10 @@ from test_study_runner import make_grid, runner, server_identity  # noqa: F401 (
 
 from fedcmr.common import nyul
 from fedcmr.common.learning.data import load_cache
-from fedcmr.common.learning.harmonise import Harmoniser
+from fedcmr.common.learning.harmonise import Harmoniser, centre_summaries, harmonisation_record
 from fedcmr.common.learning.split import split_frames
 from fedcmr.common.run_config import RunConfig
-from fedcmr.server.centralized import centre_summaries, harmonisation_record, run_centralized
+from fedcmr.lab.centralized import run_centralized
 from fedcmr.server.checkpoint import Checkpoint, FoldState
 from fedcmr.server.fl_outputs import write_fold
 from fedcmr.server.settings import FederationSettings

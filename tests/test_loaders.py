@@ -10,10 +10,10 @@ from mri_factory import MNMS_HEADER, mnms_row, write_3d, write_acdc_patient, wri
 from mri_factory import phantom as make_phantom
 from scipy import ndimage
 
-from fedcmr.client.frame_io import read_frame
-from fedcmr.client.loaders.acdc import load_acdc
-from fedcmr.client.loaders.mnms import load_mnms
-from fedcmr.client.loaders.site_folder import load_site_folder
+from fedcmr.client.data.frame_io import read_frame
+from fedcmr.client.data.loaders.acdc import load_acdc
+from fedcmr.client.data.loaders.mnms import load_mnms
+from fedcmr.client.data.loaders.site_folder import load_site_folder
 from fedcmr.common.labels import MNMS_LABELS, Diagnosis, Structure
 
 IN_PLANE = np.zeros((3, 3, 3), bool)
@@ -134,7 +134,7 @@ def test_site_folder_4d_series_with_indices(tmp_path):
     manifest = tmp_path / "site.csv"
     manifest.write_text("subject,label,image,labels,ed_index,es_index\n"
                         "S1,0,cine/S1/S1_sa.nii.gz,cine/S1/S1_sa_gt.nii.gz,2,0\n")
-    from fedcmr.client.loaders.site_folder import parse_label_numbers
+    from fedcmr.client.data.loaders.site_folder import parse_label_numbers
     result = load_site_folder(manifest, "Site", site_labels=parse_label_numbers("lv=1,myo=2,rv=3"))
     (record,) = result.subjects
     assert record.frames["ED"].time_index == 2

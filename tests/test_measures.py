@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from mri_factory import MNMS_HEADER, mnms_row, write_3d, write_acdc_patient, write_mnms_subject
 
-from fedcmr.client.errors import DataError
-from fedcmr.client.loaders.acdc import load_acdc
-from fedcmr.client.loaders.mnms import load_mnms
-from fedcmr.client.measures import measure_phase, measure_subject
-from fedcmr.client.prep_config import N4Params, PrepConfig
-from fedcmr.client.prepare import STAGES_DIR, run_prepare
+from fedcmr.client.data.errors import DataError
+from fedcmr.client.data.loaders.acdc import load_acdc
+from fedcmr.client.data.loaders.mnms import load_mnms
+from fedcmr.client.data.measures import measure_phase, measure_subject
+from fedcmr.client.data.prep_config import N4Params, PrepConfig
+from fedcmr.client.data.prepare import STAGES_DIR, run_prepare
 from fedcmr.common.cache_format import read_manifest
 from fedcmr.common.frames import SubjectRecord
 from fedcmr.common.labels import Structure

@@ -41,9 +41,9 @@ from process_tools import (
 from relay import Relay
 from traffic import sent_by_site
 
-from fedcmr.common.flower_env import tool
 from fedcmr.common.protocol import FINISHED_MARKER
 from fedcmr.server.processes import free_port, port_is_free
+from fedcmr.support.flower_env import tool
 
 pytestmark = pytest.mark.slow
 SIZES = {"Alpha": (6, 6), "Bravo": (6, 6), "Charlie": (6, 6), "Delta": (6, 6)}

@@ -10,33 +10,34 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import golden
 import numpy as np
 import pytest
 import torch
-import golden
 from cache_factory import write_cohort, write_prep_info, write_site_cache
 from mri_factory import write_acdc_patient
 
-from fedcmr.client.loaders.acdc import load_acdc
+from fedcmr.client.data.loaders.acdc import load_acdc
+from fedcmr.client.data.prepare import run_prepare
 from fedcmr.client.predict import PREDICTIONS, SUBJECTS, predict_caches, prep_config
-from fedcmr.client.prepare import run_prepare
 from fedcmr.common.bundle import (
     BUNDLE_DIR,
     METADATA,
     WEIGHTS,
     BundleError,
-    load_bundle,
     preprocessing_of_caches,
     read_metadata,
 )
 from fedcmr.common.cache_format import CacheError, load_frame, read_manifest, save_frame
-from fedcmr.common.cli_options import EXIT_BAD_INPUT, EXIT_OK
-from fedcmr.common.flower_env import tool
 from fedcmr.common.handshake import model_digest
 from fedcmr.common.learning.data import load_cache
+from fedcmr.common.models import registry
+from fedcmr.common.models.bundles import load_bundle
 from fedcmr.common.results import read_predictions
 from fedcmr.common.run_config import RunConfig
-from fedcmr.server.centralized import run_centralized
+from fedcmr.lab.centralized import run_centralized
+from fedcmr.support.cli_options import EXIT_BAD_INPUT, EXIT_OK
+from fedcmr.support.flower_env import tool
 
 pytestmark = pytest.mark.slow
 SIZES = {"Alpha": (6, 6), "Bravo": (7, 6), "Charlie": (5, 6), "Delta": (6, 7)}
@@ -184,7 +185,7 @@ def test_a_cache_prepared_otherwise_is_refused_by_the_cli(cds_run, tmp_path):
 
 
 def test_other_n4_or_spacing_or_no_prep_json_is_refused(cds_run, tmp_path):
-    from fedcmr.client.prep_config import N4Params, PrepConfig
+    from fedcmr.client.data.prep_config import N4Params, PrepConfig
 
     bundle = cds_run / "fold_0" / BUNDLE_DIR
     cache = write_site_cache(tmp_path / "c", "Echo", 2, 2)
@@ -236,7 +237,8 @@ def test_a_frame_without_labels_is_refused_for_a_structures_prior(cds_run, tmp_p
     """`prepare` crops around the labels, so its caches always hold them; a frame whose
     label map is empty (hand-made or damaged) cannot feed a prior cut out of the labels."""
     bundle = cds_run / "fold_0" / BUNDLE_DIR
-    assert read_metadata(bundle).needs_labels  # the run's prior is structures
+    metadata = read_metadata(bundle)  # the run's prior is structures
+    assert registry.get(metadata.model).needs_labels(metadata)
     cache = write_site_cache(tmp_path / "c", "Echo", 2, 2)
     entry = read_manifest(cache)[0]
     image, labels = load_frame(cache / entry.file)

@@ -15,26 +15,26 @@ import torch
 from cache_factory import write_measured_cohort
 from mri_factory import write_acdc_patient
 
-from fedcmr.client.loaders.acdc import load_acdc
+from fedcmr.client.data.loaders.acdc import load_acdc
+from fedcmr.client.data.prepare import run_prepare
 from fedcmr.client.predict import PREDICTIONS, SUBJECTS, predict_caches, prep_config
-from fedcmr.client.prepare import run_prepare
 from fedcmr.common.bundle import (
     BUNDLE_DIR,
     METADATA,
     WEIGHTS,
     BundleError,
-    load_bundle,
     preprocessing_of_caches,
     read_metadata,
 )
 from fedcmr.common.cache_format import CacheError
-from fedcmr.common.cli_options import EXIT_OK
-from fedcmr.common.flower_env import tool
 from fedcmr.common.learning.data import load_cache
 from fedcmr.common.measures import FEATURES, MEASURES_CSV, read_all_measures
+from fedcmr.common.models.bundles import load_bundle
 from fedcmr.common.results import read_predictions
 from fedcmr.common.run_config import RunConfig
-from fedcmr.server.centralized import run_centralized
+from fedcmr.lab.centralized import run_centralized
+from fedcmr.support.cli_options import EXIT_OK
+from fedcmr.support.flower_env import tool
 
 SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (5, 6)}
 

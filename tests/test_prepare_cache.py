@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from mri_factory import write_acdc_patient
 
-import fedcmr.client.prepare as prepare_mod
-from fedcmr.client.loaders.acdc import load_acdc
-from fedcmr.client.prep_config import N4Params, PrepConfig
-from fedcmr.client.prepare import run_prepare
-from fedcmr.client.preprocess import crop_around, label_centre
+import fedcmr.client.data.prepare as prepare_mod
+from fedcmr.client.data.loaders.acdc import load_acdc
+from fedcmr.client.data.prep_config import N4Params, PrepConfig
+from fedcmr.client.data.prepare import run_prepare
+from fedcmr.client.data.preprocess import crop_around, label_centre
 from fedcmr.common.cache_format import MANIFEST_COLUMNS, load_frame, read_manifest
 from fedcmr.common.labels import Structure
 

@@ -13,7 +13,7 @@ from test_site_work import site  # noqa: F401 (the fixture: one small site)
 from test_strategies import SIZES, as_numpy, expected, replies
 from test_study_runner import make_grid, runner, server_identity  # noqa: F401 (autouse)
 
-from fedcmr.client import site_work
+from fedcmr.client.site import work as site_work
 from fedcmr.common.learning.privacy import (
     add_noise,
     clip_update,

@@ -10,10 +10,10 @@ import pytest
 from flwr.common.config import parse_config_args
 
 from fedcmr.cli import build_parser
-from fedcmr.common.cli_options import run_config_from_args
 from fedcmr.common.run_config import RunConfig
 from fedcmr.server.commands import settings_from_args
 from fedcmr.server.settings import FederationSettings
+from fedcmr.support.cli_options import run_config_from_args
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,9 +61,9 @@ def test_the_command_line_defaults_are_the_models(command):
 def test_the_command_lines_choices_are_the_models():
     from typing import get_args
 
+    from fedcmr.common.models import registry
     from fedcmr.common.run_config import (
         Augment,
-        ModelName,
         Prior,
         ProfileName,
         Protocol,
@@ -74,7 +74,7 @@ def test_the_command_lines_choices_are_the_models():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices["server"]
     choices = {a.dest: tuple(a.choices) for a in sub._actions if a.choices}
-    assert choices == {"model": get_args(ModelName), "protocol": get_args(Protocol),
+    assert choices == {"model": tuple(registry.names()), "protocol": get_args(Protocol),
                        "prior": get_args(Prior),
                        "augment": get_args(Augment), "profile": get_args(ProfileName),
                        "update_encoding": get_args(UpdateEncoding),

@@ -11,7 +11,8 @@ import pytest
 from cache_factory import write_site_cache
 from flwr.app import Context, RecordDict
 
-from fedcmr.client import client_app, site_work
+from fedcmr.client.site import client_app
+from fedcmr.client.site import work as site_work
 from fedcmr.common.cache_format import CacheError, read_manifest, write_manifest
 from fedcmr.common.node_config import SIM_SITES, write_simulated_nodes
 from fedcmr.common.protocol import Order
@@ -124,7 +125,7 @@ def test_simulated_nodes_open_only_their_centre(caches, tmp_path):
 def test_fedcmr_client_serves_one_centre_of_a_shared_cache_on_request(caches, caplog):
     from fedcmr.cli import main
     from fedcmr.client.commands import served_centres
-    from fedcmr.common.cli_options import EXIT_BAD_INPUT
+    from fedcmr.support.cli_options import EXIT_BAD_INPUT
 
     assert served_centres([caches["mnms"]], ["Sant Pau"]) == ("Sant Pau",)
     assert served_centres([caches["mnms"]], None) == ()

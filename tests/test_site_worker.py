@@ -1,4 +1,4 @@
-"""The warm site worker (client/site_worker.py) as a real process beside a stand-in for its
+"""The warm site worker (client/runtime/site_worker.py) as a real process beside a stand-in for its
 SuperNode: it answers a message as the ClientApp itself would (bit for bit), it survives a
 ClientApp that goes away mid-message, it ends with its parent, and a ClientApp whose worker
 is gone does the work itself. The federation tests run it end to end
@@ -22,9 +22,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from process_tools import wait_for
 
-from fedcmr.client import client_app, worker_channel
-from fedcmr.client.site_worker import PID_ENV, SOCKET_ENV, SOCKET_NAME
-from fedcmr.client.worker_mod import WorkerUnavailable, relay, worker_mod
+from fedcmr.client.runtime import worker_channel
+from fedcmr.client.runtime.site_worker import PID_ENV, SOCKET_ENV, SOCKET_NAME
+from fedcmr.client.runtime.worker_mod import WorkerUnavailable, relay, worker_mod
+from fedcmr.client.site import client_app
 from fedcmr.common.model import build_model
 from fedcmr.common.node_config import NodeConfig
 from fedcmr.common.protocol import ARRAYS, CONFIG, Kind, Order
@@ -35,7 +36,8 @@ from fedcmr.common.run_config import RunConfig
 PARENT = """
 import sys, time
 from pathlib import Path
-from fedcmr.client import site_worker, worker_channel
+from fedcmr.client.runtime import site_worker
+from fedcmr.client.runtime import worker_channel
 folder = worker_channel.worker_folder()
 worker = site_worker.start(folder)
 print(folder, worker.pid, flush=True)

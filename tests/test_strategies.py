@@ -89,7 +89,7 @@ def test_only_the_folds_training_sites_get_train_messages(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 0)
     strategy = make_strategy("fedavg")
-    strategy.train_nodes = [22, 44]
+    strategy.train_on([22, 44])
     messages = list(strategy.configure_train(2, ArrayRecord(), ConfigRecord(), grid=None))
     assert [m.metadata.dst_node_id for m in messages] == [22, 44]
     assert all(m.metadata.message_type == "train" for m in messages)
@@ -112,7 +112,7 @@ def test_aggregate_does_not_depend_on_the_order_replies_arrive_in():
 
 def test_summary_logs_the_vote_exponent_then_fedavgs_settings(caplog):
     strategy = make_strategy("tempered", 0.25)
-    strategy.train_nodes = [11, 33]
+    strategy.train_on([11, 33])
     with caplog.at_level("INFO", logger="fedcmr.server"):
         strategy.summary()
     ours = [r.getMessage() for r in caplog.records if r.name == "fedcmr.server"]

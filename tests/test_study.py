@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from cache_factory import write_cohort
 
-from fedcmr.common.proc_tree import start_time
 from fedcmr.lab.study import layout
+from fedcmr.support.proc_tree import start_time
 
 pytestmark = pytest.mark.slow
 

@@ -247,17 +247,17 @@ def test_measures_cells_get_their_own_table_and_stay_out_of_the_papers(tmp_path)
     """A measures-model configuration beside the CNN's: the paper's tables and findings read
     the CNN's cells only; the measures table shows it with the CNN's total beside it."""
     from fedcmr.lab.study.report_data import TOTAL, load_study
-    from fedcmr.lab.study.report_tables import TABLES, fmt_summary, measures_model
+    from fedcmr.lab.study.report_tables import TABLES, fmt_summary, other_models
 
     specs = [Spec("cds", "structures", "none", "ccv"),
              Spec("cds", "structures", "none", "ccv", model="measures")]
     study = load_study(write_study(tmp_path / "s", specs, unfinished=0))
     assert [c.model for c in study.configs] == ["cnn"]
-    assert [c.model for c in study.measures_configs] == ["measures"]
+    assert [c.model for c in study.other_configs] == ["measures"]
     assert [config.model for _, config in TABLES[0].configs(study)] == ["cnn"]
-    (table,) = measures_model(study)
+    (table,) = other_models(study)
     (row,) = table.rows
     assert row[0] == "CDS measures"
-    cnn, measures = study.configs[0], study.measures_configs[0]
+    cnn, measures = study.configs[0], study.other_configs[0]
     assert row[-2] == fmt_summary(measures.summary(TOTAL))
     assert row[-1] == fmt_summary(cnn.summary(TOTAL))

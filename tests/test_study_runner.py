@@ -14,8 +14,8 @@ from conftest import SMALL_SITE_POLICY
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedcmr.client import client_app
-from fedcmr.client.audit import audit_mod
+from fedcmr.client.site import client_app
+from fedcmr.client.site.audit import audit_mod
 from fedcmr.common.protocol import ARRAYS, Kind, Order
 from fedcmr.common.results import read_predictions
 from fedcmr.common.run_config import RunConfig
@@ -151,35 +151,36 @@ def test_the_loop_stops_after_patience_rounds_without_a_new_best(grid, monkeypat
 
 
 def test_histogram_refusals_are_left_out_and_named(tmp_path, monkeypatch, caplog):
-    from fedcmr.client import site_work
+    from fedcmr.client.site import work as site_work
     from fedcmr.common.learning.harmonise import Harmoniser
+    from fedcmr.common.models import registry
     from fedcmr.common.replies import NyulReply
-    from fedcmr.server.study_runner import FoldOutcome, SiteFailure
+    from fedcmr.server.study_runner import SiteFailure
 
     small = make_grid(tmp_path, {"Alpha": (8, 8), "Charlie": (2, 2), "Delta": (8, 8)})
     study = runner(small, epochs=1)
-    real = site_work.histogram_summary
+    cnn = registry.get("cnn")
+    real = cnn.site_start
 
-    def delta_sends_nothing(site, order):
-        return NyulReply(site=site.name) if site.name == "Delta" else real(site, order)
+    def delta_sends_nothing(site, order, floor):
+        return NyulReply(site=site.name) if site.name == "Delta" else real(site, order, floor)
 
-    monkeypatch.setattr(site_work, "histogram_summary", delta_sends_nothing)
-    outcome = FoldOutcome(fold=0)
+    monkeypatch.setattr(cnn, "site_start", delta_sends_nothing)
     with caplog.at_level("WARNING", logger="fedcmr.server"):
-        harmoniser = study.histogram_round(0, outcome)
+        begin = study.begin_fold(0)
     # Charlie (too few subjects) refused, Delta sent no summary: neither counts
-    assert sorted(outcome.refused) == ["Charlie", "Delta"]
+    assert sorted(begin.refused) == ["Charlie", "Delta"]
     assert ("Charlie sent no histogram summary: refused by the site's policy (min_subjects)"
             in caplog.text)
-    assert "Delta sent no histogram summary: no summary" in caplog.text
+    assert "Delta sent no histogram summary: none" in caplog.text
     alpha = site_work.Site.open("Alpha", [tmp_path / "Alpha"], tmp_path / "x")
     order = Order(run=study.run, fold=0)
     alone = Harmoniser(study.run.prior).fit(alpha.parts(order)["train"])
-    assert harmoniser.landmarks == pytest.approx(alone.landmarks, abs=1e-9)
+    assert begin.landmarks == pytest.approx(alone.landmarks, abs=1e-9)
     # when no train split is large enough, the run stops with the reason
     strict = runner(small, epochs=1, min_subjects=15)  # Alpha and Delta hold 16 subjects
     with pytest.raises(SiteFailure, match="no site released a histogram summary"):
-        strict.histogram_round(0, FoldOutcome(fold=0))
+        strict.begin_fold(0)
     # and when no site holds enough subjects at all, it stops at discovery, with the counts
     with pytest.raises(SiteFailure, match="every site holds fewer subjects than min-subjects "
                                           r"\(50\): Alpha 16, Charlie 4, Delta 16"):
@@ -202,7 +203,7 @@ def test_leave_centre_out_trains_only_the_other_centres(grid):
 
 
 def test_end_diastole_only_federation_trains_and_tests_on_ed_frames(grid):
-    from fedcmr.client import site_work
+    from fedcmr.client.site import work as site_work
 
     study = runner(grid, epochs=1, phases=("ED",))
     outcome = study.run_fold(0)
@@ -224,7 +225,7 @@ def test_a_bad_update_is_rejected_and_the_round_goes_on(grid, monkeypatch, caplo
     import numpy as np
     from flwr.app import Array
 
-    from fedcmr.client import site_work
+    from fedcmr.client.site import work as site_work
 
     real = site_work.train
 
@@ -263,7 +264,7 @@ def test_a_site_prepared_otherwise_is_refused_at_discovery_and_reported_lost(tmp
     run's coverage names it (exit code 4 at the launcher)."""
     from cache_factory import write_prep_info
 
-    from fedcmr.client.prep_config import PrepConfig
+    from fedcmr.client.data.prep_config import PrepConfig
     from fedcmr.server.fl_outputs import site_coverage
 
     grid = make_grid(tmp_path, {"Alpha": (8, 8), "Bravo": (8, 8), "Charlie": (8, 8),

@@ -11,8 +11,18 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, Metadata,
 from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg, Krum
 
 from fedcmr.common.replies import ScoreCounts, TrainReply
+from fedcmr.server import update_checks
 from fedcmr.server.strategies import TRIM_BETA, make_strategy
-from fedcmr.server.update_checks import screen
+
+
+def screen(*args, **kw):
+    """The update checks' verdict as (messages that may be aggregated, rejections), each
+    accepted reply parsed once (checked here too)."""
+    screened = update_checks.screen(*args, **kw)
+    accepted = {m.metadata.src_node_id for m in screened.messages if not m.has_error()}
+    assert set(screened.replies) == accepted
+    assert all(isinstance(r, TrainReply) for r in screened.replies.values())
+    return screened.messages, screened.rejected
 
 GLOBAL = {"w": np.zeros((3, 4), np.float32), "b": np.zeros(5, np.float32),
           "bn.num_batches_tracked": np.array(0, np.int64)}
@@ -123,7 +133,7 @@ def test_krum_picks_the_central_update_and_is_refused_with_too_few_sites():
     np.testing.assert_array_equal(ours["w"].numpy(), expected["w"].numpy())
     assert not np.allclose(ours["w"].numpy(), 3.0)
     strategy = make_strategy("krum")
-    strategy.train_nodes = [11, 22, 33, 44]
+    strategy.train_on([11, 22, 33, 44])
     with pytest.raises(ValueError, match="needs at least 5 training sites.*median"):
         strategy.configure_train(1, ArrayRecord(), ConfigRecord(), None)
 

@@ -32,6 +32,22 @@ class EarlyStopping:
         self.bad += 1
         return False
 
+    def state(self) -> dict:
+        """What a checkpoint keeps of it (`restore` takes it back)."""
+        return {"patience": self.patience, "best": self.best, "best_step": self.best_step,
+                "bad": self.bad}
+
+    @classmethod
+    def restore(cls, patience: int, state: dict | None) -> EarlyStopping:
+        """A stopper with `patience`, where a checkpoint's `state` left off (None or {}:
+        a fresh one)."""
+        stopper = cls(patience)
+        if state:
+            stopper.best = tuple(state["best"])
+            stopper.best_step, stopper.bad = state["best_step"], state["bad"]
+            stopper.patience = state.get("patience", patience)
+        return stopper
+
     @property
     def should_stop(self) -> bool:
         return self.bad >= self.patience

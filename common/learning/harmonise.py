@@ -10,17 +10,25 @@ Without landmarks each image is scaled by its own p1 / p99.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
 from fedcmr.common import nyul
 from fedcmr.common.run_config import Prior
 
-if TYPE_CHECKING:
-    from fedcmr.common.learning.data import CachedFrame
+
+class CachedFrame(Protocol):
+    """What harmonisation reads of a frame (common/learning/data.py CachedFrame)."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    entry: Any
+
+    @property
+    def subject(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -63,3 +71,36 @@ class Harmoniser:
             lo, hi = np.percentile(region, [1, 99])
             scaled = (image - lo) / max(hi - lo, 1e-6)
         return np.clip(scaled, 0.0, 1.0).astype(np.float32)
+
+
+def centre_summaries(harmoniser: Harmoniser, frames: Sequence[CachedFrame]
+                     ) -> dict[str, nyul.NyulSummary]:
+    """Each centre's summary of these (training) frames, as a site would release it."""
+    centres = sorted({f.entry.centre for f in frames})
+    return {c: harmoniser.summary([f for f in frames if f.entry.centre == c], min_subjects=1)
+            for c in centres}
+
+
+def harmonisation_record(summaries: Mapping[str, nyul.NyulSummary | dict],
+                         reference_landmarks: Sequence[float] | None) -> dict:
+    """The per-site intensity aggregates of one fold, as the federation and the baseline
+    record them (FL: fold_K/summary.json; CDS: fold_K/harmonisation.json): each site's
+    released sums turned into means (landmarks = landmark_sum / n_images; the histogram
+    stays the sum over images of each image's normalised histogram), the reference
+    landmarks every image is standardised to, and the combined histogram."""
+    parsed = {site: s if isinstance(s, nyul.NyulSummary) else nyul.NyulSummary(**s)
+              for site, s in summaries.items()}
+    out: dict = {"percentiles": list(nyul.PERCENTILES),
+                 "reference_landmarks": None if reference_landmarks is None
+                 else [float(x) for x in reference_landmarks],
+                 "site_summaries": {
+                     site: {"n_images": s.n_images, "n_subjects": s.n_subjects,
+                            "histogram": s.histogram,
+                            "landmarks": [x / s.n_images for x in s.landmark_sum]}
+                     for site, s in sorted(parsed.items())}}
+    if parsed:
+        values = list(parsed.values())
+        out["reference_histogram"] = nyul.combine_histograms(values).tolist()
+        out["bin_edges"] = list(values[0].bin_edges)
+    return out
+

@@ -2,7 +2,7 @@
 client-level DP-FedAvg with fixed clipping at the site and Gaussian noise at the
 coordinator (McMahan et al. 2018), from Flower's own pieces.
 
-- At a site (client/site_work.py), `clip_update` bounds the site's model update (trained
+- At a site (client/site/work.py), `clip_update` bounds the site's model update (trained
   minus received weights) to L2 norm C with Flower's `compute_clip_model_update`. BatchNorm
   trains on the received running statistics, frozen (`train_steps(freeze_batchnorm=True)`),
   so that no buffer carries the site's data out unclipped.

@@ -50,7 +50,7 @@ def centre_split(labels: Mapping[str, int], centre: str, config: RunConfig,
     """subject -> split for one centre (stratified by label within the centre).
 
     The validation subjects are chosen so that the subject sets a site releases aggregates
-    of are either identical or several subjects apart (client/release_ledger.py refuses a
+    of are either identical or several subjects apart (client/site/ledger.py refuses a
     set that differs from an earlier one by only a few subjects):
     - CCV fold f: the first subjects of block f+1 (the next fold's test block, then the one
       after), so two folds' validation sets never overlap;

@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from fedcmr.common.cache_format import MANIFEST, PREP_INFO
+from fedcmr.common.digests import short_digest
+from fedcmr.common.models.registry import DEFAULT_MODEL, reads_images
 from fedcmr.common.run_config import (
     Augment,
     ModelName,
@@ -24,6 +26,9 @@ from fedcmr.common.run_config import (
 from fedcmr.lab.study.config import Block, Framework, StudyConfig
 from fedcmr.server.settings import STRATEGY_ALPHA
 
+#: A run's defaults (a model without image input takes the default prior and augmentation).
+RUN_DEFAULTS = RunConfig()
+
 #: The framework's strategy in the Flower app ("" for the centralised baseline).
 STRATEGY = {"cds": "", "fedavg": "fedavg", "equal-vote": "equal-vote", "tempered": "tempered"}
 
@@ -34,7 +39,7 @@ class CellSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: ModelName = "cnn"
+    model: ModelName = DEFAULT_MODEL
     framework: Framework
     vote_alpha: float | None = None
     prior: Prior
@@ -63,9 +68,9 @@ class CellSpec(BaseModel):
     def key(self) -> str:
         """A readable name and the digest of every setting: the cell's folder name (a CNN
         cell's as before the model axis existed, so that finished cells stay valid)."""
-        text = self.model_dump_json(exclude={"model"} if self.model == "cnn" else None)
-        digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-        model = "measures-" if self.model == "measures" else ""
+        default = self.model == DEFAULT_MODEL
+        digest = short_digest(self.model_dump_json(exclude={"model"} if default else None), 10)
+        model = "" if default else f"{self.model}-"
         alpha = f"{self.vote_alpha:g}" if self.framework == "tempered" else ""
         folds = "-".join(str(f) for f in self.folds)
         return (f"{model}{self.framework}{alpha}_{self.prior}_{self.augment}_{self.protocol}"
@@ -143,8 +148,8 @@ def _block_cells(block: Block, config: StudyConfig, sites: Mapping[str, Sequence
             block.model, block.framework, block.prior, block.augment, block.protocol,
             block.phases, block.seed, block.sites):
         names, centres = take_part(chosen, sites)
-        if model == "measures":  # no image input: one cell whatever the prior and augment
-            prior, augment = "structures", "none"
+        if not reads_images(model):  # one cell whatever the prior and augmentation
+            prior, augment = RUN_DEFAULTS.prior, RUN_DEFAULTS.augment
         alphas = block.vote_alpha if framework == "tempered" else [STRATEGY_ALPHA.get(framework)]
         n_folds = RunConfig().n_folds_ccv if protocol == "ccv" else len(centres)
         for alpha, folds in itertools.product(alphas, _fold_sets(block.folds, n_folds)):

@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from fedcmr.common.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, lazy
+from fedcmr.support.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, lazy
 
 log = logging.getLogger("fedcmr.study")
 

@@ -20,10 +20,10 @@ def synthetic_caches(root: Path, scale: float, seed: int, workers: int = 2,
                      progress: bool = True) -> list[Path]:
     """Synthesise into ROOT/data, prepare ROOT/cache/<centre> (N4, 1 mm, crop); the caches.
     A finished folder is reused as it is (ROOT/cache/ready.json records its scale and seed)."""
-    from fedcmr.client.commands import prepare_loaded
-    from fedcmr.client.loaders.acdc import load_acdc
-    from fedcmr.client.loaders.mnms import load_mnms
-    from fedcmr.client.prep_config import PrepConfig
+    from fedcmr.client.data.loaders.acdc import load_acdc
+    from fedcmr.client.data.loaders.mnms import load_mnms
+    from fedcmr.client.data.prep_config import PrepConfig
+    from fedcmr.client.data.prepare import prepare_loaded
     from fedcmr.common.centres import ACDC_CENTRE, STUDY_MNMS_CENTRES, slug
     from fedcmr.lab.synthetic import synthesize
 

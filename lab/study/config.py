@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fedcmr.common.models import registry
 from fedcmr.common.run_config import (
     Augment,
     ModelName,
@@ -31,8 +32,12 @@ from fedcmr.common.run_config import (
     RunConfig,
 )
 from fedcmr.lab.sites import SitePer
+from fedcmr.server.strategy_names import VOTE_STRATEGIES
 
-Framework = Literal["cds", "fedavg", "equal-vote", "tempered"]
+#: A run's defaults: every axis a study leaves out takes RunConfig's value.
+RUN = RunConfig()
+
+Framework = Literal["cds", *VOTE_STRATEGIES]
 Runtime = Literal["simulation", "deployment"]
 #: "each": one cell per fold of the protocol; "all": one cell holding every fold.
 FoldChoice = Literal["each", "all"]
@@ -43,23 +48,29 @@ class Axes(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    #: "cnn" (the images) and/or "measures" (logistic regression on the clinical measures;
-    #: it has no prior or augmentation, so its cells take one of each).
-    model: list[ModelName] = Field(["cnn"], min_length=1)
+    #: Model names (common/models/): "cnn" (the images), "measures" (logistic regression
+    #: on the clinical measures; it has no prior or augmentation, so its cells take one of
+    #: each), or a registered plug-in.
+    model: list[ModelName] = Field([RUN.model], min_length=1)
     framework: list[Framework] = Field(["cds", "fedavg"], min_length=1)
     #: tempered only: site weights n_k ** alpha, one cell per value.
     vote_alpha: list[float] = Field([0.5], min_length=1)
-    prior: list[Prior] = Field(["structures"], min_length=1)
-    augment: list[Augment] = Field(["none"], min_length=1)
-    protocol: list[Protocol] = Field(["ccv"], min_length=1)
+    prior: list[Prior] = Field([RUN.prior], min_length=1)
+    augment: list[Augment] = Field([RUN.augment], min_length=1)
+    protocol: list[Protocol] = Field([RUN.protocol], min_length=1)
     #: Network seeds (the paper: 5); the split seed is the study's and stays fixed.
-    seed: list[int] = Field([0], min_length=1)
+    seed: list[int] = Field([RUN.seed], min_length=1)
     folds: FoldChoice | list[int] = "each"
     #: "ed,es" (both frames, the paper's main setting) or "ed" (its ED-only variant).
-    phases: list[str] = Field(["ed,es"], min_length=1)
+    phases: list[str] = Field([",".join(RUN.phases).lower()], min_length=1)
     #: Which hospitals take part, by name: each value a set of sites ([] or ["all"]: every
     #: site of the study's caches), e.g. [[], ["Vall d'Hebron", "Sagrada Familia", "SantPau"]].
     sites: list[list[str]] = Field([[]], min_length=1)
+
+    @field_validator("model")
+    @classmethod
+    def _models(cls, value: list[str]) -> list[str]:
+        return [registry.check_name(name) for name in value]
 
     @field_validator("vote_alpha")
     @classmethod
@@ -100,15 +111,15 @@ class StudyConfig(BaseModel):
     synthetic: Synthetic = Synthetic()
     #: A cache with several centres becomes one site per centre, or stays one site.
     site_per: SitePer = "centre"
-    profile: ProfileName = "quick"
+    profile: ProfileName = RUN.profile
     #: At most this many epochs (federated: rounds); 0: the profile's.
     epochs: int = Field(0, ge=0)
-    pretrained: str = "auto"
-    split_seed: int = 0
+    pretrained: str = RUN.pretrained
+    split_seed: int = RUN.split_seed
     #: FL cells: Flower's simulation runtime (Ray) or one SuperNode process per site.
     runtime: Runtime = "simulation"
     #: The hospitals' release policy for FL cells (relative to the config file, or to the
-    #: fedcmr source folder); empty: client/site_policy.py's defaults.
+    #: fedcmr source folder); empty: client/site/policy.py's defaults.
     site_policy: str = ""
     #: Bootstrap resamples of the confidence intervals.
     bootstrap: int = Field(1000, ge=100)

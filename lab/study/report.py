@@ -39,7 +39,7 @@ from fedcmr.lab.study.report_tables import (
     TABLES,
     ed_only,
     every_configuration,
-    measures_model,
+    other_models,
     paper_table,
     subject_counts,
 )
@@ -121,7 +121,7 @@ def build(study: StudyResults) -> list[Block]:
     for spec in TABLES:
         blocks += paper_table(spec, study)
     blocks += ed_only(study)
-    blocks += measures_model(study)
+    blocks += other_models(study)
     blocks += figure_blocks(figures)
     blocks += [Heading("Every configuration")] + every_configuration(study)
     blocks += method(study)

@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedcmr.common.metrics import auc
+from fedcmr.common.models.registry import DEFAULT_MODEL, reads_images
 from fedcmr.common.results import PREDICTIONS_CSV as PREDICTIONS
 from fedcmr.common.results import read_predictions
 from fedcmr.common.seeds import derive_seed
@@ -27,7 +28,7 @@ from fedcmr.lab.study import layout
 from fedcmr.lab.study.stats import PairedTest, bootstrap_auc_ci, paired_auc_test
 
 #: Files of a cell's run folder (written by common/results.py, server/fl_outputs.py and
-#: server/centralized.py; the same names for both frameworks where they share a schema).
+#: lab/centralized.py; the same names for both frameworks where they share a schema).
 ROUNDS = "rounds.csv"
 HISTORY = "history.csv"
 FL_SUMMARY = "summary.json"
@@ -104,14 +105,14 @@ class Config:
     @property
     def label(self) -> str:
         label = framework_label(self.framework, self.vote_alpha)
-        return f"{label} measures" if self.model == "measures" else label
+        return label if self.model == DEFAULT_MODEL else f"{label} {self.model}"
 
     @property
     def ident(self) -> str:
         phases = "+".join(self.phases)
         alpha = "" if self.framework != "tempered" else f" α={self.vote_alpha:g}"
-        if self.model == "measures":  # no image input: prior and augment do not apply
-            return f"{self.framework}{alpha}, measures, {self.protocol}, {phases}"
+        if not reads_images(self.model):  # prior and augment do not apply
+            return f"{self.framework}{alpha}, {self.model}, {self.protocol}, {phases}"
         return (f"{self.framework}{alpha}, {self.prior}, {self.augment}, {self.protocol}, "
                 f"{phases}")
 
@@ -195,8 +196,8 @@ class StudyResults:
     settings: ReportSettings
     #: The CNN's configurations: the paper's tables, findings and figures read these.
     configs: list[Config] = field(default_factory=list)
-    #: The measures model's (common/learning/measures_model.py): a table of their own.
-    measures_configs: list[Config] = field(default_factory=list)
+    #: Every other model's (the measures model's, a plug-in's): a table of their own.
+    other_configs: list[Config] = field(default_factory=list)
 
     @property
     def done(self) -> list[Cell]:
@@ -210,7 +211,7 @@ class StudyResults:
 
     def find(self, framework: str, prior: str, augment: str, protocol: str,
              phases: tuple[str, ...] = ("ED", "ES"), vote_alpha: float | None = None,
-             model: str = "cnn") -> Config | None:
+             model: str = DEFAULT_MODEL) -> Config | None:
         for config in self.configs:
             if config.model == model and (
                     config.framework, config.prior, config.augment, config.protocol,
@@ -298,7 +299,7 @@ def load_study(folder: Path, settings: ReportSettings | None = None) -> StudyRes
             continue
         spec = json.loads(spec_path.read_text())
         spec["phases"] = [p.upper() for p in spec["phases"]]
-        spec.setdefault("model", "cnn")  # cells from before the measures model
+        spec.setdefault("model", DEFAULT_MODEL)  # cells from before the model axis
         result_path = spec_path.parent / layout.RESULT_JSON
         result = json.loads(result_path.read_text()) if result_path.exists() else None
         if result is not None and result.get("key") != spec["key"]:
@@ -319,8 +320,8 @@ def load_study(folder: Path, settings: ReportSettings | None = None) -> StudyRes
         (Config(specs[i], cells, settings) for i, cells in groups.items()),
         key=lambda c: (FRAMEWORK_ORDER.index(c.framework) if c.framework in FRAMEWORK_ORDER
                        else 99, c.vote_alpha or 0.0, c.ident))
-    study.configs = [c for c in every if c.model == "cnn"]
-    study.measures_configs = [c for c in every if c.model == "measures"]
+    study.configs = [c for c in every if c.model == DEFAULT_MODEL]
+    study.other_configs = [c for c in every if c.model != DEFAULT_MODEL]
     return study
 
 

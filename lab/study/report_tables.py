@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedcmr.common.models import registry
+from fedcmr.common.models.registry import reads_images
 from fedcmr.common.run_config import RunConfig
 from fedcmr.lab.study import paper_reference
 from fedcmr.lab.study.report_blocks import Block, Bullets, Para, Table
@@ -176,14 +178,15 @@ def subject_counts(study: StudyResults) -> list[Block]:
                   [f"Counted from {source}."])]
 
 
-def measures_model(study: StudyResults) -> list[Block]:
-    """The measures model's configurations beside the CNN's of the same framework, protocol
-    and phases (per-structure prior, no augmentation), on the same frames."""
-    if not study.measures_configs:
+def other_models(study: StudyResults) -> list[Block]:
+    """Every other model's configurations (the measures model's, a plug-in's) beside the
+    CNN's of the same framework, protocol and phases (per-structure prior, no
+    augmentation), on the same frames."""
+    if not study.other_configs:
         return []
     centres = study.centres
     rows = []
-    for config in study.measures_configs:
+    for config in study.other_configs:
         cnn = study.find(config.framework, "structures", "none", config.protocol,
                          tuple(config.phases), config.vote_alpha)
         rows.append([config.label, config.protocol, "+".join(config.phases),
@@ -191,17 +194,20 @@ def measures_model(study: StudyResults) -> list[Block]:
                     + [fmt_summary(config.summary(c)) for c in centres]
                     + [fmt_summary(config.summary(TOTAL)),
                        "" if cnn is None else fmt_summary(cnn.summary(TOTAL))])
-    return [Table("The measures model (logistic regression on the clinical measures)",
-                  ["model", "protocol", "phases", "seeds", "folds", *centres,
-                   f"total, {OURS}", "CNN (structures, no augmentation), total"], rows,
-                  ["docs/measures.md: the measures and the model. Not in the paper."])]
+    models = sorted({c.model for c in study.other_configs})
+    notes = [f"{m}: {registry.get(m).summary}" if m in registry.names() else m
+             for m in models]
+    title = (f"The {models[0]} model" if len(models) == 1 else "Other models beside the CNN")
+    return [Table(title, ["model", "protocol", "phases", "seeds", "folds", *centres,
+                          f"total, {OURS}", "CNN (structures, no augmentation), total"], rows,
+                  notes + ["docs/measures.md: the measures and the model. Not in the paper."])]
 
 
 def every_configuration(study: StudyResults) -> list[Block]:
-    rows = [[c.label, c.prior if c.model == "cnn" else "(measures)",
-             c.augment if c.model == "cnn" else "", c.protocol, "+".join(c.phases),
+    rows = [[c.label, c.prior if reads_images(c.model) else f"({c.model})",
+             c.augment if reads_images(c.model) else "", c.protocol, "+".join(c.phases),
              ",".join(map(str, c.seeds)), fold_text(c, study), fmt_summary(c.summary(TOTAL)),
-             str(c.summary(TOTAL).n_frames)] for c in study.configs + study.measures_configs]
+             str(c.summary(TOTAL).n_frames)] for c in study.configs + study.other_configs]
     return [Table("Every configuration (total AUC)",
                   ["framework", "prior", "augmentation", "protocol", "phases", "seeds",
                    "folds", f"total, {OURS}", "frames"], rows)]

@@ -86,10 +86,12 @@ def _centralised(spec: CellSpec, data: StudyData, run_dir: Path) -> None:
     from fedcmr.common.bundle import preprocessing_of_caches
     from fedcmr.common.learning.data import load_cache
     from fedcmr.common.measures import read_all_measures
-    from fedcmr.server.centralized import run_centralized
+    from fedcmr.common.models import registry
+    from fedcmr.lab.centralized import run_centralized
 
     frames = load_cache(list(data.caches), centres=spec.centres)
-    measures = read_all_measures(data.caches) if spec.model == "measures" else None
+    needs = registry.get(spec.model).needs_measures
+    measures = read_all_measures(data.caches) if needs else None
     run_centralized(frames, spec.run_config(), run_dir, progress=False, measures=measures,
                     preprocessing=preprocessing_of_caches(data.caches))
 
@@ -98,8 +100,7 @@ def _federated(spec: CellSpec, data: StudyData, run_dir: Path, echo) -> None:
     from fedcmr.lab.local_federation import run_local_federation
     from fedcmr.server.settings import FederationSettings
 
-    settings = FederationSettings(strategy=spec.strategy, vote_alpha=spec.vote_alpha or 0.0,
-                                  run=spec.run_config())
+    settings = FederationSettings.build(spec.strategy, spec.vote_alpha, spec.run_config())
     metrics = run_local_federation(list(data.caches), settings, run_dir, echo=echo,
                                    runtime=data.runtime, site_policy=data.site_policy,
                                    site_per=data.site_per, only=spec.sites)

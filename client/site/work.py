@@ -1,0 +1,270 @@
+"""What a hospital does for each message, as plain functions of its own data and an Order:
+the one dispatcher every request goes through (`answer`), so that the site's own release
+policy is applied in one place, before any model sees the request.
+
+The Flower layer (client_app.py) only converts messages; everything here is testable
+without a federation. The model's own steps come from its plug-in (common/models/); what
+they may send back is typed in common/replies.py, and nothing in a reply is per subject:
+per-subject predictions go to the site's own output folder.
+
+The policy, per message (`Gate`): the run's settings must be ones the site allows
+(SitePolicy.admit); a training aggregate (the start's summary, a model update) needs enough
+subjects and a subject set the differencing guard (client/site/ledger.py) allows, or the
+request is refused; validation and test counts that may not leave are withheld (the reply
+says why, as a typed Refusal) and the rest of the reply goes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedcmr.client.site.ledger import ReleaseLedger
+from fedcmr.client.site.policy import PolicyRefusal, SitePolicy
+from fedcmr.common.cache_format import CacheError, read_manifest
+from fedcmr.common.handshake import site_fingerprint
+from fedcmr.common.learning.data import CachedFrame, load_cache
+from fedcmr.common.learning.privacy import clip_update
+from fedcmr.common.learning.split import split_frames
+from fedcmr.common.measures import SubjectMeasures, read_all_measures
+from fedcmr.common.models import registry
+from fedcmr.common.models.base import ModelPlugin, SplitScores
+from fedcmr.common.nyul import PrivacyError
+from fedcmr.common.protocol import Kind, Order, Refusal, RefusalRule
+from fedcmr.common.replies import (
+    START_REPLIES,
+    DescribeReply,
+    Reply,
+    ScoreCounts,
+    TestReply,
+    TrainReply,
+    ValidateReply,
+)
+from fedcmr.common.results import prediction_rows, read_predictions, write_predictions
+from fedcmr.common.update_codec import encode
+
+StateDict = dict[str, torch.Tensor]
+log = logging.getLogger("fedcmr.client")
+
+
+@dataclass
+class Site:
+    name: str
+    frames: list[CachedFrame]
+    out_dir: Path
+    #: The prepared caches the frames come from (their prep.json make the fingerprint).
+    caches: tuple[Path, ...] = ()
+    #: The hospital's release policy (its defaults where the site set none).
+    policy: SitePolicy = SitePolicy()
+    _measures: dict[str, SubjectMeasures] | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, name: str, caches: list[Path], out_dir: Path,
+             policy: SitePolicy | None = None, centres: Sequence[str] = ()) -> Site:
+        """The site serving `caches`, only the frames of `centres` where given (a site
+        holding one centre of a shared multi-centre cache)."""
+        return cls(name=name, frames=load_site_frames(caches, centres), out_dir=out_dir,
+                   caches=tuple(Path(c) for c in caches), policy=policy or SitePolicy())
+
+    def measures(self) -> Mapping[str, SubjectMeasures]:
+        """Its subjects' clinical measures (the caches' measures.csv), read once."""
+        if self._measures is None:
+            self._measures = read_all_measures(self.caches)
+        return self._measures
+
+    @property
+    def ledger(self) -> ReleaseLedger:
+        return ReleaseLedger(self.policy.ledger_path(self.out_dir), self.policy)
+
+    @property
+    def centres(self) -> list[str]:
+        return sorted({f.entry.centre for f in self.frames})
+
+    def parts(self, order: Order) -> dict[str, list[CachedFrame]]:
+        frames = [f for f in self.frames if f.entry.phase in order.run.phases]
+        return split_frames(frames, order.run, order.fold)
+
+
+def load_site_frames(caches: Sequence[Path], centres: Sequence[str] = ()
+                     ) -> list[CachedFrame]:
+    """The caches' frames (load_cache), only those of `centres` where given: the other
+    centres' frames are neither checked nor read. A centre none of the caches holds is a
+    CacheError naming the caches, the centres they hold and the fix."""
+    if centres:
+        held = {e.centre for cache in caches for e in read_manifest(Path(cache))}
+        missing = sorted(set(centres) - held)
+        if missing:
+            raise CacheError(", ".join(map(str, caches)), f"no frames of centre(s) {missing}; "
+                             f"the cache(s) hold {sorted(held)}", "serve a centre the caches "
+                             "hold, or prepare the missing centre's data into one of them")
+    return load_cache(caches, centres=centres)
+
+
+# -- the site's policy, applied in one place --------------------------------------------
+@dataclass(frozen=True)
+class Gate:
+    """The site's policy for one request: built only after the run's settings are
+    admitted; every aggregate that leaves passes through it."""
+
+    site: Site
+    order: Order
+
+    @classmethod
+    def admit(cls, site: Site, order: Order) -> Gate:
+        site.policy.admit(order.run)
+        return cls(site, order)
+
+    def training_aggregate(self, floor: int, what: str) -> list[CachedFrame]:
+        """The training frames, when an aggregate over their subjects may leave (at least
+        `floor` subjects, a set the differencing guard allows); else PolicyRefusal."""
+        frames = self.site.parts(self.order)["train"]
+        subjects = {f.subject for f in frames}
+        what = f"fold {self.order.fold} {what}"
+        if len(subjects) < floor:
+            raise PolicyRefusal(RefusalRule.MIN_SUBJECTS, f"{what} would come from "
+                                f"{len(subjects)} subject(s); the minimum is {floor}")
+        self.site.ledger.release("train", subjects, what)
+        return frames
+
+    def withheld(self, part: str) -> Refusal | None:
+        """None when the counts of split `part` may leave; else why they are withheld."""
+        subjects = {f.subject for f in self.site.parts(self.order)[part]}
+        if not subjects:
+            return None  # counts of nothing (a training centre's empty LCO test split)
+        what = f"fold {self.order.fold} {'validation' if part == 'val' else part} counts"
+        try:
+            if len(subjects) < self.site.policy.min_eval_subjects:
+                raise PolicyRefusal(RefusalRule.MIN_EVAL_SUBJECTS, f"{what} would come from "
+                                    f"{len(subjects)} subject(s); the minimum is "
+                                    f"{self.site.policy.min_eval_subjects}")
+            self.site.ledger.release("scores", subjects, what)
+        except PolicyRefusal as refusal:
+            return refusal.refusal
+        return None
+
+
+# -- the dispatcher ---------------------------------------------------------------------
+def describe(site: Site) -> DescribeReply:
+    """Who the site is, with its fingerprint; FingerprintError when its caches disagree."""
+    return DescribeReply(site=site.name, centres=tuple(site.centres), frames=len(site.frames),
+                         subjects=len({f.subject for f in site.frames}),
+                         fingerprint=site_fingerprint(site.caches))
+
+
+def answer(site: Site, kind: Kind, order: Order, state: StateDict | None = None) -> Reply:
+    """The site's reply to a request of `kind` under the run's model, its policy applied
+    first. A refused training request raises PolicyRefusal (the ClientApp sends it as a
+    typed error); a refused start is a reply whose `refused` says why."""
+    model = registry.get(order.run.model)
+    if kind in START_REPLIES:
+        return _start(site, kind, order, model)
+    gate = Gate.admit(site, order)
+    if kind == Kind.TRAIN:
+        return _train(gate, model, state)
+    if kind == Kind.VALIDATE:
+        val, withheld = _val_counts(gate, model, state)
+        return ValidateReply(site=site.name, val=val, withheld=withheld)
+    if kind == Kind.TEST:
+        return _test(gate, model, state)
+    raise ValueError(f"no site work for message kind {kind}")
+
+
+def _start(site: Site, kind: Kind, order: Order, model: ModelPlugin) -> Reply:
+    """The fold's start (the histogram summary, the measures sums): refused in the reply,
+    so that the coordinator goes on with the sites that released theirs."""
+    if model.start != kind:
+        raise ValueError(f"the run's model {model.name!r} starts a fold with "
+                         f"{model.start}, not {kind}")
+    reply_type, what = START_REPLIES[kind]
+    floor = site.policy.histogram_floor(order.run)
+    try:
+        gate = Gate.admit(site, order)
+        gate.training_aggregate(floor, what)
+        return model.site_start(site, order, floor)
+    except PolicyRefusal as refusal:
+        return reply_type(site=site.name, refused=refusal.refusal)
+    except PrivacyError as err:
+        return reply_type(site=site.name, refused=Refusal(rule=RefusalRule.MIN_SUBJECTS,
+                                                          text=str(err)))
+
+
+def _counts(scores: SplitScores) -> ScoreCounts:
+    return ScoreCounts.of(scores.labels, scores.scores, scores.loss)
+
+
+def _val_counts(gate: Gate, model: ModelPlugin, state: StateDict
+                ) -> tuple[ScoreCounts, Refusal | None]:
+    """The validation counts of the received model, or counts of nothing and why the real
+    ones are withheld (a train reply keeps its metric keys: Flower aggregates them)."""
+    withheld = gate.withheld("val")
+    if withheld:
+        return ScoreCounts.of(np.zeros(0), np.zeros(0), 0.0), withheld
+    return _counts(model.score(gate.site, gate.order, "val", state)), None
+
+
+def _train(gate: Gate, model: ModelPlugin, state: StateDict) -> TrainReply:
+    """Validate the received global model, then the model's local step; the update is
+    clipped here, at the site, under differential privacy (privacy.py), and encoded as the
+    run asks (fp32, or fp16 deltas)."""
+    order, site = gate.order, gate.site
+    gate.training_aggregate(site.policy.min_subjects, "model update")
+    val, withheld = _val_counts(gate, model, state)
+    update = model.local_train(site, order, state)
+    weights = update.weights
+    if order.run.private:
+        weights, norm = clip_update(weights, state, order.run.dp_clip)
+        log.info("fold %d round %d: update norm %.4g clipped to %.4g", order.fold,
+                 order.server_round, norm, min(norm, order.run.dp_clip))
+    arrays = encode(weights, state, order.run.update_encoding)
+    return TrainReply(site=site.name, arrays=arrays, num_examples=update.num_examples,
+                      train_loss=update.loss, train_batches=update.batches,
+                      batch_size=update.batch_size, server_round=order.server_round,
+                      val=val, withheld=withheld)
+
+
+def _test(gate: Gate, model: ModelPlugin, state: StateDict) -> TestReply:
+    """Score the test split; per-frame scores stay in the site's own folder, and the
+    counts leave where the policy allows."""
+    order, site = gate.order, gate.site
+    frames = site.parts(order)["test"]
+    scores = model.score(site, order, "test", state)
+    write_predictions(site.out_dir / f"fold_{order.fold}" / "predictions.csv",
+                      prediction_rows(frames, scores.scores, order.fold))
+    withheld = gate.withheld("test")
+    return TestReply(site=site.name, test=None if withheld else _counts(scores),
+                     withheld=withheld)
+
+
+def read_site_predictions(out_dir: Path) -> list[dict]:
+    """Every fold's predictions a site wrote (for the local launcher, which runs all sites
+    on one machine and may gather them; a real deployment never does)."""
+    return [row for path in sorted(out_dir.glob("fold_*/predictions.csv"))
+            for row in read_predictions(path)]
+
+
+# -- each message kind by name (the ClientApp, tests and benchmarks call these) ----------
+def histogram_summary(site: Site, order: Order) -> Reply:
+    """The CNN's start: the Nyul summary of the training frames, or why it is refused."""
+    return answer(site, Kind.NYUL, order)
+
+
+def measure_sums(site: Site, order: Order) -> Reply:
+    """The measures model's start: the training subjects' measure sums, or a refusal."""
+    return answer(site, Kind.MEASURE_STATS, order)
+
+
+def train(site: Site, order: Order, state: StateDict) -> TrainReply:
+    return answer(site, Kind.TRAIN, order, state)
+
+
+def validate(site: Site, order: Order, state: StateDict) -> ValidateReply:
+    return answer(site, Kind.VALIDATE, order, state)
+
+
+def test(site: Site, order: Order, state: StateDict) -> TestReply:
+    return answer(site, Kind.TEST, order, state)

@@ -1,0 +1,22 @@
+"""Digests, one helper each: the short hex digest that names a thing (a model definition,
+a run's settings, a cache's preprocessing, a study cell) and a file's SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def short_digest(data: str | bytes, length: int = 16) -> str:
+    """The first `length` hex digits of the SHA-256 of `data` (text as UTF-8)."""
+    raw = data.encode() if isinstance(data, str) else data
+    return hashlib.sha256(raw).hexdigest()[:length]
+
+
+def file_sha256(path: Path) -> str:
+    """The whole SHA-256 of a file, read in blocks of 1 MiB."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
