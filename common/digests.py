@@ -6,8 +6,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+#: A short digest's hex digits (a cache's preprocessing key takes 20, a study cell's
+#: name 10, as they always have: changing either would orphan existing caches and cells).
+DIGEST_LENGTH = 16
 
-def short_digest(data: str | bytes, length: int = 16) -> str:
+
+def short_digest(data: str | bytes, length: int = DIGEST_LENGTH) -> str:
     """The first `length` hex digits of the SHA-256 of `data` (text as UTF-8)."""
     raw = data.encode() if isinstance(data, str) else data
     return hashlib.sha256(raw).hexdigest()[:length]

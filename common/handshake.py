@@ -20,7 +20,6 @@ written by `fedcmr prepare`: the site raises `FingerprintError`.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fedcmr.common import __version__
 from fedcmr.common.cache_format import PREP_FORMAT_KEY, PREP_INFO, PREP_LABELS_KEY
+from fedcmr.common.digests import short_digest
 
 #: The preprocessing parameters the sites must agree on (server: the majority's value).
 PREP_FIELDS = ("spacing_mm", "crop", "n4")
@@ -74,7 +74,7 @@ def model_digest() -> str:
         model, _ = build_model("none", quiet=True)
     tensors = [*model.named_parameters(), *model.named_buffers()]
     text = "\n".join(sorted(f"{name}:{tuple(t.shape)}" for name, t in tensors))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return short_digest(text)
 
 
 def show(field: str, value: Any) -> str:

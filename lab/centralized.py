@@ -18,7 +18,7 @@ from fedcmr.common import __version__
 from fedcmr.common.atomic import write_json
 from fedcmr.common.bundle import Preprocessing
 from fedcmr.common.device import placement
-from fedcmr.common.digests import short_digest
+from fedcmr.common.digests import DIGEST_LENGTH, short_digest
 from fedcmr.common.learning.data import CachedFrame
 from fedcmr.common.measures import SubjectMeasures
 from fedcmr.common.models import registry
@@ -37,7 +37,7 @@ def data_digest(frames: Sequence[CachedFrame]) -> str:
         h.update(f"{f.entry.centre}|{f.subject}|{f.entry.phase}|{f.entry.label}|".encode())
         h.update(f.image.tobytes())
         h.update(f.labels.tobytes())
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:DIGEST_LENGTH]
 
 
 def config_digest(config: RunConfig, data: str = "") -> str:

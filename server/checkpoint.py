@@ -18,7 +18,6 @@ bit for bit. A resume with other settings is refused, naming what changed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedcmr.common.atomic import atomic_path, write_json
+from fedcmr.common.digests import short_digest
 from fedcmr.common.replies import ScoreCounts
 from fedcmr.server.settings import FederationSettings
 
@@ -78,7 +78,7 @@ def settings_view(settings: FederationSettings) -> dict:
 
 def digest(settings: FederationSettings) -> str:
     text = json.dumps(settings_view(settings), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return short_digest(text)
 
 
 def state_dict(arrays: ArrayRecord | None) -> dict[str, torch.Tensor] | None:

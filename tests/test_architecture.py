@@ -103,6 +103,21 @@ def test_the_installed_packages_are_the_folders():
     assert {setup["package-dir"][f"fedcmr.{pkg}"] for pkg in PACKAGES} == set(PACKAGES)
 
 
+def test_every_module_a_string_names_exists():
+    """A lazily imported module or handler named in a string ("fedcmr.x.y:func", a list of
+    modules to preload) names a module that exists: a move cannot leave one behind."""
+    known = {module_name(p) for p in modules()}
+    missing = []
+    for path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                name = node.value.split(":")[0]
+                if name.startswith("fedcmr.") and " " not in name and name not in known \
+                        and name.split(".")[1] in PACKAGES:
+                    missing.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value}")
+    assert not missing, missing
+
+
 # -- no import cycle ---------------------------------------------------------------------
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)

@@ -123,7 +123,7 @@ class Toy(ModelPlugin):
                           test=SplitMetric(auc=auc(labels(test), test_p), n=len(test)))
         write_bundle(fold_dir / BUNDLE_DIR, self.bundle_metadata(
             run.config, fold, "cds", metrics, run.preprocessing), fold_dir / "best_model.pt")
-        return PooledFold(prediction_rows(test, test_p, fold), InitInfo(source="zeros"))
+        return PooledFold(prediction_rows(test, test_p, fold), InitInfo(source="zeros", seed=0))
 
     def digest(self) -> str:
         return short_digest("toy\n" + ",".join(FEATURES))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from fedcmr.common.digests import short_digest
 
 
 class N4Params(BaseModel):
@@ -57,4 +58,4 @@ class PrepConfig(BaseModel):
 
 
 def digest(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:20]
+    return short_digest("\x1f".join(parts), 20)

@@ -44,9 +44,10 @@ SOCKET_NAME = "worker.sock"
 #: the process in `ps`).
 WORKER_MAIN = "from fedcmr.client.runtime.site_worker import main; main()"
 WORKER_NAME = "fedcmr-site-worker"
-#: Imported before the worker says it is ready (what every message's work needs).
+#: Imported before the worker says it is ready (what every message's work needs: the
+#: handlers, the dispatcher and the built-in models; a plug-in is imported on first use).
 PRELOAD = ("torch", "torchvision", "fedcmr.client.site.client_app", "fedcmr.client.site.work",
-           "fedcmr.client.site_measures")
+           "fedcmr.common.models.cnn", "fedcmr.common.models.measures")
 #: Seconds between checks that the parent (the SuperNode) still lives, while idle.
 PARENT_CHECK_S = 1.0
 

@@ -11,7 +11,6 @@ score counts; the per-subject measures and scores stay.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -153,7 +152,7 @@ class Measures(ModelPlugin):
     def digest(self) -> str:
         """Its features and arrays, in order."""
         text = "logistic\n" + ",".join(FEATURES) + "\n" + ",".join(mm.STATE_KEYS)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return short_digest(text)
 
     def bundle_metadata(self, config, fold, framework, metrics, preprocessing,
                         landmarks=None, init_source="zeros", strategy=None,

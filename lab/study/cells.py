@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from fedcmr.common.cache_format import MANIFEST, PREP_INFO
-from fedcmr.common.digests import short_digest
+from fedcmr.common.digests import DIGEST_LENGTH, short_digest
 from fedcmr.common.models.registry import DEFAULT_MODEL, reads_images
 from fedcmr.common.run_config import (
     Augment,
@@ -114,7 +114,7 @@ def data_digest(caches: Sequence[Path]) -> str:
     for cache in sorted(Path(c).resolve() for c in caches):
         for name in (MANIFEST, PREP_INFO):
             h.update((cache / name).read_bytes())
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:DIGEST_LENGTH]
 
 
 def expand(config: StudyConfig, sites: Mapping[str, Sequence[str]], data: str
