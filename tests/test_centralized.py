@@ -88,9 +88,9 @@ def test_the_best_epoch_is_kept_not_the_last(frames, tmp_path, monkeypatch):
     """Scripted validation losses 0.9, 0.3, 0.6: epoch 1's weights score the test set."""
     import copy
 
-    from fedcmr.server import centralized
+    from fedcmr.common.models import cnn  # the CNN's pooled fit scores each epoch
 
-    real = centralized.score
+    real = cnn.score
     losses = iter([0.9, 0.3, 0.6])
     states: list[dict] = []
 
@@ -102,7 +102,7 @@ def test_the_best_epoch_is_kept_not_the_last(frames, tmp_path, monkeypatch):
         states.append(copy.deepcopy(model.state_dict()))
         return result.__class__(loss=loss, labels=result.labels, scores=result.scores)
 
-    monkeypatch.setattr(centralized, "score", scripted)
+    monkeypatch.setattr(cnn, "score", scripted)
     run_centralized(frames, config(epochs=3), tmp_path, progress=False)
     with (tmp_path / "fold_0" / "history.csv").open() as handle:
         history = list(csv.DictReader(handle))

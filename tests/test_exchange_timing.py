@@ -12,7 +12,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedcmr.common import exchange_timing
+from fedcmr.support import exchange_timing
 
 REPO = Path(__file__).resolve().parent.parent
 

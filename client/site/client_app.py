@@ -161,12 +161,15 @@ def describe(msg: Message, context: Context) -> Message:
 
 
 def _answer(kind: Kind, msg: Message, context: Context, with_model: bool) -> Message:
-    """Every request of the run goes through the site's one dispatcher (work.answer),
-    which applies the site's policy before the run's model sees it."""
+    """Every request of the run goes through the site's one dispatcher (work.answer, by
+    way of its function for the kind), which applies the site's policy before the run's
+    model sees it."""
     from fedcmr.client.site import work
 
-    reply = work.answer(open_site(context), kind, _order(msg),
-                        _state(msg) if with_model else None)
+    step = {Kind.NYUL: work.histogram_summary, Kind.MEASURE_STATS: work.measure_sums,
+            Kind.TRAIN: work.train, Kind.VALIDATE: work.validate, Kind.TEST: work.test}[kind]
+    site, order = open_site(context), _order(msg)
+    reply = step(site, order, _state(msg)) if with_model else step(site, order)
     refused = getattr(reply, "refused", None)
     if refused is not None:
         log.warning("%s: %s", reply.site, refused)
