@@ -138,7 +138,7 @@ def copy_bundle(run: Path, dest: Path, **changes) -> Path:
                                   r"\['lv_edv_ml'\], this fedcmr measures"),
     ({"model_digest": "0123456789abcdef"}, r"another model definition \(measures digest"),
     ({"input": {"channels": 3, "depth": 4, "height": 24, "width": 24}},
-     r"field : Value error, a measures bundle has features and no input layout"),
+     r"metadata.json: a measures bundle has features and no input layout"),
     ({"model": "cnn"}, r"a cnn bundle has an input layout and no features"),
 ])
 def test_a_bad_measures_bundle_is_refused_naming_the_file(run, tmp_path, changes, message):
