@@ -1,5 +1,6 @@
 """The hospital's commands: `prepare` (its scans into a cache), `predict` (a trained model on
-new patients) and `client` (its SuperNode)."""
+new patients), `keygen` (its key pair for node authentication) and `client` (its
+SuperNode)."""
 
 from __future__ import annotations
 
@@ -94,3 +95,13 @@ def add_client(sub: argparse._SubParsersAction) -> None:
                    help="keep serving after the coordinator's run is over (default: stop "
                         "with exit 0 when the coordinator says so)")
     p.set_defaults(func=lazy("fedcmr.client.commands:cmd_client"))
+
+
+def add_keygen(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("keygen", help="the hospital's own key pair for node authentication: "
+                                      "the private key stays (0600), the .pub goes to the "
+                                      "coordinator")
+    p.add_argument("--site", required=True, help="the hospital's name, as in its node config")
+    p.add_argument("--out", type=Path, required=True, help="folder for the two key files")
+    p.set_defaults(func=lazy("fedcmr.client.commands:cmd_keygen"))
+

@@ -186,7 +186,27 @@ def security_args(ca: Path | None, key: Path | None) -> list[str]:
         raise ValueError("--auth-key without --root-certificates: node authentication needs "
                          "TLS, and without the CA this site would talk in plaintext. Fix: "
                          "add --root-certificates CA (the federation's ca.crt)")
+    if key is not None:
+        from fedcmr.client.site.keys import check_private_key
+
+        check_private_key(key)
     if ca is None:
         return ["--insecure"]
     args = ["--root-certificates", str(ca)]
     return args + (["--auth-supernode-private-key", str(key)] if key else [])
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Make the site's key pair; an existing key is never overwritten (exit 2)."""
+    from fedcmr.client.site.keys import KeyExists, make_site_keys
+
+    try:
+        private, public = make_site_keys(args.site, args.out)
+    except KeyExists as err:
+        log.error("%s", err)
+        return EXIT_BAD_INPUT
+    print(f"private key: {private} (mode 600: it stays at this site; `fedcmr client "
+          f"--auth-key {private}`)")
+    print(f"public key:  {public} (send this file to the coordinator, who registers it)")
+    return EXIT_OK
+

@@ -122,7 +122,13 @@ class SitePolicy(BaseModel):
         if run.protocol not in self.protocols:
             raise PolicyRefusal(RefusalRule.PROTOCOLS, f"protocol {run.protocol!r} is not one of "
                                 f"{list(self.protocols)}")
-        if run.protocol == "ccv" and run.n_folds_ccv not in self.ccv_folds:
+        self.check_splits(run)
+
+    def check_splits(self, run: RunConfig) -> None:
+        """The split parameters, under every protocol: LCO's validation split is cut from
+        the CCV blocks too (common/learning/split.py), so a fold count the policy does not
+        allow would let a coordinator pick new validation subsets under LCO."""
+        if run.n_folds_ccv not in self.ccv_folds:
             raise PolicyRefusal(RefusalRule.CCV_FOLDS, f"{run.n_folds_ccv} CCV folds asked; "
                                 f"this site allows {list(self.ccv_folds)}")
         if not any(abs(run.val_fraction - v) < 1e-9 for v in self.val_fractions):

@@ -1,0 +1,141 @@
+"""Attacks on the hospital's line (issue #27), each against the real site code with the
+default policy, asserting that it fails, and against the defence switched off, asserting
+that it succeeds (so that each test can fail). docs/security.md lists them with what is
+not defended yet.
+
+Here: split parameters chosen by the coordinator (a validation subset of its choosing
+under leave-centre-out), a coordinator in plaintext, and keys (made at the site, 0600). The
+audit gate's digests and malformed orders: tests/test_audit.py; keys made at the site
+registered and used over TLS with node authentication: tests/test_federation.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from cache_factory import write_site_cache
+from pydantic import ValidationError
+
+from fedcmr.client.commands import security_args
+from fedcmr.client.site import work as site_work
+from fedcmr.client.site.keys import KeyExists, key_paths, make_site_keys
+from fedcmr.client.site.policy import PolicyRefusal, SitePolicy
+from fedcmr.common.model import build_model
+from fedcmr.common.protocol import Order
+from fedcmr.common.run_config import RunConfig
+from fedcmr.support.flower_env import tool
+
+#: Vall d'Hebron's size (Table 1: 21 NOR, 25 HCM), the site of the measured attack.
+VALL_D_HEBRON = (21, 25)
+CENTRES = ("Other", "Vall d'Hebron")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vall")
+    return write_site_cache(root / "cache", "Vall d'Hebron", *VALL_D_HEBRON, seed=5)
+
+
+@pytest.fixture(scope="module")
+def state():
+    return build_model("none", seed=0, quiet=True)[0].state_dict()
+
+
+def lco(n_folds_ccv: int) -> Order:
+    """Leave-centre-out, fold 0 (the centre "Other" held out: the site trains)."""
+    run = RunConfig(protocol="lco", profile="smoke", centres=CENTRES, n_folds_ccv=n_folds_ccv)
+    return Order(run=run, fold=0)
+
+
+CHECK_SPLITS = SitePolicy.check_splits
+
+
+def ccv_only(policy: SitePolicy, run: RunConfig) -> None:
+    """The check before #27: split parameters checked under CCV only."""
+    if run.protocol == "ccv":
+        CHECK_SPLITS(policy, run)
+
+
+def val_subjects(site: site_work.Site, order: Order) -> frozenset[str]:
+    return frozenset(f.subject for f in site.parts(order)["val"])
+
+
+def test_split_parameters_are_checked_under_every_protocol(cache, state, tmp_path,
+                                                           monkeypatch):
+    """Attack: an LCO request with a CCV fold count of the coordinator's choosing, which
+    cuts the validation split from other blocks: a validation subset the site has not
+    released, scored under the same model (one of the sets #27 intersected). The default
+    policy refuses it by rule; n_folds_ccv <= 1 is no run at all."""
+    site = site_work.Site.open("Vall d'Hebron", [cache], tmp_path / "on", SitePolicy())
+    usual = site_work.validate(site, lco(5), state)
+    assert usual.withheld is None and usual.val.examples > 0
+    with pytest.raises(PolicyRefusal, match=r"\(ccv_folds\): 21 CCV folds asked"):
+        site_work.validate(site, lco(21), state)
+    reply = site_work.histogram_summary(site, lco(21))
+    assert reply.summary is None and reply.refused.rule == "ccv_folds"
+    for bad in (0, 1, -3):
+        with pytest.raises(ValidationError, match="n_folds_ccv"):
+            RunConfig(protocol="lco", n_folds_ccv=bad)
+    # the defence off: the same request releases counts over a new validation subset
+    monkeypatch.setattr(SitePolicy, "check_splits", ccv_only)
+    off = site_work.Site.open("Vall d'Hebron", [cache], tmp_path / "off", SitePolicy())
+    site_work.validate(off, lco(5), state)
+    crafted = site_work.validate(off, lco(21), state)
+    assert crafted.withheld is None and crafted.val.examples > 0
+    assert val_subjects(off, lco(21)) != val_subjects(off, lco(5))
+
+
+# -- keys and plaintext ------------------------------------------------------------------
+def fedcmr(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("fedcmr"), *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+def test_a_coordinator_in_plaintext_must_be_asked_for(tmp_path):
+    """Without --secure, `fedcmr server` used to serve in plaintext, admitting any node, and
+    say nothing. Now it refuses to start unless the operator says --insecure."""
+    done = fedcmr("server", "--sites", "1", "--out", str(tmp_path / "run"))
+    assert done.returncode == 2
+    assert "needs --secure CERT_DIR" in done.stderr and "--insecure" in done.stderr
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
+    both = fedcmr("server", "--sites", "1", "--out", str(tmp_path / "run"), "--insecure",
+                  "--secure", str(tmp_path))
+    assert both.returncode == 2 and "contradict" in both.stderr
+
+
+def test_a_site_makes_its_own_keys_and_refuses_a_key_others_can_read(tmp_path):
+    """The hospital's private key is made at the site with mode 0600 and is never
+    overwritten; its public key is what Flower's `flwr supernode register` reads; a
+    private key others can read is refused by `fedcmr client` (the defence off: with the
+    check removed the same key passes)."""
+    from cryptography.hazmat.primitives.serialization import (
+        load_ssh_private_key,
+        load_ssh_public_key,
+    )
+
+    made = fedcmr("keygen", "--site", "Vall d'Hebron", "--out", str(tmp_path / "keys"))
+    assert made.returncode == 0, made.stderr
+    private, public = key_paths("Vall d'Hebron", tmp_path / "keys")
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert public.stat().st_mode & 0o777 == 0o644
+    key = load_ssh_private_key(private.read_bytes(), password=None)  # as flower-supernode
+    assert load_ssh_public_key(public.read_bytes()).public_numbers() == \
+        key.public_key().public_numbers()  # as flwr supernode register
+    before = private.read_bytes()
+    assert fedcmr("keygen", "--site", "Vall d'Hebron", "--out",
+                  str(tmp_path / "keys")).returncode == 2
+    assert private.read_bytes() == before
+    with pytest.raises(KeyExists):
+        make_site_keys("Vall d'Hebron", tmp_path / "keys")
+    private.chmod(0o644)
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not checked before the key")
+    with pytest.raises(ValueError, match="readable by others .*chmod 600"):
+        security_args(ca, private)
+    client = fedcmr("client", "--site", "Vall d'Hebron", "--data", str(tmp_path),
+                    "--superlink", "127.0.0.1:1", "--root-certificates", str(ca),
+                    "--auth-key", str(private), "--out", str(tmp_path / "out"))
+    assert client.returncode == 2 and "chmod 600" in client.stderr
+    private.chmod(0o600)
+    assert "--auth-supernode-private-key" in security_args(ca, private)
