@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from fedcmr.client.commands import security_args
 from fedcmr.client.site import work as site_work
 from fedcmr.client.site.keys import KeyExists, key_paths, make_site_keys
+from fedcmr.client.site.ledger import LedgerError, digest_path
 from fedcmr.client.site.policy import PolicyRefusal, SitePolicy
 from fedcmr.common.model import build_model
 from fedcmr.common.protocol import Order
@@ -139,3 +140,64 @@ def test_a_site_makes_its_own_keys_and_refuses_a_key_others_can_read(tmp_path):
     assert client.returncode == 2 and "chmod 600" in client.stderr
     private.chmod(0o600)
     assert "--auth-supernode-private-key" in security_args(ca, private)
+
+
+# -- the ledger does not move with --out -------------------------------------------------
+def one_apart(site: site_work.Site) -> tuple[list[str], list[str]]:
+    subjects = sorted({f.subject for f in site.frames})
+    return subjects[:20], subjects[:19] + subjects[20:21]
+
+
+def test_a_site_restarted_with_another_out_still_remembers_what_it_released(cache,
+                                                                            tmp_path):
+    """Attack: a set one subject apart from a released one is refused; the site is then
+    restarted with another --out. Its ledger lives in its state folder, so the set is
+    still refused; with the ledger in the out-dir (the defence off) it is released."""
+    state = tmp_path / "state"
+    first = site_work.Site.open("Vall d'Hebron", [cache], tmp_path / "out-1", SitePolicy(),
+                                state_dir=state)
+    released, swapped = one_apart(first)
+    first.ledger.release("train", released, "fold 0 model update")
+    with pytest.raises(PolicyRefusal, match="min_difference"):
+        first.ledger.release("train", swapped, "fold 1 model update")
+    again = site_work.Site.open("Vall d'Hebron", [cache], tmp_path / "out-2", SitePolicy(),
+                                state_dir=state)
+    with pytest.raises(PolicyRefusal, match="min_difference"):
+        again.ledger.release("train", swapped, "fold 1 model update")
+    # the defence off: the ledger in the out-dir forgets across a new --out
+    off = site_work.Site.open("Vall d'Hebron", [cache], tmp_path / "off-1", SitePolicy())
+    off.ledger.release("train", released, "fold 0 model update")
+    moved = site_work.Site.open("Vall d'Hebron", [cache], tmp_path / "off-2", SitePolicy())
+    moved.ledger.release("train", swapped, "fold 1 model update")  # released
+
+
+def test_a_missing_or_changed_ledger_stops_the_site_until_reset(cache, tmp_path):
+    """The ledger's digest beside it: a deleted or edited ledger stops the site, in
+    process and at `fedcmr client`'s start, naming the file and --reset-ledger; a reset
+    starts afresh (the operator's explicit decision)."""
+    state = tmp_path / "state"
+    site = site_work.Site.open("Vall d'Hebron", [cache], tmp_path / "out", SitePolicy(),
+                               state_dir=state)
+    released, _ = one_apart(site)
+    site.ledger.release("train", released, "fold 0 model update")
+    ledger = state / "released-sets.json"
+    assert digest_path(ledger).is_file()
+    text = ledger.read_text()
+    ledger.write_text(text.replace(released[0], "SOMEONE-ELSE"))
+    with pytest.raises(LedgerError, match="changed outside fedcmr"):
+        site.ledger.release("train", released, "again")
+    ledger.unlink()
+    with pytest.raises(LedgerError, match="missing"):
+        site.ledger.release("train", released, "again")
+    command = ["client", "--site", "Vall d'Hebron", "--data", str(cache), "--superlink",
+               "127.0.0.1:1", "--state", str(state), "--out", str(tmp_path / "c"),
+               "--max-wait-time", "1"]
+    stopped = fedcmr(*command)
+    assert stopped.returncode == 2
+    assert "released-sets.json: missing" in stopped.stderr and "--reset-ledger" in \
+        stopped.stderr
+    reset = fedcmr(*command, "--reset-ledger")
+    assert "forgot every release" in reset.stderr + reset.stdout
+    assert reset.returncode == 1  # it started, and found no coordinator at 127.0.0.1:1
+    assert not digest_path(ledger).exists()
+    site.ledger.release("train", released, "after the reset")  # a fresh ledger
