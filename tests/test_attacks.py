@@ -12,9 +12,11 @@ registered and used over TLS with node authentication: tests/test_federation.py.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from cache_factory import write_site_cache
+from process_tools import ENV, kill_tree, server_command, wait_for
 from pydantic import ValidationError
 
 from fedcmr.client.commands import security_args
@@ -27,6 +29,7 @@ from fedcmr.common.protocol import Order
 from fedcmr.common.run_config import RunConfig
 from fedcmr.support.flower_env import tool
 
+REPO = Path(__file__).resolve().parent.parent
 #: Vall d'Hebron's size (Table 1: 21 NOR, 25 HCM), the site of the measured attack.
 VALL_D_HEBRON = (21, 25)
 CENTRES = ("Other", "Vall d'Hebron")
@@ -201,3 +204,107 @@ def test_a_missing_or_changed_ledger_stops_the_site_until_reset(cache, tmp_path)
     assert reset.returncode == 1  # it started, and found no coordinator at 127.0.0.1:1
     assert not digest_path(ledger).exists()
     site.ledger.release("train", released, "after the reset")  # a fresh ledger
+
+
+# -- the coordinator's Control and Runtime APIs ------------------------------------------
+def stranger(port: int, path: str, ca: Path) -> tuple[int, bytes]:
+    """A request as a stranger makes it: holding only the public ca.crt, from an address
+    that is not the coordinator's own (127.0.0.2 stands in for another machine)."""
+    import http.client
+    import ssl
+
+    from flwr.proto import control_pb2
+
+    context = ssl.create_default_context(cafile=str(ca))
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30,
+                                             source_address=("127.0.0.2", 0))
+    try:
+        connection.request("POST", path, body=control_pb2.ListRunsRequest()
+                           .SerializeToString(), headers={"Content-Type": "application/protobuf"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports a process and its descendants listen on."""
+    import psutil
+
+    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    pids = {p.pid for p in tree}
+    return {c.laddr.port for c in psutil.net_connections(kind="tcp")
+            if c.pid in pids and c.status == psutil.CONN_LISTEN}
+
+
+def test_a_stranger_with_the_ca_cannot_drive_the_coordinator(tmp_path):
+    """Attack: with only the public ca.crt, on the port the hospitals dial, list the runs
+    and start one's own app through Flower's Control API (its ServerApp would run on the
+    coordinator). `fedcmr server --secure` answers 403 to every Control and Runtime request
+    from elsewhere, on the one port it listens on; its own tools still work. Against
+    Flower's SuperLink as it comes (the defence off) the same request lists the runs."""
+    from flwr.superlink import main as flower_app
+    from flwr.superlink.routers.control import router as control
+
+    from fedcmr.server.processes import free_port
+
+    assert callable(flower_app.create_app)  # what server/superlink_main.py wraps
+    certs = tmp_path / "certs"
+    subprocess.run([str(REPO / "deploy" / "make_certificates.sh"), str(certs), "Alpha"],
+                   check=True, capture_output=True)
+    ca, port = certs / "ca.crt", free_port()
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            server_command(tmp_path / "run", port, 1, "--secure", str(certs)),
+            stdout=out, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
+    try:
+        wait_for(lambda: stranger_health(port, ca), 120, "the secure SuperLink", server)
+        refused = {path: stranger(port, path, ca) for path in (
+            "/v1/control/list-runs", "/v1/control/start-run", "/v1/runtime/acquire-task",
+            "/v1/runtime/pull-messages", "/v1/runtime/responses", "/docs", "/openapi.json")}
+        for path, (status, body) in refused.items():
+            assert status == 403 and b"only the coordinator's own machine" in body, path
+        assert {r.path for r in control.routes} >= {"/v1/control/list-runs",
+                                                     "/v1/control/start-run"}
+        fleet_status, fleet_body = stranger(port, "/v1/fleet/get-run", ca)
+        assert b"only the coordinator's own machine" not in fleet_body  # reaches Flower
+        assert listening_ports(server.pid) == {port}  # the one port, guarded
+        own = subprocess.run([tool("flwr"), "ls", "127.0.0.1", "--format", "json"],
+                             capture_output=True, text=True, timeout=60,
+                             env={**ENV, "FLWR_HOME": str(tmp_path / "run" / ".flwr")},
+                             cwd=tmp_path / "run")
+        assert own.returncode == 0, own.stdout + own.stderr  # the coordinator's own tools
+    finally:
+        kill_tree(server.pid)
+    # the defence off: Flower's own SuperLink, the same flags, the same request
+    plain_port = free_port()
+    plain = subprocess.Popen(
+        [tool("flower-superlink"), "--host", "127.0.0.1", "--port", str(plain_port),
+         "--disable-runtime-dependency-installation", "--ssl-ca-certfile", str(ca),
+         "--ssl-certfile", str(certs / "superlink.crt"), "--ssl-keyfile",
+         str(certs / "superlink.key"), "--enable-supernode-auth"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env={
+            **ENV, "FLWR_HOME": str(tmp_path / "plain")}, start_new_session=True,
+        cwd=tmp_path)
+    try:
+        wait_for(lambda: stranger_health(plain_port, ca), 120, "Flower's SuperLink", plain)
+        status, body = stranger(plain_port, "/v1/control/list-runs", ca)
+        assert status == 200 and control_runs(body) == []  # the stranger reads the runs
+    finally:
+        kill_tree(plain.pid)
+
+
+def stranger_health(port: int, ca: Path) -> bool:
+    try:
+        return stranger(port, "/health", ca)[0] == 200
+    except OSError:
+        return False
+
+
+def control_runs(body: bytes) -> list:
+    from flwr.proto import control_pb2
+
+    response = control_pb2.ListRunsResponse()
+    response.ParseFromString(body)
+    return list(response.run_dict)
