@@ -228,13 +228,27 @@ def stranger(port: int, path: str, ca: Path) -> tuple[int, bytes]:
 
 
 def listening_ports(pid: int) -> set[int]:
-    """The TCP ports a process and its descendants listen on."""
-    import psutil
+    """The TCP ports a process and its descendants listen on (read from /proc)."""
+    import contextlib
+    import os
 
-    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    pids = {p.pid for p in tree}
-    return {c.laddr.port for c in psutil.net_connections(kind="tcp")
-            if c.pid in pids and c.status == psutil.CONN_LISTEN}
+    from process_tools import descendants
+
+    sockets = set()
+    for p in (pid, *descendants(pid)):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{p}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        sockets.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in sockets:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def test_a_stranger_with_the_ca_cannot_drive_the_coordinator(tmp_path):
