@@ -60,7 +60,7 @@ def overview(study: StudyResults) -> list[Block]:
         f"Profile `{meta.get('profile', '?')}`, FL runtime `{meta.get('runtime', '?')}`; "
         f"{sum(k in done for k in listed)} of {len(listed)} cells finished "
         f"({wall / 60:.1f} min of cell wall time); "
-        f"{len(study.configs) + len(study.measures_configs)} configurations.",
+        f"{len(study.configs) + len(study.other_configs)} configurations.",
         f"Sites: {site_text or 'not recorded'}. Caches: "
         + (", ".join(f"`{c}`" for c in meta.get("caches") or []) or "not recorded") + ".",
         f'Every number labelled "{OURS}" comes from this study\'s data and cells; numbers '
@@ -144,6 +144,6 @@ def write_report(study_dir: Path, settings: ReportSettings | None = None
     write_text(md, to_markdown(title, blocks, study_dir))
     write_text(page, to_html(title, blocks))
     log.info("report: %d configurations in %.1f s",
-             len(study.configs) + len(study.measures_configs),
+             len(study.configs) + len(study.other_configs),
              time.monotonic() - started)
     return md, page
