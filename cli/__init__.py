@@ -19,8 +19,8 @@ log = logging.getLogger("fedcmr")
 
 #: The subcommands in the order `fedcmr --help` lists them.
 COMMANDS = [lab_cli.add_synth, client_cli.add_prepare, client_cli.add_predict,
-            lab_cli.add_centralized,
-            lab_cli.add_federate, server_cli.add_server, client_cli.add_client, lab_cli.add_demo,
+            lab_cli.add_centralized, lab_cli.add_federate, server_cli.add_server,
+            client_cli.add_keygen, client_cli.add_client, lab_cli.add_demo,
             study_cli.add_study]
 
 

@@ -1,5 +1,6 @@
 """The hospital's commands: `prepare` (its scans into a cache), `predict` (a trained model on
-new patients) and `client` (its SuperNode)."""
+new patients), `keygen` (its key pair for node authentication) and `client` (its
+SuperNode)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from fedcmr.client.data.loaders.acdc import ACDC_PARTS, DEFAULT_ACDC_PART
 from fedcmr.client.data.prep_config import PrepConfig
-from fedcmr.client.site.policy import POLICY_ENV
+from fedcmr.client.site.policy import POLICY_ENV, STATE_ENV
 from fedcmr.support.cli_options import lazy
 
 
@@ -86,6 +87,12 @@ def add_client(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", type=Path, default=None,
                    help="the hospital's release policy, a TOML file (docs/security.md); "
                         f"default: ${POLICY_ENV} where set, else the safe defaults")
+    p.add_argument("--state", type=Path, default=None,
+                   help="the site's state folder: its release ledger, kept whatever --out "
+                        f"(default: ${STATE_ENV}/SITE, else ~/.local/state/fedcmr/SITE)")
+    p.add_argument("--reset-ledger", action="store_true",
+                   help="forget every release the site remembers (only when you know why "
+                        "its ledger is missing or changed: docs/security.md)")
     p.add_argument("--max-wait-time", type=float, default=COORDINATOR_WAIT_S,
                    help="give up (exit 1) after this many seconds without the coordinator, "
                         "when starting or when it goes away mid-run; 0: retry forever "
@@ -94,3 +101,13 @@ def add_client(sub: argparse._SubParsersAction) -> None:
                    help="keep serving after the coordinator's run is over (default: stop "
                         "with exit 0 when the coordinator says so)")
     p.set_defaults(func=lazy("fedcmr.client.commands:cmd_client"))
+
+
+def add_keygen(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("keygen", help="the hospital's own key pair for node authentication: "
+                                      "the private key stays (0600), the .pub goes to the "
+                                      "coordinator")
+    p.add_argument("--site", required=True, help="the hospital's name, as in its node config")
+    p.add_argument("--out", type=Path, required=True, help="folder for the two key files")
+    p.set_defaults(func=lazy("fedcmr.client.commands:cmd_keygen"))
+

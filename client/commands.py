@@ -110,7 +110,8 @@ def cmd_client(args: argparse.Namespace) -> int:
     from fedcmr.client.runtime.supernode_main import SUPERNODE_MAIN
     from fedcmr.client.runtime.supernode_watch import SuperNodeWatch, clog
     from fedcmr.client.site.app_approval import APPROVED_ENV
-    from fedcmr.client.site.policy import SitePolicy, policy_default
+    from fedcmr.client.site.ledger import LedgerError, check_ledger, reset_ledger
+    from fedcmr.client.site.policy import SitePolicy, policy_default, state_default
     from fedcmr.common.app_bundle import bundle_digest
     from fedcmr.common.node_config import NodeConfig
     from fedcmr.common.protocol import FINISHED_MARKER
@@ -127,14 +128,20 @@ def cmd_client(args: argparse.Namespace) -> int:
         security = security_args(args.root_certificates, args.auth_key)
         policy = SitePolicy.load(args.policy)
         own = bundle_digest()  # FileNotFoundError: not installed from its source folder
-    except (ValueError, FileNotFoundError) as err:
+        state = (args.state or state_default(args.site)).resolve()
+        ledger = policy.ledger_path(state)
+        if args.reset_ledger and reset_ledger(ledger):
+            clog.warning("site %s: --reset-ledger: forgot every release in %s", args.site,
+                         ledger)
+        check_ledger(ledger)  # missing or changed: the site stops here
+    except (ValueError, FileNotFoundError, LedgerError) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
     approved = {own, *(d.lower() for d in policy.approved_bundles)}
     out = args.out.resolve()
     node = NodeConfig(site=args.site, data_path=tuple(p.resolve() for p in args.data),
                       out_dir=out, threads=args.threads, centres=centres,
-                      policy=args.policy.resolve() if args.policy else None)
+                      policy=args.policy.resolve() if args.policy else None, state_dir=state)
     command = [sys.executable, "-c", SUPERNODE_MAIN, tool("flower-supernode"), "--superlink",
                args.superlink, "--port", str(args.port), "--node-config", node.to_text(),
                *security]
@@ -147,6 +154,7 @@ def cmd_client(args: argparse.Namespace) -> int:
                            auth_key=args.auth_key is not None)
     clog.info("site %s release policy (%s): %s", args.site, args.policy or "the defaults",
               "; ".join(policy.lines()))
+    clog.info("site %s remembers what it released in %s", args.site, ledger)
     clog.info("site %s runs only app bundles it approved: this installation's (sha256 "
               "%s…) and %d more", args.site, own[:12], len(approved) - 1)
     if "--insecure" in security:
@@ -186,7 +194,27 @@ def security_args(ca: Path | None, key: Path | None) -> list[str]:
         raise ValueError("--auth-key without --root-certificates: node authentication needs "
                          "TLS, and without the CA this site would talk in plaintext. Fix: "
                          "add --root-certificates CA (the federation's ca.crt)")
+    if key is not None:
+        from fedcmr.client.site.keys import check_private_key
+
+        check_private_key(key)
     if ca is None:
         return ["--insecure"]
     args = ["--root-certificates", str(ca)]
     return args + (["--auth-supernode-private-key", str(key)] if key else [])
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Make the site's key pair; an existing key is never overwritten (exit 2)."""
+    from fedcmr.client.site.keys import KeyExists, make_site_keys
+
+    try:
+        private, public = make_site_keys(args.site, args.out)
+    except KeyExists as err:
+        log.error("%s", err)
+        return EXIT_BAD_INPUT
+    print(f"private key: {private} (mode 600: it stays at this site; `fedcmr client "
+          f"--auth-key {private}`)")
+    print(f"public key:  {public} (send this file to the coordinator, who registers it)")
+    return EXIT_OK
+

@@ -41,8 +41,11 @@ class NodeConfig(BaseModel):
     #: The centres of its caches it serves (empty: all); comma-separated in Flower's node
     #: config. The local launcher gives each centre of a multi-centre cache its own site.
     centres: tuple[str, ...] = ()
+    #: The site's own state folder (its release ledger), fixed whatever the out-dir;
+    #: None: the out-dir (the one-machine launchers).
+    state_dir: Path | None = None
 
-    @field_validator("policy", mode="before")
+    @field_validator("policy", "state_dir", mode="before")
     @classmethod
     def _no_policy(cls, value: object) -> object:
         return value or None
@@ -75,7 +78,8 @@ class NodeConfig(BaseModel):
         """The node-config mapping (plain strings and ints, as Flower holds it)."""
         return {"site": self.site, "data-path": ",".join(str(p) for p in self.data_path),
                 "out-dir": str(self.out_dir), "threads": self.threads,
-                "policy": str(self.policy or ""), "centres": ",".join(self.centres)}
+                "policy": str(self.policy or ""), "centres": ",".join(self.centres),
+                "state-dir": str(self.state_dir or "")}
 
     def to_text(self) -> str:
         """The `--node-config` argument of `flower-supernode`."""

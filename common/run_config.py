@@ -74,7 +74,8 @@ class RunConfig(FlatModel):
     #: Fold indices to run; None means all (5 for CCV, one per centre for LCO).
     folds: tuple[int, ...] | None = Field(None, alias="fold",
                                           description="fold index (or 0,2), or 'all'")
-    n_folds_ccv: int = 5
+    #: CCV folds; also the blocks an LCO training centre's validation split is cut from.
+    n_folds_ccv: int = Field(5, ge=2)
     #: Network initialisation seed (the paper repeats each configuration over 5 of these).
     seed: int = Field(0, description="network initialisation seed")
     #: Split seed: fixed across network seeds so that seeds vary only the initialisation.

@@ -32,4 +32,7 @@ def add_server(sub: argparse._SubParsersAction) -> None:
     add_model_option(p, FederationSettings, "wait_sites_timeout", "--wait-sites")
     p.add_argument("--secure", type=Path, default=None, metavar="CERT_DIR",
                    help="TLS + node authentication (files of deploy/make_certificates.sh)")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve in plaintext, any node admitted: only on a network you trust "
+                        "(as Flower's own SuperLink, fedcmr server needs --secure or this)")
     p.set_defaults(func=lazy("fedcmr.server.commands:cmd_server"))

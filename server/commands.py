@@ -33,6 +33,12 @@ def cmd_server(args: argparse.Namespace) -> int:
     from fedcmr.server.superlink import Coordinator
 
     try:
+        if bool(args.secure) == bool(args.insecure):
+            raise ValueError("fedcmr server needs --secure CERT_DIR (TLS and node "
+                             "authentication: docs/deployment.md) or, on a network you trust, "
+                             "--insecure (plaintext: anyone who reaches the port joins as a "
+                             "site). Fix: give one of the two" if not args.secure else
+                             "--secure and --insecure contradict each other. Fix: drop one")
         settings = settings_from_args(args, []).model_copy(update={"out_dir": args.out.resolve()})
         security = security_from_dir(args.secure) if args.secure else None
         check_resume(settings.out_dir, settings)

@@ -30,6 +30,7 @@ def security_from_dir(cert_dir: Path, site_names: list[str] | None = None) -> Se
     must be there; without (the coordinator) only the public keys are read, every one
     under sites/ being registered.
     """
+    cert_dir = Path(cert_dir).resolve()  # the SuperLink runs in the run folder
     need = [cert_dir / n for n in ("ca.crt", "superlink.crt", "superlink.key")]
     if site_names is None:
         keys = {p.stem: p.with_suffix("") for p in sorted((cert_dir / "sites").glob("*.pub"))}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import sys
 import time
 import urllib.request
 from contextlib import AbstractContextManager
@@ -22,6 +23,7 @@ from fedcmr.server.flwr_cli import CONNECTION, FlwrCli
 from fedcmr.server.processes import ProcessGroup, exit_on_termination, free_port
 from fedcmr.server.security import Security
 from fedcmr.server.settings import FederationSettings
+from fedcmr.server.superlink_main import SUPERLINK_MAIN
 from fedcmr.support.flower_env import flower_env, tool
 
 log = logging.getLogger("fedcmr.federate")
@@ -86,7 +88,10 @@ class Coordinator(AbstractContextManager):
                         len(left), self.run_dir)
         self.port = self.port or free_port()
         self.cli.write_connection(self.port, self.security.ca if self.security else None)
-        link = [tool("flower-superlink"), "--host", self.host, "--port", str(self.port),
+        # Flower's SuperLink with its Control and Runtime APIs kept to this machine
+        # (server/superlink_main.py): a hospital, or anyone, reaches the Fleet API only
+        link = [sys.executable, "-c", SUPERLINK_MAIN, tool("flower-superlink"), "--host",
+                self.host, "--port", str(self.port),
                 "--disable-runtime-dependency-installation", *self._link_security()]
         if self.runtime == "simulation":
             link.append("--simulation")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,9 @@ def acdc_sample() -> Path:
 #: environment); a test of the defaults passes its own.
 SMALL_SITE_POLICY = Path(__file__).parent.parent / "deploy" / "synthetic-site-policy.toml"
 os.environ["FEDCMR_SITE_POLICY"] = str(SMALL_SITE_POLICY)
+#: Every `fedcmr client` the tests start keeps its site state (the release ledger) under a
+#: folder of this session, never in the home folder of the machine that runs them.
+os.environ["FEDCMR_SITE_STATE"] = tempfile.mkdtemp(prefix="fedcmr-site-state-")
 
 
 @pytest.fixture(autouse=True)

@@ -125,9 +125,10 @@ def server_command(run_dir: Path, port: int, sites: int, *extra: str) -> list[st
     """`fedcmr server` on loopback for `sites` hospitals, smoke-sized, fold 0."""
     from fedcmr.support.flower_env import tool
 
+    plain = [] if "--secure" in extra else ["--insecure"]
     return [tool("fedcmr"), "-q", "server", "--sites", str(sites), "--host", "127.0.0.1",
             "--port", str(port), "--profile", "smoke", "--fold", "0", "--min-subjects", "3",
-            "--out", str(run_dir), *extra]
+            "--out", str(run_dir), *plain, *extra]
 
 
 def start(command: list[str]) -> subprocess.Popen:

@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -19,11 +20,11 @@ import pytest
 from cache_factory import write_cohort
 from process_tools import ENV, finish, hospital, kill_tree, our_processes, server_command, wait_for
 
+from fedcmr.client.site.keys import key_paths
 from fedcmr.common.replies import ANY_KEY, REPLY_ALLOWED
 from fedcmr.common.run_config import RunConfig
 from fedcmr.lab.local_federation import run_local_federation, sites_from_caches
 from fedcmr.server.processes import free_port, port_is_free
-from fedcmr.server.security import security_from_dir
 from fedcmr.server.settings import FederationSettings
 from fedcmr.support.flower_env import tool
 
@@ -184,22 +185,39 @@ def test_secure_server_and_clients_with_tempered_votes_and_refused_nodes(caches,
     match the coordinator's are each refused, and say what is missing."""
     names = [s.name for s in sites_from_caches(caches)]
     certs, other = tmp_path / "certs", tmp_path / "other-certs"
-    for folder, sites in ((certs, names), (other, ["Intruder"])):
-        subprocess.run([str(REPO / "deploy" / "make_certificates.sh"), str(folder), *sites],
-                       check=True, capture_output=True)
-    security = security_from_dir(certs, names)
+    script = str(REPO / "deploy" / "make_certificates.sh")
+    # the coordinator makes its CA and certificate only; each hospital makes its own key
+    # pair (`fedcmr keygen`) and hands over the public key alone
+    subprocess.run([script, str(certs)], check=True, capture_output=True)
+    subprocess.run([script, str(other), "Intruder"], check=True, capture_output=True)
+    private = {}
+    for name in names:
+        made = subprocess.run([tool("fedcmr"), "keygen", "--site", name, "--out",
+                               str(tmp_path / "at" / name)], capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+        private[name], public = key_paths(name, tmp_path / "at" / name)
+        shutil.copy(public, certs / "sites")
+    again = subprocess.run([tool("fedcmr"), "keygen", "--site", names[0], "--out",
+                            str(tmp_path / "at" / names[0])], capture_output=True, text=True)
+    assert again.returncode == 2 and "exists already" in again.stderr  # never overwritten
+    for key in (*private.values(), certs / "superlink.key", certs / "ca.key",
+                other / "sites" / "intruder"):
+        assert key.stat().st_mode & 0o777 == 0o600, key
+    assert sorted(p.name for p in (certs / "sites").iterdir()) == sorted(
+        f"{key_paths(n, certs)[0].name}.pub" for n in names)  # no private key there
     run_dir, port = tmp_path / "secure", free_port()
-    # one round: the weights, TLS and node authentication are what is checked here
+    # one round: the weights, TLS and node authentication are what is checked here; the
+    # certificate folder is given relative to where the coordinator runs
     command = server_command(run_dir, port, len(names), "--strategy", "tempered",
-                             "--vote-alpha", "0.5", "--epochs", "1", "--secure", str(certs))
+                             "--vote-alpha", "0.5", "--epochs", "1", "--secure", "certs")
     command.remove("-q")  # its start-up line says when the sites' keys are registered
     server_log = tmp_path / "server.log"
     with server_log.open("w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                  env=ENV, start_new_session=True)
+                                  env=ENV, start_new_session=True, cwd=tmp_path)
     wait_for(lambda: "SuperLink serving on" in server_log.read_text(), 180,
              "the secure SuperLink", server)
-    address, ca = f"127.0.0.1:{port}", str(security.ca)
+    address, ca = f"127.0.0.1:{port}", str(certs / "ca.crt")
     tries = {"intruder": ["--root-certificates", ca, "--auth-key",
                           str(other / "sites" / "intruder")],  # a key nobody registered
              "no-key": ["--root-certificates", ca],  # TLS, but no node authentication
@@ -209,7 +227,7 @@ def test_secure_server_and_clients_with_tempered_votes_and_refused_nodes(caches,
     logs = {name: tmp_path / f"{name}.log" for name in names}
     sites = {name: hospital(name, cache, address, run_dir / "sites" / name.lower(),
                             "--root-certificates", ca, "--auth-key",
-                            str(security.site_keys[name]), "--max-wait-time", "120",
+                            str(private[name]), "--max-wait-time", "120",
                             log=logs[name])
              for name, cache in zip(names, caches, strict=True)}
     try:

@@ -72,7 +72,7 @@ def test_kill_and_restart_a_cut_link_and_a_straggler_in_one_run(tmp_path):
         [tool("fedcmr"), "-q", "server", "--sites", "4", "--host", "127.0.0.1", "--port",
          str(port), "--profile", "smoke", "--fold", "0", "--epochs", "4",
          "--min-subjects", "3", "--round-timeout", str(ROUND_TIMEOUT), "--rejoin-timeout",
-         "240", "--out", str(run_dir)],
+         "240", "--out", str(run_dir), "--insecure"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
         start_new_session=True)
     relay = Relay(port, record=tmp_path / "bravo-sent")

@@ -81,7 +81,7 @@ def open_site(context: Context) -> Site:
         _frames[key] = load_site_frames(node.data_path, node.centres)
     return Site(name=node.site, frames=_frames[key], out_dir=node.out_dir,
                 caches=tuple(Path(c) for c in node.data_path),
-                policy=SitePolicy.load(node.policy))
+                policy=SitePolicy.load(node.policy), state_dir=node.state_dir)
 
 
 def site_name(context: Context) -> str:

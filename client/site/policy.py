@@ -26,6 +26,20 @@ from fedcmr.common.run_config import Protocol, RunConfig
 #: The variable naming the policy file where none is given (`fedcmr client --policy`, a
 #: node config's `policy`): the hospital's own environment, never the coordinator's.
 POLICY_ENV = "FEDCMR_SITE_POLICY"
+#: The variable naming the folder under which each site keeps its state (the release
+#: ledger), one subfolder per site; default ~/.local/state/fedcmr (XDG_STATE_HOME).
+STATE_ENV = "FEDCMR_SITE_STATE"
+LEDGER_FILE = "released-sets.json"
+
+
+def state_default(site: str) -> Path:
+    """A site's state folder where `fedcmr client --state` names none: per site, under
+    $FEDCMR_SITE_STATE, else $XDG_STATE_HOME/fedcmr (~/.local/state/fedcmr)."""
+    from fedcmr.common.centres import slug
+
+    base = os.environ.get(STATE_ENV) or str(Path(os.environ.get(
+        "XDG_STATE_HOME") or Path.home() / ".local" / "state") / "fedcmr")
+    return Path(base) / (slug(site) or "site")
 
 
 def policy_default() -> Path | None:
@@ -78,7 +92,8 @@ class SitePolicy(BaseModel):
     #: App bundles (sha256 of the FAB) this site runs besides the one its own installed
     #: fedcmr builds (client/site/app_approval.py).
     approved_bundles: tuple[str, ...] = ()
-    #: Where the differencing guard remembers what was released; default: in the out-dir.
+    #: Where the differencing guard remembers what was released; default: in the site's
+    #: state folder (`fedcmr client --state`), which does not change with --out.
     ledger: Path | None = None
 
     @field_validator("split_seed", mode="before")
@@ -107,8 +122,9 @@ class SitePolicy(BaseModel):
             raise ValueError(f"{path}: site policy field {where!r}: {first['msg']}. "
                              f"{fix}") from None
 
-    def ledger_path(self, out_dir: Path) -> Path:
-        return self.ledger or Path(out_dir) / "released-sets.json"
+    def ledger_path(self, folder: Path) -> Path:
+        """The ledger: the policy's `ledger`, else in `folder` (the site's state folder)."""
+        return self.ledger or Path(folder) / LEDGER_FILE
 
     def histogram_floor(self, run: RunConfig) -> int:
         """Subjects behind a histogram summary: the run's min-subjects may raise it."""
@@ -122,7 +138,13 @@ class SitePolicy(BaseModel):
         if run.protocol not in self.protocols:
             raise PolicyRefusal(RefusalRule.PROTOCOLS, f"protocol {run.protocol!r} is not one of "
                                 f"{list(self.protocols)}")
-        if run.protocol == "ccv" and run.n_folds_ccv not in self.ccv_folds:
+        self.check_splits(run)
+
+    def check_splits(self, run: RunConfig) -> None:
+        """The split parameters, under every protocol: LCO's validation split is cut from
+        the CCV blocks too (common/learning/split.py), so a fold count the policy does not
+        allow would let a coordinator pick new validation subsets under LCO."""
+        if run.n_folds_ccv not in self.ccv_folds:
             raise PolicyRefusal(RefusalRule.CCV_FOLDS, f"{run.n_folds_ccv} CCV folds asked; "
                                 f"this site allows {list(self.ccv_folds)}")
         if not any(abs(run.val_fraction - v) < 1e-9 for v in self.val_fractions):

@@ -61,15 +61,20 @@ class Site:
     caches: tuple[Path, ...] = ()
     #: The hospital's release policy (its defaults where the site set none).
     policy: SitePolicy = SitePolicy()
+    #: The site's own state folder (the release ledger), which does not change with the
+    #: out-dir (`fedcmr client --state`); None: the out-dir (one-machine launchers, tests).
+    state_dir: Path | None = None
     _measures: dict[str, SubjectMeasures] | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, name: str, caches: list[Path], out_dir: Path,
-             policy: SitePolicy | None = None, centres: Sequence[str] = ()) -> Site:
+             policy: SitePolicy | None = None, centres: Sequence[str] = (),
+             state_dir: Path | None = None) -> Site:
         """The site serving `caches`, only the frames of `centres` where given (a site
         holding one centre of a shared multi-centre cache)."""
         return cls(name=name, frames=load_site_frames(caches, centres), out_dir=out_dir,
-                   caches=tuple(Path(c) for c in caches), policy=policy or SitePolicy())
+                   caches=tuple(Path(c) for c in caches), policy=policy or SitePolicy(),
+                   state_dir=state_dir)
 
     def measures(self) -> Mapping[str, SubjectMeasures]:
         """Its subjects' clinical measures (the caches' measures.csv), read once."""
@@ -79,7 +84,8 @@ class Site:
 
     @property
     def ledger(self) -> ReleaseLedger:
-        return ReleaseLedger(self.policy.ledger_path(self.out_dir), self.policy)
+        return ReleaseLedger(self.policy.ledger_path(self.state_dir or self.out_dir),
+                             self.policy)
 
     @property
     def centres(self) -> list[str]:
