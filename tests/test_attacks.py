@@ -27,7 +27,7 @@ from fedcmr.client.site.policy import PolicyRefusal, SitePolicy
 from fedcmr.common.model import build_model
 from fedcmr.common.protocol import Order
 from fedcmr.common.run_config import RunConfig
-from fedcmr.support.flower_env import tool
+from fedcmr.support.flower_env import flower_env, tool
 
 REPO = Path(__file__).resolve().parent.parent
 #: Vall d'Hebron's size (Table 1: 21 NOR, 25 HCM), the site of the measured attack.
@@ -108,7 +108,7 @@ def test_a_coordinator_in_plaintext_must_be_asked_for(tmp_path):
     assert both.returncode == 2 and "contradict" in both.stderr
 
 
-def test_a_site_makes_its_own_keys_and_refuses_a_key_others_can_read(tmp_path):
+def test_a_site_makes_its_own_keys_and_refuses_a_key_others_can_read(cache, tmp_path):
     """The hospital's private key is made at the site with mode 0600 and is never
     overwritten; its public key is what Flower's `flwr supernode register` reads; a
     private key others can read is refused by `fedcmr client` (the defence off: with the
@@ -137,7 +137,7 @@ def test_a_site_makes_its_own_keys_and_refuses_a_key_others_can_read(tmp_path):
     ca.write_text("not checked before the key")
     with pytest.raises(ValueError, match="readable by others .*chmod 600"):
         security_args(ca, private)
-    client = fedcmr("client", "--site", "Vall d'Hebron", "--data", str(tmp_path),
+    client = fedcmr("client", "--site", "Vall d'Hebron", "--data", str(cache),
                     "--superlink", "127.0.0.1:1", "--root-certificates", str(ca),
                     "--auth-key", str(private), "--out", str(tmp_path / "out"))
     assert client.returncode == 2 and "chmod 600" in client.stderr
@@ -207,7 +207,7 @@ def test_a_missing_or_changed_ledger_stops_the_site_until_reset(cache, tmp_path)
 
 
 # -- the coordinator's Control and Runtime APIs ------------------------------------------
-def stranger(port: int, path: str, ca: Path) -> tuple[int, bytes]:
+def stranger(port: int, path: str, ca: Path, method: str = "POST") -> tuple[int, bytes]:
     """A request as a stranger makes it: holding only the public ca.crt, from an address
     that is not the coordinator's own (127.0.0.2 stands in for another machine)."""
     import http.client
@@ -219,8 +219,9 @@ def stranger(port: int, path: str, ca: Path) -> tuple[int, bytes]:
     connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30,
                                              source_address=("127.0.0.2", 0))
     try:
-        connection.request("POST", path, body=control_pb2.ListRunsRequest()
-                           .SerializeToString(), headers={"Content-Type": "application/protobuf"})
+        body = control_pb2.ListRunsRequest().SerializeToString() if method == "POST" else None
+        connection.request(method, path, body=body,
+                           headers={"Content-Type": "application/protobuf"})
         response = connection.getresponse()
         return response.status, response.read()
     finally:
@@ -298,8 +299,8 @@ def test_a_stranger_with_the_ca_cannot_drive_the_coordinator(tmp_path):
          "--disable-runtime-dependency-installation", "--ssl-ca-certfile", str(ca),
          "--ssl-certfile", str(certs / "superlink.crt"), "--ssl-keyfile",
          str(certs / "superlink.key"), "--enable-supernode-auth"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env={
-            **ENV, "FLWR_HOME": str(tmp_path / "plain")}, start_new_session=True,
+        stdout=(tmp_path / "plain.log").open("w"), stderr=subprocess.STDOUT,
+        env=flower_env(FLWR_HOME=str(tmp_path / "plain")), start_new_session=True,
         cwd=tmp_path)
     try:
         wait_for(lambda: stranger_health(plain_port, ca), 120, "Flower's SuperLink", plain)
@@ -311,7 +312,7 @@ def test_a_stranger_with_the_ca_cannot_drive_the_coordinator(tmp_path):
 
 def stranger_health(port: int, ca: Path) -> bool:
     try:
-        return stranger(port, "/health", ca)[0] == 200
+        return stranger(port, "/health", ca, method="GET")[0] == 200
     except OSError:
         return False
 

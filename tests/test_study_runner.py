@@ -317,7 +317,8 @@ def test_on_the_default_policy_the_run_goes_on_without_withheld_counts(tmp_path,
 
     log = [json.loads(line) for line in (tmp_path / "out-SantPau" / "audit.jsonl").open()]
     train = [entry for entry in log if entry["type"] == "train"]
-    assert len(train) == 2 and all("min_eval_subjects" in e["withheld"] for e in train)
+    assert len(train) == 2 and all(e["withheld"]["rule"] == "min_eval_subjects"
+                                      for e in train)
     assert train[0]["request"]["order"]["run"]["split_seed"] == 0
     assert train[0]["request"]["order"]["server_round"] == 1
 
