@@ -9,20 +9,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, Metadata, RecordDict
 from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg, Krum
+from screening import screen
 
 from fedcmr.common.replies import ScoreCounts, TrainReply
-from fedcmr.server import update_checks
 from fedcmr.server.strategies import TRIM_BETA, make_strategy
-
-
-def screen(*args, **kw):
-    """The update checks' verdict as (messages that may be aggregated, rejections), each
-    accepted reply parsed once (checked here too)."""
-    screened = update_checks.screen(*args, **kw)
-    accepted = {m.metadata.src_node_id for m in screened.messages if not m.has_error()}
-    assert set(screened.replies) == accepted
-    assert all(isinstance(r, TrainReply) for r in screened.replies.values())
-    return screened.messages, screened.rejected
 
 GLOBAL = {"w": np.zeros((3, 4), np.float32), "b": np.zeros(5, np.float32),
           "bn.num_batches_tracked": np.array(0, np.int64)}

@@ -11,6 +11,7 @@ import torch
 from conftest import small_site
 from flwr.app import Array, ArrayRecord, Context, Message, Metadata, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from screening import screen
 
 from fedcmr.client.site import work as site_work
 from fedcmr.client.site.audit import audit_mod
@@ -28,19 +29,8 @@ from fedcmr.common.update_codec import (
     update_bytes,
     whole_tensors,
 )
-from fedcmr.server import update_checks
 from fedcmr.server.strategies import make_strategy
 from fedcmr.server.update_checks import as_numpy
-
-
-def screen(*args, **kw):
-    """The update checks' verdict as (messages that may be aggregated, rejections), each
-    accepted reply parsed once (checked here too)."""
-    screened = update_checks.screen(*args, **kw)
-    accepted = {m.metadata.src_node_id for m in screened.messages if not m.has_error()}
-    assert set(screened.replies) == accepted
-    assert all(isinstance(r, TrainReply) for r in screened.replies.values())
-    return screened.messages, screened.rejected
 
 NAMES = {11: "Alpha", 22: "Bravo", 33: "Charlie", 44: "Delta"}
 DECLARED = dict.fromkeys(NAMES, 60)
