@@ -55,7 +55,6 @@ def run_centralized(frames: Sequence[CachedFrame], config: RunConfig, out: Path,
     common/bundle.preprocessing_of_caches) goes into each fold's bundle. A model that reads
     the clinical measures needs the subjects' `measures` (common/measures.py)."""
     model = registry.get(config.model)
-    model.check_run(config)
     frames = [f for f in frames if f.entry.phase in config.phases]
     if model.needs_measures and measures is None:
         raise ValueError(f"the {model.name} model needs the caches' clinical measures. Fix: "

@@ -51,9 +51,8 @@ def cmd_centralized(args: argparse.Namespace) -> int:
             raise ValueError("--dp-clip applies to federated runs (it protects the weights "
                              "a site releases); the centralised baseline pools the data. "
                              "Fix: drop --dp-clip, or run fedcmr federate")
-        model = registry.get(config.model)
-        model.check_run(config)
-        measures = read_all_measures(args.cache) if model.needs_measures else None
+        needs = registry.get(config.model).needs_measures
+        measures = read_all_measures(args.cache) if needs else None
     except (FileNotFoundError, ValueError) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT

@@ -88,7 +88,6 @@ class StudyRunner:
         self.run: RunConfig = settings.run
         #: The run's model (common/models/): how a fold starts, and its bundle.
         self.model = registry.get(self.run.model)
-        self.model.check_run(self.run)
         self.checkpoint = checkpoint
         #: (fold, site) whose withheld validation counts were logged; (fold, None): none.
         self._withheld: set[tuple[int, str | None]] = set()

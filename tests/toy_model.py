@@ -31,6 +31,7 @@ from fedcmr.common.bundle import (
 )
 from fedcmr.common.digests import short_digest
 from fedcmr.common.learning.split import split_frames
+from fedcmr.common.learning.training import Scores
 from fedcmr.common.metrics import auc
 from fedcmr.common.model import InitInfo
 from fedcmr.common.models.base import (
@@ -38,7 +39,6 @@ from fedcmr.common.models.base import (
     LocalUpdate,
     ModelPlugin,
     PooledFold,
-    SplitScores,
 )
 from fedcmr.common.results import prediction_rows
 
@@ -104,10 +104,10 @@ class Toy(ModelPlugin):
         return LocalUpdate(weights=steps(state, x, y, n), num_examples=len(frames),
                            loss=loss(state, x, y), batches=n, batch_size=len(frames))
 
-    def score(self, site, order, part, state) -> SplitScores:
+    def score(self, site, order, part, state) -> Scores:
         frames = site.parts(order)[part]
         x, y = features(frames), labels(frames)
-        return SplitScores(y, probabilities(state, x), loss(state, x, y))
+        return Scores(loss=loss(state, x, y), labels=y, scores=probabilities(state, x))
 
     def fit_pooled(self, run, fold, fold_dir: Path) -> PooledFold:
         parts = split_frames(run.frames, run.config, fold)

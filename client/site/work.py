@@ -31,9 +31,10 @@ from fedcmr.common.handshake import site_fingerprint
 from fedcmr.common.learning.data import CachedFrame, load_cache
 from fedcmr.common.learning.privacy import clip_update
 from fedcmr.common.learning.split import split_frames
+from fedcmr.common.learning.training import Scores
 from fedcmr.common.measures import SubjectMeasures, read_all_measures
 from fedcmr.common.models import registry
-from fedcmr.common.models.base import ModelPlugin, SplitScores
+from fedcmr.common.models.base import ModelPlugin
 from fedcmr.common.nyul import PrivacyError
 from fedcmr.common.protocol import Kind, Order, Refusal, RefusalRule
 from fedcmr.common.replies import (
@@ -199,7 +200,7 @@ def _start(site: Site, kind: Kind, order: Order, model: ModelPlugin) -> Reply:
                                                           text=str(err)))
 
 
-def _counts(scores: SplitScores) -> ScoreCounts:
+def _counts(scores: Scores) -> ScoreCounts:
     return ScoreCounts.of(scores.labels, scores.scores, scores.loss)
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from fedcmr.common.bundle import BundleMetadata, Metrics, Preprocessing
     from fedcmr.common.device import Placement
     from fedcmr.common.learning.data import CachedFrame
+    from fedcmr.common.learning.training import Scores
     from fedcmr.common.measures import SubjectMeasures
     from fedcmr.common.model import InitInfo
     from fedcmr.common.protocol import Order
@@ -71,15 +72,6 @@ class LocalUpdate:
     loss: float
     batches: int
     batch_size: int
-
-
-@dataclass(frozen=True)
-class SplitScores:
-    """One split's labels, P(HCM) per frame (in the split's frame order) and mean loss."""
-
-    labels: np.ndarray
-    scores: np.ndarray
-    loss: float
 
 
 @dataclass
@@ -183,8 +175,9 @@ class ModelPlugin:
         raise self._missing("local training")
 
     def score(self, site: SiteData, order: Order, part: str, state: StateDict
-              ) -> SplitScores:
-        """The scores of the site's split `part` ("val", "test") under `state`."""
+              ) -> Scores:
+        """The scores of the site's split `part` ("val", "test") under `state`: labels,
+        P(HCM) per frame in the split's frame order, mean loss."""
         raise self._missing("scoring")
 
     # -- neither side: the pooled baseline -----------------------------------------------

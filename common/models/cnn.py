@@ -39,6 +39,7 @@ from fedcmr.common.learning.early_stopping import EarlyStopping
 from fedcmr.common.learning.harmonise import Harmoniser, centre_summaries, harmonisation_record
 from fedcmr.common.learning.split import split_frames
 from fedcmr.common.learning.training import (
+    Scores,
     federated_batch_size,
     make_optimizer,
     score,
@@ -53,7 +54,6 @@ from fedcmr.common.models.base import (
     PooledFold,
     PooledRun,
     SiteData,
-    SplitScores,
     StartError,
     StateDict,
 )
@@ -127,10 +127,9 @@ class CNN(ModelPlugin):
 
     # -- at a site -----------------------------------------------------------------------
     def score(self, site: SiteData, order: Order, part: str, state: StateDict
-              ) -> SplitScores:
+              ) -> Scores:
         model, where = _received(state)
-        scores = score(model, _dataset(site, order, part), where)
-        return SplitScores(scores.labels, scores.scores, scores.loss)
+        return score(model, _dataset(site, order, part), where)
 
     def local_train(self, site: SiteData, order: Order, state: StateDict) -> LocalUpdate:
         """The paper's local step: `local_iterations` batches sized so that they cover the

@@ -35,6 +35,7 @@ from fedcmr.common.cache_format import CacheError, read_manifest
 from fedcmr.common.digests import short_digest
 from fedcmr.common.learning import measures_model as mm
 from fedcmr.common.learning.split import split_frames
+from fedcmr.common.learning.training import Scores
 from fedcmr.common.measures import (
     FEATURES,
     MEASURES_CSV,
@@ -50,7 +51,6 @@ from fedcmr.common.models.base import (
     PooledFold,
     PooledRun,
     SiteData,
-    SplitScores,
     StartError,
     StateDict,
 )
@@ -92,10 +92,10 @@ class Measures(ModelPlugin):
 
     # -- at a site -----------------------------------------------------------------------
     def score(self, site: SiteData, order: Order, part: str, state: StateDict
-              ) -> SplitScores:
+              ) -> Scores:
         labels, scores, loss = mm.frame_scores(site.parts(order)[part], site.measures(),
                                                state)
-        return SplitScores(labels, scores, loss)
+        return Scores(loss=loss, labels=labels, scores=scores)
 
     def local_train(self, site: SiteData, order: Order, state: StateDict) -> LocalUpdate:
         """`local_iterations` full-batch gradient steps on the site's training subjects
