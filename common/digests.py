@@ -17,6 +17,21 @@ def short_digest(data: str | bytes, length: int = DIGEST_LENGTH) -> str:
     return hashlib.sha256(raw).hexdigest()[:length]
 
 
+def state_digest(state, length: int = DIGEST_LENGTH) -> str:
+    """The digest of a model's arrays (a state dict of tensors or arrays): every key, dtype,
+    shape and byte, in key order. Two models differ in digest unless they are equal."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        array = np.ascontiguousarray(value.detach().cpu().numpy() if hasattr(value, "detach")
+                                     else np.asarray(value))
+        h.update(f"{key}|{array.dtype.str}|{array.shape}|".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()[:length]
+
+
 def file_sha256(path: Path) -> str:
     """The whole SHA-256 of a file, read in blocks of 1 MiB."""
     h = hashlib.sha256()

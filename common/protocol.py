@@ -59,6 +59,13 @@ class RefusalRule(StrEnum):
     MIN_EVAL_SUBJECTS = "min_eval_subjects"
     MIN_DIFFERENCE = "min_difference"
     MAX_RELEASED_SETS = "max_released_sets"
+    #: One released subject set scored under more distinct models than the policy allows.
+    MAX_MODELS_PER_SET = "max_models_per_set"
+    #: A received model outside the bounds the site accepts (a measures model whose slope
+    #: would single out a subject).
+    MODEL_BOUNDS = "model_bounds"
+    #: The run's differential privacy is weaker than the site requires, or absent.
+    DIFFERENTIAL_PRIVACY = "differential_privacy"
 
     @property
     def code(self) -> int:

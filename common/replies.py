@@ -208,6 +208,9 @@ class TrainReply(Reply):
     #: Counts of nothing where the site's policy withholds them (`withheld` says why).
     val: Annotated[ScoreCounts, Wire(METRICS, prefix="val")]
     withheld: Annotated[Refusal | None, Wire(SITE, prefix="withheld")] = None
+    #: Under differential privacy: the epsilon (at the run's delta) of the noise this site
+    #: added itself, over every update it released in this run so far.
+    dp_epsilon: Annotated[float | None, Wire(METRICS)] = None
 
 
 class ValidateReply(Reply):
@@ -246,3 +249,5 @@ REPLY_ALLOWED: dict[str, dict[str, set[str]]] = {
     kind: cls.allowed() for kind, cls in REPLIES.items()}
 #: FedAvg's weighting key in a TrainReply's metrics.
 NUM_EXAMPLES = Reply._key("num_examples", Wire(METRICS))
+#: A private TrainReply's site epsilon in its metrics.
+DP_EPSILON = Reply._key("dp_epsilon", Wire(METRICS))

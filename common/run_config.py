@@ -96,11 +96,10 @@ class RunConfig(FlatModel):
                                              "histogram summary for")
     #: Differential privacy for the weights (common/learning/privacy.py); 0: off.
     dp_clip: float = Field(0.0, ge=0, description="differential privacy (federated runs): "
-                                                  "clip each site's model update to this L2 "
-                                                  "norm, noise on the aggregate; 0: off")
+                                                  "each site clips its model update to this "
+                                                  "L2 norm and adds the noise itself; 0: off")
     dp_noise: float = Field(1.0, ge=0, description="differential privacy: noise multiplier "
-                                                   "Z (noise std Z * dp-clip * the largest "
-                                                   "site weight)")
+                                                   "Z (each site's noise std Z * dp-clip)")
     #: δ of the reported (ε, δ) guarantee.
     dp_delta: float = Field(1e-5, gt=0, lt=1)
     #: Federated runs: how each site's update travels back (common/update_codec.py).

@@ -60,8 +60,9 @@ def metrics_from_counts(outcomes: Sequence[FoldOutcome], sites: Sequence[SiteInf
 def privacy_report(run: RunConfig, outcomes: Sequence[FoldOutcome], sites: int
                    ) -> dict | None:
     """The run's differential privacy (None without): ε at the run's δ over every noisy
-    round of every fold (the same sites train in each), and per fold. An aggregated round
-    is one release; "inf" where no noise was added."""
+    round of every fold (the same sites train in each), and per fold (an aggregated round
+    is one release; "inf" where no noise was added); and each site's own ε, as the site
+    computed it for the noise it added to the updates it released."""
 
     def epsilon(releases: int) -> float | str:
         value = privacy_spent(run.dp_noise, releases, run.dp_delta, max(sites, 1))
@@ -75,7 +76,20 @@ def privacy_report(run: RunConfig, outcomes: Sequence[FoldOutcome], sites: int
             "sites": sites, "releases": releases, "releases_total": total,
             "epsilon": epsilon(total),
             "epsilon_per_fold": {f: epsilon(r) for f, r in releases.items()},
+            "epsilon_per_site": site_epsilons(outcomes),
             "accounting": "RDP (Flower's RdpAccountant), every site in every round"}
+
+
+def site_epsilons(outcomes: Sequence[FoldOutcome]) -> dict[str, float]:
+    """Each site's latest own epsilon in the audit trail (its running total in the run)."""
+    out: dict[str, float] = {}
+    for outcome in outcomes:
+        for row in outcome.audit:
+            for entry in row.get("contributed", []):
+                if "dp_epsilon" in entry:
+                    out[entry["site"]] = max(out.get(entry["site"], 0.0),
+                                             round(float(entry["dp_epsilon"]), 4))
+    return dict(sorted(out.items()))
 
 
 def write_rounds(path: Path, outcomes: Sequence[FoldOutcome]) -> None:

@@ -31,7 +31,7 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum
 
-from fedcmr.common.learning.privacy import add_noise, noise_std
+from fedcmr.common.learning.privacy import mean_noise_std
 from fedcmr.common.protocol import METRICS, SITE
 from fedcmr.common.replies import NUM_EXAMPLES
 from fedcmr.common.run_config import RunConfig, UpdateEncoding
@@ -162,45 +162,41 @@ class WeightedVote(FoldTraining, FedAvg):
 
 
 class PrivateVote(WeightedVote):
-    """WeightedVote under differential privacy: Gaussian noise on the weighted mean of the
-    sites' clipped updates (common/learning/privacy.py has the whole scheme).
+    """WeightedVote under differential privacy. The sites clip their updates and add the
+    noise themselves (common/learning/privacy.py has the whole scheme); this strategy adds
+    nothing and records the noise each round's mean carries (each site's own epsilon goes
+    into the audit trail with its update).
 
     Parameters
     ----------
     dp_clip : float
         The L2 norm to which each site clipped its update (the run's dp-clip).
     dp_noise : float
-        The noise multiplier Z: the noise's standard deviation is Z * dp_clip * the
-        round's largest site weight.
-    noise_seed : int (default: 0)
-        With the round number, seeds each round's noise: a resumed run replays it.
+        The noise multiplier Z: each site's noise has standard deviation Z * dp_clip.
     **kwargs
         Passed to WeightedVote.
     """
 
     def __init__(self, vote_alpha: float = 1.0, dp_clip: float = 1.0, dp_noise: float = 1.0,
-                 noise_seed: int = 0, **kwargs) -> None:
+                 **kwargs) -> None:
         super().__init__(vote_alpha, **kwargs)
-        self.dp_clip, self.dp_noise, self.noise_seed = dp_clip, dp_noise, noise_seed
-        #: The noise's standard deviation, by server round.
+        self.dp_clip, self.dp_noise = dp_clip, dp_noise
+        #: The standard deviation of the noise on the weighted mean, by server round.
         self.noise_stds: dict[int, float] = {}
 
     def summary(self) -> None:
-        log.info("\t├──> differential privacy: clip %s, noise multiplier %s", self.dp_clip,
-                 self.dp_noise)
+        log.info("\t├──> differential privacy at the sites: clip %s, noise multiplier %s",
+                 self.dp_clip, self.dp_noise)
         super().summary()
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """WeightedVote's aggregate, then the noise on its trained parameters."""
+        """WeightedVote's aggregate of the sites' noisy updates; the noise it carries."""
         arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is None:
-            return arrays, metrics
-        std = noise_std(self.dp_noise, self.dp_clip, self.weights[server_round].values())
-        self.noise_stds[server_round] = std
-        noisy = add_noise(as_numpy(arrays), std, derive_seed(self.noise_seed, server_round,
-                                                             "dp-noise"))
-        return with_tensors(arrays, noisy), metrics
+        if arrays is not None:
+            self.noise_stds[server_round] = mean_noise_std(
+                self.dp_noise, self.dp_clip, self.weights[server_round].values())
+        return arrays, metrics
 
 
 class Median(FoldTraining, FedMedian):
@@ -258,4 +254,4 @@ def make_strategy(name: str, vote_alpha: float | None = None, run: RunConfig | N
                          f"({', '.join(VOTE_STRATEGIES)}), whose noise it can calibrate; "
                          f"not with {name}")
     return PrivateVote(vote_alpha=alpha, dp_clip=run.dp_clip, dp_noise=run.dp_noise,
-                       noise_seed=derive_seed(run.seed, fold), **common)
+                       **common)

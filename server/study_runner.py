@@ -327,7 +327,9 @@ class StudyRunner:
         names = self.roster.node_names()
         return {"fold": fold, "round": rnd,
                 "contributed": [{"site": names.get(n, f"node {n}"), "n_k": t.num_examples,
-                                 "weight": weights.get(n)} for n, t in sorted(
+                                 "weight": weights.get(n), **({} if t.dp_epsilon is None else
+                                                              {"dp_epsilon": t.dp_epsilon})}
+                                for n, t in sorted(
                                      trained.items(), key=lambda kv: names.get(kv[0], ""))],
                 "rejected": [r for r in outcome.rejected if r["round"] == rnd],
                 "away": dict(sorted(self.roster.away.items())),

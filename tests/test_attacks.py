@@ -81,9 +81,15 @@ def test_split_parameters_are_checked_under_every_protocol(cache, state, tmp_pat
     for bad in (0, 1, -3):
         with pytest.raises(ValidationError, match="n_folds_ccv"):
             RunConfig(protocol="lco", n_folds_ccv=bad)
-    # the defence off: the same request releases counts over a new validation subset
+    # the split check off: the intersection guard still withholds the new subset's counts
     monkeypatch.setattr(SitePolicy, "check_splits", ccv_only)
-    off = site_work.Site.open("Vall d'Hebron", [cache], tmp_path / "off", SitePolicy())
+    guarded = site_work.Site.open("Vall d'Hebron", [cache], tmp_path / "guarded",
+                                  SitePolicy())
+    site_work.validate(guarded, lco(5), state)
+    assert site_work.validate(guarded, lco(21), state).withheld.rule == "min_difference"
+    # both off: the same request releases counts over a new validation subset
+    off = site_work.Site.open("Vall d'Hebron", [cache], tmp_path / "off",
+                              SitePolicy(min_difference=1))
     site_work.validate(off, lco(5), state)
     crafted = site_work.validate(off, lco(21), state)
     assert crafted.withheld is None and crafted.val.examples > 0

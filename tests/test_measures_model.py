@@ -105,9 +105,10 @@ def test_a_site_whose_policy_excludes_the_measures_model_refuses_it(caches, tmp_
     assert released.sums.n == len(train_subjects)
 
 
-def test_differential_privacy_is_refused_for_the_measures_model():
-    with pytest.raises(ValueError, match="dp-clip"):
-        RunConfig(model="measures", dp_clip=1.0)
+def test_the_measures_model_runs_privately_but_not_as_fp16_deltas():
+    assert RunConfig(model="measures", dp_clip=1.0).private  # tests/test_release_attacks.py
+    with pytest.raises(ValueError, match="update-encoding"):
+        RunConfig(model="measures", update_encoding="fp16-delta")
 
 
 def test_the_study_grid_runs_the_measures_model_once_per_setting():
@@ -126,10 +127,13 @@ def test_the_study_grid_runs_the_measures_model_once_per_setting():
 
 
 @pytest.mark.slow
-def test_federated_and_centralised_measures_models_on_the_same_splits(caches, tmp_path):
+def test_federated_and_centralised_measures_models_on_the_same_splits(caches, tmp_path,
+                                                                      monkeypatch):
     """The Flower app (simulation runtime) trains the measures model from the sites' sums
     and coefficients only; the pooled baseline fits it on the same training subjects; both
-    score the same test frames, with a high AUC on data built to be separable."""
+    score the same test frames, with a high AUC on data built to be separable. The sites
+    release exact measures here (tests/exact-release-policy.toml), so that the predictions
+    can be pinned to the digit."""
     from fedcmr.common.bundle import preprocessing_of_caches
     from fedcmr.lab.centralized import run_centralized
     from fedcmr.lab.local_federation import run_local_federation
@@ -137,6 +141,8 @@ def test_federated_and_centralised_measures_models_on_the_same_splits(caches, tm
 
     run = RunConfig(model="measures", profile="smoke", folds=(0,), min_subjects=3, epochs=6)
     fl_dir = tmp_path / "fl"
+    monkeypatch.setenv("FEDCMR_SITE_POLICY", str(Path(__file__).parent /
+                                                 "exact-release-policy.toml"))
     metrics = run_local_federation(caches, FederationSettings(strategy="fedavg", run=run),
                                    fl_dir, echo=lambda line: None, runtime="simulation")
     cds = run_centralized(load_cache(caches), run, tmp_path / "cds", progress=False,

@@ -1,6 +1,7 @@
 """Differential privacy for the weights (common/learning/privacy.py): the site clips its
-update, the coordinator adds calibrated noise and accounts for it with Flower's RDP
-accountant; the run reports epsilon."""
+update and adds the noise itself, from its secret; the coordinator adds nothing and accounts
+with Flower's RDP accountant; the run reports epsilon, overall and per site. (The attack on
+the old coordinator-side noise is in tests/test_attacks.py.)"""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from fedcmr.client.site import work as site_work
 from fedcmr.common.learning.privacy import (
     add_noise,
     clip_update,
-    noise_std,
+    mean_noise_std,
     parameter_keys,
     privacy_spent,
 )
@@ -56,17 +57,19 @@ def test_an_update_is_clipped_to_the_norm_and_buffers_stay_as_received():
     assert torch.allclose(small["conv.weight"], trained["conv.weight"])
 
 
-def test_noise_is_seeded_sized_and_spares_the_buffers():
-    arrays = {"w": np.zeros((200, 100), np.float32), "bn.running_var": np.ones(7, np.float32),
-              "bn.num_batches_tracked": np.array(3)}
-    noisy = add_noise(arrays, std=0.25, seed=7)
-    assert np.std(noisy["w"]) == pytest.approx(0.25, rel=0.02)
-    assert noisy["w"].dtype == np.float32
-    assert np.array_equal(noisy["bn.running_var"], arrays["bn.running_var"])
-    assert noisy["bn.num_batches_tracked"] == 3
-    assert np.array_equal(add_noise(arrays, 0.25, 7)["w"], noisy["w"])  # replayed exactly
-    assert not np.array_equal(add_noise(arrays, 0.25, 8)["w"], noisy["w"])
-    assert noise_std(2.0, 0.5, [0.1, 0.6, 0.3]) == pytest.approx(0.6)
+def test_noise_is_sized_drawn_from_the_generator_and_spares_other_entries():
+    state = {"w": torch.zeros(200, 100), "bn.running_var": torch.ones(7),
+             "bn.num_batches_tracked": torch.tensor(3)}
+    noisy = add_noise(state, ["w"], std=0.25, rng=np.random.default_rng(7))
+    assert float(noisy["w"].std()) == pytest.approx(0.25, rel=0.02)
+    assert noisy["w"].dtype == torch.float32
+    assert torch.equal(noisy["bn.running_var"], state["bn.running_var"])
+    assert int(noisy["bn.num_batches_tracked"]) == 3
+    again = add_noise(state, ["w"], 0.25, np.random.default_rng(7))["w"]
+    assert torch.equal(again, noisy["w"])  # the same generator, the same noise
+    assert not torch.equal(add_noise(state, ["w"], 0.25, np.random.default_rng(8))["w"],
+                           noisy["w"])
+    assert mean_noise_std(2.0, 0.5, [0.6, 0.8]) == pytest.approx(1.0)
 
 
 def test_epsilon_from_flowers_accountant_behaves_and_beats_the_plain_rdp_bound():
@@ -80,35 +83,49 @@ def test_epsilon_from_flowers_accountant_behaves_and_beats_the_plain_rdp_bound()
     assert eps <= bound + 1e-6 and eps > 0.5 * bound
 
 
-def test_private_vote_adds_noise_of_the_calibrated_size_to_the_weighted_mean():
-    strategy = make_strategy("fedavg", run=RunConfig(dp_clip=0.5, dp_noise=2.0), fold=0)
+def test_private_vote_adds_no_noise_and_records_what_the_sites_noise_makes():
+    run = RunConfig(dp_clip=0.5, dp_noise=2.0)
+    strategy = make_strategy("fedavg", run=run, fold=0)
     assert isinstance(strategy, PrivateVote)
     arrays, _ = strategy.aggregate_train(3, replies())
     mean = expected(SIZES)
-    w_max = max(SIZES.values()) / sum(SIZES.values())
-    assert strategy.noise_stds[3] == pytest.approx(2.0 * 0.5 * w_max)
-    noise = np.concatenate([(as_numpy(arrays)[k] - mean[k]).ravel() for k in mean])
-    assert 0.4 * strategy.noise_stds[3] < np.std(noise) < 2.0 * strategy.noise_stds[3]
-    again, _ = make_strategy("fedavg", run=RunConfig(dp_clip=0.5, dp_noise=2.0),
-                             fold=0).aggregate_train(3, replies())
-    assert all(np.array_equal(as_numpy(again)[k], as_numpy(arrays)[k]) for k in mean)
+    assert all(np.allclose(as_numpy(arrays)[k], mean[k], atol=1e-6) for k in mean)
+    total = sum(SIZES.values())
+    assert strategy.noise_stds[3] == pytest.approx(
+        2.0 * 0.5 * math.sqrt(sum((n / total) ** 2 for n in SIZES.values())))
     with pytest.raises(ValueError, match="weighted strategies"):
         make_strategy("median", run=RunConfig(dp_clip=0.5), fold=0)
 
 
-def test_a_site_training_under_dp_releases_a_clipped_update_and_frozen_statistics(site):  # noqa: F811
-    run = RunConfig(profile="smoke", centres=("Alpha", "Bravo"), min_subjects=5, **DP)
+def test_a_site_training_under_dp_clips_noises_and_replays_its_update(site):  # noqa: F811
+    run = RunConfig(profile="smoke", centres=("Alpha", "Bravo"), min_subjects=5,
+                    dp_clip=0.5, dp_noise=0.0)
     order = Order(run=run, fold=0, server_round=1, landmarks=tuple(np.linspace(0, 100, 13)))
     model, _ = build_model("none", seed=1)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    released = site_work.train(site, order, state).arrays.to_torch_state_dict()
+    clipped = site_work.train(site, order, state)
+    released = clipped.arrays.to_torch_state_dict()
     assert 0 < update_norm(released, state) <= 0.5 * (1 + 1e-5)
+    assert clipped.dp_epsilon is None  # clipping alone guarantees nothing
     buffers = [k for k in state if k not in parameter_keys(state)]
     assert buffers and all(torch.equal(released[k], state[k]) for k in buffers)
     plain = order.model_copy(update={"run": run.model_copy(update={"dp_clip": 0.0})})
     unclipped = site_work.train(site, plain, state).arrays.to_torch_state_dict()
     assert update_norm(unclipped, state) > 0.5  # the clip did bind
     assert not all(torch.equal(unclipped[k], state[k]) for k in buffers)
+    # with noise: the site adds N(0, (Z C)^2) to every trained parameter itself
+    noisy = order.model_copy(update={"run": run.model_copy(update={"dp_noise": 1.0})})
+    first = site_work.train(site, noisy, state)
+    update = torch.cat([(first.arrays.to_torch_state_dict()[k] - state[k]).double().ravel()
+                        for k in parameter_keys(state)])
+    assert float(update.std()) == pytest.approx(0.5, rel=0.05)
+    assert first.dp_epsilon == pytest.approx(privacy_spent(1.0, 1, 1e-5, 1), rel=1e-6)
+    again = site_work.train(site, noisy, state)  # the same request: the same release
+    assert all(torch.equal(again.arrays.to_torch_state_dict()[k],
+                           first.arrays.to_torch_state_dict()[k]) for k in state)
+    assert again.dp_epsilon == first.dp_epsilon
+    later = noisy.model_copy(update={"server_round": 2})
+    assert site_work.train(site, later, state).dp_epsilon > first.dp_epsilon
 
 
 def test_a_private_run_reports_epsilon_for_its_noisy_rounds(tmp_path):
@@ -119,6 +136,9 @@ def test_a_private_run_reports_epsilon_for_its_noisy_rounds(tmp_path):
     report = privacy_report(study.run, [outcome], sites=2)
     assert report["releases_total"] == 2
     assert report["epsilon"] == pytest.approx(privacy_spent(1.0, 2, 1e-5, 2), abs=1e-4)
+    # each site's own epsilon: the noise it added to its two released updates
+    assert report["epsilon_per_site"] == pytest.approx(
+        dict.fromkeys(("Alpha", "Bravo"), privacy_spent(1.0, 2, 1e-5, 1)), abs=1e-4)
     line = auc_table({"auc": {}, "n": {}, "privacy": report}).splitlines()[-1]
     assert line.startswith(f"differential privacy: epsilon {report['epsilon']} at delta 1e-05")
     assert privacy_report(RunConfig(), [outcome], sites=2) is None

@@ -170,9 +170,10 @@ def test_the_papers_protocols_pass_the_default_policy_by_design(tmp_path):
                 gate = site_work.Gate.admit(site, Order(run=run, fold=fold))
                 if run.test_centre(fold) != centre:
                     gate.training_aggregate(site.policy.histogram_floor(run), "train")
-                    if why := gate.withheld("val"):
+                    if why := gate.withheld("val", f"{protocol}-{seed}-{fold}"):
                         withheld.setdefault(centre, set()).add(str(why).split(":")[0])
-                assert gate.withheld("test") is None, (centre, fold)
+                assert gate.withheld("test", f"{protocol}-{seed}-{fold}") is None, (
+                    centre, fold)
     assert withheld == {"SantPau": {"refused by the site's policy (min_eval_subjects)"}}
 
 

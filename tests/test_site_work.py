@@ -7,6 +7,7 @@ import pytest
 from conftest import small_site
 
 from fedcmr.client.site import work as site_work
+from fedcmr.client.site.release import coarsen
 from fedcmr.common.metrics import binned_counts
 from fedcmr.common.model import build_model
 from fedcmr.common.protocol import Kind, Order
@@ -79,9 +80,12 @@ def test_test_scores_stay_at_the_site_only_counts_leave(site, order):
     rows = read_predictions(site.out_dir / "fold_0" / "predictions.csv")
     assert len(rows) == metrics["test-examples"] == len(site.parts(order)["test"])
     assert {r["phase"] for r in rows} == {"ED", "ES"}
-    # what leaves is exactly the per-class histogram of the scores that stay
+    # what leaves is exactly the per-class histogram of the scores that stay, in the
+    # policy's bins
     neg, pos = binned_counts(np.array([r["label"] for r in rows]),
                              np.array([r["score"] for r in rows]))
+    width = site.policy.score_bin_width
+    neg, pos = coarsen(neg, width), coarsen(pos, width)
     assert neg.tolist() == metrics["test-neg"] and pos.tolist() == metrics["test-pos"]
     allowed(site_work.validate(site, order, model.state_dict()))
     assert {Kind(k) for k in REPLY_ALLOWED} == set(Kind)  # every kind has an allow-list

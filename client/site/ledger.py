@@ -2,10 +2,15 @@
 sets behind every aggregate it has released.
 
 Two aggregates of the same kind over subject sets A and B give, by subtraction, an
-aggregate over the subjects in one and not the other. So a new set must equal every earlier
-set of its kind or differ from it by at least `min_difference` subjects (symmetric
-difference), and there are at most `max_released_sets` different sets per kind; otherwise
-the release is refused. Kinds: "train" (histogram summaries, model updates and n_k: the
+aggregate over the subjects in one and not the other; score counts of A and B under one
+model give, by matching bins, the scores of the subjects in both; and so on for any number
+of sets. So a new training set (whose aggregates are sums: histogram summaries, model
+updates) must equal every earlier one or differ from it by at least `min_difference`
+subjects, and every region of the Venn diagram of the score sets released (every
+intersection and difference of any number of them: per-subject scores show in binned counts
+under one model) must hold no subject or at least `min_difference`; there are at most `max_released_sets` different sets per kind, and one
+set's scores leave under at most `max_models_per_set` distinct models (by the digest of the
+arrays received); otherwise the release is refused. Kinds: "train" (histogram summaries, model updates and n_k: the
 training split) and "scores" (validation and test counts under a model the coordinator
 chooses). The file holds subject ids: it stays in the site's private folder.
 
@@ -90,29 +95,83 @@ class ReleaseLedger:
             write_json(self.path, data)
             write_text(digest_path(self.path), file_sha256(self.path) + "\n")
 
-    def release(self, kind: Kind, subjects: Iterable[str], what: str) -> None:
-        """Record that an aggregate over `subjects` is about to leave, or raise
-        PolicyRefusal (rule min_difference or max_released_sets) when it may not."""
+    def release(self, kind: Kind, subjects: Iterable[str], what: str,
+                model: str | None = None) -> None:
+        """Record that an aggregate over `subjects` (under the received model whose digest
+        is `model`, for scores) is about to leave, or raise PolicyRefusal (rule
+        min_difference, max_released_sets or max_models_per_set) when it may not."""
         new = sorted(set(subjects))
         with self._locked() as data:
             sets = data.setdefault(kind, [])
-            earlier = [set(entry["subjects"]) for entry in sets]
-            if set(new) in earlier:
-                return
-            problem = self.problem(set(new), earlier)
-            if problem:
-                raise PolicyRefusal(*problem)
-            sets.append({"subjects": new, "first": what, "time": time.time()})
+            entry = next((e for e in sets if set(e["subjects"]) == set(new)), None)
+            if entry is None:
+                problem = self.problem(set(new), [set(e["subjects"]) for e in sets], kind)
+                if problem:
+                    raise PolicyRefusal(*problem)
+                entry = {"subjects": new, "first": what, "time": time.time(), "models": []}
+                sets.append(entry)
+            if model is not None:
+                self.count_model(entry, model)
 
-    def problem(self, new: set[str], earlier: list[set[str]]) -> tuple[str, str] | None:
-        """(rule, text) when `new` may not be released after `earlier`; None when it may."""
-        gap = min((len(new ^ old) for old in earlier), default=None)
-        if gap is not None and gap < self.policy.min_difference:
-            return (RefusalRule.MIN_DIFFERENCE, f"its subjects differ from an aggregate this site "
-                    f"released before by {gap} subject(s); at least "
-                    f"{self.policy.min_difference} are required")
+    def private_release(self, run: str, release: str) -> int:
+        """Record a noisy model update `release` of run `run` (its differential privacy);
+        how many different ones this site released in the run."""
+        with self._locked() as data:
+            released = data.setdefault("dp", {}).setdefault(run, [])
+            if release not in released:
+                released.append(release)
+            return len(released)
+
+    def count_model(self, entry: dict, model: str) -> None:
+        """Add `model` to the set's models, within the policy's budget (a model the set was
+        scored under before costs nothing: the site's answer is the same again)."""
+        models = entry.setdefault("models", [])
+        if model in models:
+            return
+        if len(models) >= self.policy.max_models_per_set:
+            raise PolicyRefusal(RefusalRule.MAX_MODELS_PER_SET, f"this subject set was "
+                                f"scored under {len(models)} different models; the policy "
+                                f"allows {self.policy.max_models_per_set}")
+        models.append(model)
+
+    def problem(self, new: set[str], earlier: list[set[str]], kind: Kind = "train"
+                ) -> tuple[str, str] | None:
+        """(rule, text) when `new` may not be released after `earlier`; None when it may.
+        Sums (training aggregates): every earlier set equal or `min_difference` subjects
+        apart. Score counts: no region of their Venn diagram smaller than that."""
+        need = self.policy.min_difference
+        if kind == "scores":
+            small = smallest_new_region(new, earlier)
+            if small is not None and small < need:
+                return (RefusalRule.MIN_DIFFERENCE, f"with the counts this site released "
+                        f"before, its subjects would leave an intersection or difference of "
+                        f"{small} subject(s); at least {need} are required")
+        else:
+            gap = min((len(new ^ old) for old in earlier), default=None)
+            if gap is not None and gap < need:
+                return (RefusalRule.MIN_DIFFERENCE, f"its subjects differ from an aggregate "
+                        f"this site released before by {gap} subject(s); at least {need} "
+                        "are required")
         if len(earlier) >= self.policy.max_released_sets:
             return (RefusalRule.MAX_RELEASED_SETS, f"this site has released aggregates of "
                     f"{len(earlier)} different subject sets of this kind; the policy allows "
                     f"{self.policy.max_released_sets}")
         return None
+
+
+def regions(sets: list[set[str]]) -> dict[tuple[bool, ...], frozenset[str]]:
+    """The Venn diagram's regions of `sets`: for each membership pattern (in which sets a
+    subject is) that some subject has, those subjects. Every intersection and difference
+    of any number of the sets is a union of these."""
+    out: dict[tuple[bool, ...], set[str]] = {}
+    for subject in set().union(*sets) if sets else ():
+        out.setdefault(tuple(subject in s for s in sets), set()).add(subject)
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def smallest_new_region(new: set[str], earlier: list[set[str]]) -> int | None:
+    """The size of the smallest region that releasing `new` after `earlier` would expose
+    (one that was not already a region before); None when it exposes none."""
+    before = set(regions(earlier).values())
+    fresh = [len(r) for r in regions([*earlier, new]).values() if r not in before]
+    return min(fresh, default=None)

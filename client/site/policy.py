@@ -71,11 +71,32 @@ class SitePolicy(BaseModel):
     #: Validation and test score counts come from at least this many subjects; below it a
     #: site withholds them (its weights still go).
     min_eval_subjects: int = Field(4, ge=1)
-    #: Differencing guard: a subject set behind a new aggregate equals each earlier one of
-    #: its kind or differs from it by at least this many subjects (1: no guard).
+    #: Differencing and intersection guard (client/site/ledger.py): two training sets
+    #: (sums leave) are equal or differ by at least this many subjects; every region of the
+    #: Venn diagram of the score sets (every intersection and difference of any number of
+    #: them) holds no subject or at least this many. 1: no guard.
     min_difference: int = Field(4, ge=1)
     #: At most this many different subject sets per kind of aggregate, across all runs.
     max_released_sets: int = Field(16, ge=1)
+    #: At most this many distinct models (by the digest of the arrays received) under
+    #: which one subject set's validation or test counts are released, across all runs.
+    #: The paper's grid scores one LCO validation set under at most 3 strategies x 5 seeds
+    #: x 100 rounds x 3 folds = 4,500 models.
+    max_models_per_set: int = Field(5000, ge=1)
+    #: Validation and test counts are released in logit bins of this width (a multiple
+    #: of common.metrics.LOGIT_WIDTH, 0.002): one release places a frame's score no finer.
+    score_bin_width: float = Field(0.1, gt=0)
+    #: The measures model sees each subject's measures with a fixed secret perturbation of
+    #: this many of the site's standard deviations per measure (client/site/release.py),
+    #: in everything it releases: no query, crafted or repeated, can recover a subject's
+    #: measures finer than this. 0: the exact measures (no protection).
+    measures_resolution: float = Field(0.25, ge=0)
+    #: Differential privacy required: a run without it (dp-clip 0), with a larger clip
+    #: than `dp_max_clip` or a smaller noise multiplier than `dp_min_noise`, or of a model
+    #: that cannot be trained privately, is refused. The site adds the noise itself.
+    require_dp: bool = False
+    dp_max_clip: float = Field(1.0, gt=0)
+    dp_min_noise: float = Field(1.0, ge=0)
     protocols: tuple[Protocol, ...] = ("ccv", "lco")
     #: What the site trains, by model name (common/models/): e.g. ["cnn"] for the CNN alone
     #: (its weights leave), ["measures"] (per-measure sums and coefficients leave). None:
@@ -95,6 +116,15 @@ class SitePolicy(BaseModel):
     #: Where the differencing guard remembers what was released; default: in the site's
     #: state folder (`fedcmr client --state`), which does not change with --out.
     ledger: Path | None = None
+
+    @field_validator("score_bin_width")
+    @classmethod
+    def _whole_bins(cls, value: float) -> float:
+        from fedcmr.common.metrics import LOGIT_WIDTH
+
+        if abs(value / LOGIT_WIDTH - round(value / LOGIT_WIDTH)) > 1e-6:
+            raise ValueError(f"{value} is not a multiple of the score grid's {LOGIT_WIDTH}")
+        return value
 
     @field_validator("split_seed", mode="before")
     @classmethod
@@ -139,6 +169,26 @@ class SitePolicy(BaseModel):
             raise PolicyRefusal(RefusalRule.PROTOCOLS, f"protocol {run.protocol!r} is not one of "
                                 f"{list(self.protocols)}")
         self.check_splits(run)
+        self.check_privacy(run)
+
+    def check_privacy(self, run: RunConfig) -> None:
+        """Refuse a run whose differential privacy is weaker than the site requires."""
+        if not self.require_dp:
+            return
+        from fedcmr.common.models import registry
+
+        rule = RefusalRule.DIFFERENTIAL_PRIVACY
+        if not registry.get(run.model).supports_dp:
+            raise PolicyRefusal(rule, f"this site requires differential privacy, which the "
+                                f"{run.model} model's updates cannot have")
+        if run.dp_clip <= 0:
+            raise PolicyRefusal(rule, "this site requires differential privacy; the run has "
+                                f"none (ask for dp-clip <= {self.dp_max_clip:g} and dp-noise "
+                                f">= {self.dp_min_noise:g})")
+        if run.dp_clip > self.dp_max_clip or run.dp_noise < self.dp_min_noise:
+            raise PolicyRefusal(rule, f"the run's dp-clip {run.dp_clip:g} / dp-noise "
+                                f"{run.dp_noise:g} is weaker than this site's clip <= "
+                                f"{self.dp_max_clip:g}, noise >= {self.dp_min_noise:g}")
 
     def check_splits(self, run: RunConfig) -> None:
         """The split parameters, under every protocol: LCO's validation split is cut from
@@ -161,8 +211,14 @@ class SitePolicy(BaseModel):
         return [
             f"at least {self.min_subjects} subjects behind a histogram or model update, "
             f"{self.min_eval_subjects} behind validation or test counts",
-            f"subject sets equal or at least {self.min_difference} subjects apart, at most "
-            f"{self.max_released_sets} per kind",
+            f"training sets equal or {self.min_difference} subjects apart, every "
+            f"intersection and difference of scored sets empty or at least "
+            f"{self.min_difference} subjects, at most {self.max_released_sets} sets per kind, "
+            f"each scored under at most {self.max_models_per_set} models",
+            f"scores in logit bins of {self.score_bin_width:g}; measures perturbed by "
+            f"{self.measures_resolution:g} SD; differential privacy "
+            + (f"required (clip <= {self.dp_max_clip:g}, noise >= {self.dp_min_noise:g})"
+               if self.require_dp else "as the run asks"),
             f"models {'any installed' if self.models is None else ', '.join(self.models)}; "
             f"protocols {', '.join(self.protocols)}; CCV folds "
             f"{', '.join(map(str, self.ccv_folds))}; validation fractions "

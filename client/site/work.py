@@ -24,12 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedcmr.client.site import release
 from fedcmr.client.site.ledger import ReleaseLedger
 from fedcmr.client.site.policy import PolicyRefusal, SitePolicy
+from fedcmr.client.site.secret import load_secret, secret_rng
 from fedcmr.common.cache_format import CacheError, read_manifest
 from fedcmr.common.handshake import site_fingerprint
 from fedcmr.common.learning.data import CachedFrame, load_cache
-from fedcmr.common.learning.privacy import clip_update
+from fedcmr.common.digests import short_digest, state_digest
+from fedcmr.common.learning.privacy import add_noise, clip_update, privacy_spent
 from fedcmr.common.learning.split import split_frames
 from fedcmr.common.learning.training import Scores
 from fedcmr.common.measures import SubjectMeasures, read_all_measures
@@ -66,6 +69,7 @@ class Site:
     #: out-dir (`fedcmr client --state`); None: the out-dir (one-machine launchers, tests).
     state_dir: Path | None = None
     _measures: dict[str, SubjectMeasures] | None = field(default=None, repr=False)
+    _secret: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, name: str, caches: list[Path], out_dir: Path,
@@ -78,10 +82,20 @@ class Site:
                    state_dir=state_dir)
 
     def measures(self) -> Mapping[str, SubjectMeasures]:
-        """Its subjects' clinical measures (the caches' measures.csv), read once."""
+        """Its subjects' clinical measures (the caches' measures.csv), read once, as the
+        site's policy lets a model see them: each perturbed by its fixed secret draw of
+        `measures_resolution` site SDs (client/site/release.py)."""
         if self._measures is None:
-            self._measures = read_all_measures(self.caches)
+            self._measures = release.perturbed_measures(
+                read_all_measures(self.caches), self.policy.measures_resolution, self.secret)
         return self._measures
+
+    @property
+    def secret(self) -> bytes:
+        """The site's secret (client/site/secret.py), in its state folder."""
+        if self._secret is None:
+            self._secret = load_secret(self.state_dir or self.out_dir)
+        return self._secret
 
     @property
     def ledger(self) -> ReleaseLedger:
@@ -138,8 +152,9 @@ class Gate:
         self.site.ledger.release("train", subjects, what)
         return frames
 
-    def withheld(self, part: str) -> Refusal | None:
-        """None when the counts of split `part` may leave; else why they are withheld."""
+    def withheld(self, part: str, model: str) -> Refusal | None:
+        """None when the counts of split `part` under the received model (its digest
+        `model`) may leave; else why they are withheld."""
         subjects = {f.subject for f in self.site.parts(self.order)[part]}
         if not subjects:
             return None  # counts of nothing (a training centre's empty LCO test split)
@@ -149,7 +164,7 @@ class Gate:
                 raise PolicyRefusal(RefusalRule.MIN_EVAL_SUBJECTS, f"{what} would come from "
                                     f"{len(subjects)} subject(s); the minimum is "
                                     f"{self.site.policy.min_eval_subjects}")
-            self.site.ledger.release("scores", subjects, what)
+            self.site.ledger.release("scores", subjects, what, model=model)
         except PolicyRefusal as refusal:
             return refusal.refusal
         return None
@@ -171,13 +186,14 @@ def answer(site: Site, kind: Kind, order: Order, state: StateDict | None = None)
     if kind in START_REPLIES:
         return _start(site, kind, order, model)
     gate = Gate.admit(site, order)
+    digest = state_digest(state)
     if kind == Kind.TRAIN:
-        return _train(gate, model, state)
+        return _train(gate, model, state, digest)
     if kind == Kind.VALIDATE:
-        val, withheld = _val_counts(gate, model, state)
+        val, withheld = _val_counts(gate, model, state, digest)
         return ValidateReply(site=site.name, val=val, withheld=withheld)
     if kind == Kind.TEST:
-        return _test(gate, model, state)
+        return _test(gate, model, state, digest)
     raise ValueError(f"no site work for message kind {kind}")
 
 
@@ -200,41 +216,66 @@ def _start(site: Site, kind: Kind, order: Order, model: ModelPlugin) -> Reply:
                                                           text=str(err)))
 
 
-def _counts(scores: Scores) -> ScoreCounts:
-    return ScoreCounts.of(scores.labels, scores.scores, scores.loss)
+def _counts(gate: Gate, scores: Scores) -> ScoreCounts:
+    """The counts as the site's policy releases them (its score bins)."""
+    return release.score_counts(scores.labels, scores.scores, scores.loss,
+                                gate.site.policy.score_bin_width)
 
 
-def _val_counts(gate: Gate, model: ModelPlugin, state: StateDict
+def _val_counts(gate: Gate, model: ModelPlugin, state: StateDict, digest: str
                 ) -> tuple[ScoreCounts, Refusal | None]:
     """The validation counts of the received model, or counts of nothing and why the real
     ones are withheld (a train reply keeps its metric keys: Flower aggregates them)."""
-    withheld = gate.withheld("val")
+    withheld = gate.withheld("val", digest)
     if withheld:
         return ScoreCounts.of(np.zeros(0), np.zeros(0), 0.0), withheld
-    return _counts(model.score(gate.site, gate.order, "val", state)), None
+    return _counts(gate, model.score(gate.site, gate.order, "val", state)), None
 
 
-def _train(gate: Gate, model: ModelPlugin, state: StateDict) -> TrainReply:
-    """Validate the received global model, then the model's local step; the update is
-    clipped here, at the site, under differential privacy (privacy.py), and encoded as the
-    run asks (fp32, or fp16 deltas)."""
+def _train(gate: Gate, model: ModelPlugin, state: StateDict, digest: str) -> TrainReply:
+    """Validate the received global model, then the model's local step; under differential
+    privacy the update is clipped and noised here, at the site (`_private`), and encoded as
+    the run asks (fp32, or fp16 deltas)."""
     order, site = gate.order, gate.site
     gate.training_aggregate(site.policy.min_subjects, "model update")
-    val, withheld = _val_counts(gate, model, state)
+    val, withheld = _val_counts(gate, model, state, digest)
     update = model.local_train(site, order, state)
-    weights = update.weights
+    weights, epsilon = update.weights, None
     if order.run.private:
-        weights, norm = clip_update(weights, state, order.run.dp_clip)
-        log.info("fold %d round %d: update norm %.4g clipped to %.4g", order.fold,
-                 order.server_round, norm, min(norm, order.run.dp_clip))
+        weights, epsilon = _private(gate, model, weights, state, digest)
     arrays = encode(weights, state, order.run.update_encoding)
     return TrainReply(site=site.name, arrays=arrays, num_examples=update.num_examples,
                       train_loss=update.loss, train_batches=update.batches,
                       batch_size=update.batch_size, server_round=order.server_round,
-                      val=val, withheld=withheld)
+                      val=val, withheld=withheld, dp_epsilon=epsilon)
 
 
-def _test(gate: Gate, model: ModelPlugin, state: StateDict) -> TestReply:
+def _private(gate: Gate, model: ModelPlugin, weights: StateDict, received: StateDict,
+             digest: str) -> tuple[StateDict, float | None]:
+    """The update clipped to dp-clip and noised with N(0, (dp-noise x dp-clip)^2) from the
+    site's secret (common/learning/privacy.py), and the site's epsilon over the updates it
+    released in this run (counted in its ledger: the same request answered again is the
+    same release)."""
+    order, run = gate.order, gate.order.run
+    keys = model.trained_keys(received)
+    weights, norm = clip_update(weights, received, run.dp_clip, keys)
+    context = (short_digest(run.model_dump_json()), order.fold, order.server_round, digest)
+    rng = secret_rng(gate.site.secret, "dp", *context)
+    weights = add_noise(weights, keys, run.dp_noise * run.dp_clip, rng)
+    releases = gate.site.ledger.private_release(context[0], ":".join(map(str, context[1:])))
+    epsilon = privacy_spent(run.dp_noise, releases, run.dp_delta, 1)
+    if not np.isfinite(epsilon):  # clipping alone (dp-noise 0) guarantees nothing
+        log.info("fold %d round %d: update norm %.4g clipped to %.4g; no noise (dp-noise 0)",
+                 order.fold, order.server_round, norm, min(norm, run.dp_clip))
+        return weights, None
+    log.info("fold %d round %d: update norm %.4g clipped to %.4g, noise %.4g added at the "
+             "site; the site's epsilon in this run: %.4g at delta %g", order.fold,
+             order.server_round, norm, min(norm, run.dp_clip), run.dp_noise * run.dp_clip,
+             epsilon, run.dp_delta)
+    return weights, epsilon
+
+
+def _test(gate: Gate, model: ModelPlugin, state: StateDict, digest: str) -> TestReply:
     """Score the test split; per-frame scores stay in the site's own folder, and the
     counts leave where the policy allows."""
     order, site = gate.order, gate.site
@@ -242,8 +283,8 @@ def _test(gate: Gate, model: ModelPlugin, state: StateDict) -> TestReply:
     scores = model.score(site, order, "test", state)
     write_predictions(site.out_dir / f"fold_{order.fold}" / "predictions.csv",
                       prediction_rows(frames, scores.scores, order.fold))
-    withheld = gate.withheld("test")
-    return TestReply(site=site.name, test=None if withheld else _counts(scores),
+    withheld = gate.withheld("test", digest)
+    return TestReply(site=site.name, test=None if withheld else _counts(gate, scores),
                      withheld=withheld)
 
 

@@ -108,7 +108,8 @@ def _logits(arrays: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
 
 def predict(state: Mapping[str, torch.Tensor], x: np.ndarray) -> np.ndarray:
     """P(HCM) per row."""
-    return 1.0 / (1.0 + np.exp(-_logits(from_state(state), x)))
+    with np.errstate(over="ignore"):  # a logit below -709: exp overflows, P is 0
+        return 1.0 / (1.0 + np.exp(-_logits(from_state(state), x)))
 
 
 def loss(state: Mapping[str, torch.Tensor], x: np.ndarray, y: np.ndarray) -> float:
@@ -126,7 +127,8 @@ def local_steps(state: Mapping[str, torch.Tensor], x: np.ndarray, y: np.ndarray,
     coef, intercept = arrays["coef"].copy(), float(arrays["intercept"][0])
     start = loss(state, x, y)
     for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-(z @ coef + intercept)))
+        with np.errstate(over="ignore"):
+            p = 1.0 / (1.0 + np.exp(-(z @ coef + intercept)))
         residual = p - y
         coef -= params.lr * (z.T @ residual / len(y) + params.l2 * coef)
         intercept -= params.lr * float(residual.mean())

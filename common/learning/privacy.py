@@ -1,25 +1,29 @@
-"""Differential privacy for the weights, optional per run (`--dp-clip C --dp-noise Z`):
-client-level DP-FedAvg with fixed clipping at the site and Gaussian noise at the
-coordinator (McMahan et al. 2018), from Flower's own pieces.
+"""Differential privacy for the weights, optional per run (`--dp-clip C --dp-noise Z`), or
+required by a site's policy (`require_dp`): client-level DP with clipping AND noise at the
+site, so that no coordinator, curious or malicious, sees a site's update without its noise.
 
 - At a site (client/site/work.py), `clip_update` bounds the site's model update (trained
-  minus received weights) to L2 norm C with Flower's `compute_clip_model_update`. BatchNorm
-  trains on the received running statistics, frozen (`train_steps(freeze_batchnorm=True)`),
-  so that no buffer carries the site's data out unclipped.
-- At the coordinator (server/strategies.py `PrivateVote`), the weighted mean of the clipped
-  updates gets Gaussian noise of standard deviation `noise_std` = Z * C * w_max, w_max the
-  largest site weight of the round. Flower's `compute_stdv` (Z * C / K) is the equal-weight
-  case; with FedAvg's n_k weights one site moves the mean by at most w_k * C. The noise is
-  drawn from a generator seeded by (run seed, fold, round), so that a resumed run replays
-  it exactly (Flower's `add_gaussian_noise_inplace` draws from NumPy's global generator).
-- `privacy_spent` accounts with Flower's RDP accountant (`flwr[dp]`): every aggregated round
-  is one Gaussian release of noise multiplier Z, with every site taking part (no sampling
-  amplification), composed over all rounds of all folds of the run.
+  minus received weights) to L2 norm C with Flower's `compute_clip_model_update`, over the
+  parameters its model trains (`ModelPlugin.trained_keys`). BatchNorm trains on the
+  received running statistics, frozen (`train_steps(freeze_batchnorm=True)`), so that no
+  buffer carries the site's data out unclipped. Then `add_noise` adds N(0, (Z * C)^2) to
+  every trained parameter, drawn from a generator keyed by the site's secret
+  (client/site/secret.py): the coordinator cannot regenerate it, a repeated request gets
+  the same noise (no averaging it away, and `--resume` replays exactly).
+- So each site's release is by itself a Gaussian mechanism of noise multiplier Z for its
+  whole update: the site's own epsilon (`privacy_spent` with one site), over the updates it
+  released in the run, goes back with every update and into metrics.json, per site.
+- The coordinator (server/strategies.py `PrivateVote`) adds nothing: the weighted mean of
+  the sites' noisy updates carries noise of standard deviation Z * C * sqrt(sum w_k^2)
+  (`mean_noise_std`), at least the Z * C * w_max that the central guarantee over all sites
+  needs (one site moves the mean by at most w_k * C), so the run's epsilon (Flower's RDP
+  accountant, every site in every round, composed over all rounds of all folds) holds too.
+  The price of not trusting the coordinator: with four equal sites the mean's noise is
+  twice what a trusted coordinator would add.
 
 What it covers: the model weights each round and the final model. What it does not: the
-histogram summaries and the binned validation and test counts (the site policy's floors
-and the differencing guard bound those), and the clipped updates the coordinator itself
-sees before it adds the noise (client-side clipping trusts the coordinator to add it).
+histogram summaries and the binned validation and test counts (the site policy's floors,
+its guard and its score bins bound those).
 """
 
 from __future__ import annotations
@@ -41,14 +45,15 @@ def parameter_keys(names) -> list[str]:
 
 
 def clip_update(trained: dict[str, torch.Tensor], received: dict[str, torch.Tensor],
-                clip: float) -> tuple[dict[str, torch.Tensor], float]:
-    """`trained` with its update against `received` clipped to L2 norm `clip` over all
-    trained parameters (Flower's `compute_clip_model_update`); buffers are the received
-    ones. Returns the clipped state and the update's norm before clipping (kept at the
-    site: it is not released)."""
+                clip: float, keys: list[str] | None = None
+                ) -> tuple[dict[str, torch.Tensor], float]:
+    """`trained` with its update against `received` clipped to L2 norm `clip` over the
+    trained parameters `keys` (default: every key but BatchNorm's buffers; Flower's
+    `compute_clip_model_update`); the other entries are the received ones. Returns the
+    clipped state and the update's norm before clipping (kept at the site: not released)."""
     from flwr.supercore.differential_privacy import compute_clip_model_update, get_norm
 
-    keys = parameter_keys(trained)
+    keys = parameter_keys(trained) if keys is None else list(keys)
     new = [trained[k].detach().cpu().double().numpy() for k in keys]
     old = [received[k].detach().cpu().double().numpy() for k in keys]
     norm = get_norm([a - b for a, b in zip(new, old, strict=True)])
@@ -59,20 +64,22 @@ def clip_update(trained: dict[str, torch.Tensor], received: dict[str, torch.Tens
     return out, norm
 
 
-def noise_std(noise: float, clip: float, weights) -> float:
-    """The noise's standard deviation on the weighted mean: Z * C * the largest weight."""
-    return float(noise * clip * max(weights))
-
-
-def add_noise(arrays: dict[str, np.ndarray], std: float, seed: int) -> dict[str, np.ndarray]:
-    """`arrays` with N(0, std²) added to every trained parameter (buffers as they are),
-    from a generator seeded by `seed`, in key order."""
-    rng = np.random.default_rng(seed)
-    out = dict(arrays)
-    for key in sorted(parameter_keys(arrays)):
-        value = arrays[key]
-        out[key] = (value + rng.normal(0.0, std, value.shape)).astype(value.dtype)
+def add_noise(state: dict[str, torch.Tensor], keys: list[str], std: float,
+              rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """`state` with N(0, std^2) added to every entry of `keys` (in sorted key order, from
+    `rng`), the others as they are."""
+    out = dict(state)
+    for key in sorted(keys):
+        value = state[key]
+        noise = rng.normal(0.0, std, tuple(value.shape))
+        out[key] = (value.detach().cpu().double() + torch.from_numpy(noise)).to(value.dtype)
     return out
+
+
+def mean_noise_std(noise: float, clip: float, weights) -> float:
+    """The standard deviation of the noise on the weighted mean of updates that each
+    carry N(0, (noise * clip)^2): noise * clip * sqrt(sum of the squared weights)."""
+    return float(noise * clip * math.sqrt(sum(w * w for w in weights)))
 
 
 def privacy_spent(noise: float, releases: int, delta: float, sites: int) -> float:

@@ -158,6 +158,13 @@ class ModelPlugin:
             raise ValueError(f"update-encoding {run.update_encoding} is for the CNN's "
                              "updates without dp-clip; use update-encoding fp32")
 
+    def trained_keys(self, state: StateDict) -> list[str]:
+        """The entries of its state that training changes: what a private run clips and
+        noises (default: all but BatchNorm's running statistics)."""
+        from fedcmr.common.learning.privacy import parameter_keys
+
+        return parameter_keys(state)
+
     # -- a fold's start ------------------------------------------------------------------
     def site_start(self, site: SiteData, order: Order, floor: int) -> Reply:
         """A site's answer to the start exchange, over its training frames (at least

@@ -65,6 +65,12 @@ class Measures(ModelPlugin):
     summary = "logistic regression on the clinical measures `fedcmr prepare` writes"
     inputs = ("measures",)
     start = Kind.MEASURE_STATS
+    #: A private run clips and noises its coefficients and intercept (its standardisation
+    #: is fixed for the fold).
+    supports_dp = True
+
+    def trained_keys(self, state: StateDict) -> list[str]:
+        return ["coef", "intercept"]
 
     # -- a fold's start ------------------------------------------------------------------
     def site_start(self, site: SiteData, order: Order, floor: int) -> MeasureStatsReply:
