@@ -8,6 +8,8 @@ import pytest
 import torch
 import torchio as tio
 
+from test_site_work import site  # noqa: F401 (the fixture: one small site)
+
 from fedcmr.common.cache_format import FrameEntry
 from fedcmr.common.labels import Structure
 from fedcmr.common.learning.augment import build_augmentation
@@ -109,3 +111,53 @@ def test_no_augmentation_is_identity_and_resize_reaches_the_input_size():
     x0, y0 = ds[0]
     ds.set_epoch(5)
     assert torch.equal(ds[0][0], x0) and x0.shape == (3, 4, 16, 16) and float(y0) == 1.0
+
+
+def test_only_training_frames_are_augmented(site):  # noqa: F811
+    """The federated step's datasets (and the pooled baseline's, which picks by the same
+    `part_augmentation`): under augment="basic" the training frames change from epoch to
+    epoch; the validation and test frames are the unaugmented ones in every epoch."""
+    from fedcmr.common.models.cnn import _dataset
+    from fedcmr.common.protocol import Order
+    from fedcmr.common.run_config import RunConfig
+
+    run = RunConfig(profile="smoke", centres=("Alpha", "Bravo"), augment="basic")
+    order = Order(run=run, fold=0, landmarks=tuple(np.linspace(0, 100, 13)))
+    plain = Order(run=run.model_copy(update={"augment": "none"}), fold=0,
+                  landmarks=order.landmarks)
+    for part in ("train", "val", "test"):
+        ds, reference = _dataset(site, order, part, seed=3), _dataset(site, plain, part, seed=3)
+        assert len(ds) > 0
+        changed = 0
+        for epoch in range(4):
+            ds.set_epoch(epoch)
+            changed += sum(not torch.equal(ds[i][0], reference[i][0]) for i in range(len(ds)))
+        assert (changed > 0) == (part == "train"), part
+
+
+def stack(shape=(6, 40, 40)) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stack of centred discs whose radius grows by 2 voxels per slice (6 to 16): each
+    slice's label area tells which slice it came from."""
+    z, y, x = np.mgrid[0:shape[0], 0:shape[1], 0:shape[2]]
+    r = np.hypot(y - shape[1] / 2 + 0.5, x - shape[2] / 2 + 0.5)
+    labels = (r < 6 + 2 * z).astype(np.uint8) * Structure.MYO
+    image = 100.0 * labels + 10.0
+    return torch.from_numpy(image.astype(np.float32)), torch.from_numpy(labels)
+
+
+@pytest.mark.parametrize("setup", ["basic", "shape"])
+def test_augmentation_moves_voxels_within_their_slice_only(setup):
+    """Rotation about the slice normal, in-plane flips and an in-plane elastic displacement
+    keep every slice's content in its slice: the label area of each slice stays within a
+    third of its own (the neighbouring slices' areas differ by 27% to 80%, the first and
+    last by 7x). A tilt, a through-plane flip or a through-plane displacement moves content
+    between slices."""
+    from fedcmr.common.learning.augment import augment
+
+    image, labels = stack()
+    area = (labels > 0).sum(dim=(1, 2)).double()
+    transform = build_augmentation(setup)
+    for seed in range(24):
+        _, out = augment(transform, image, labels, seed)
+        ratio = (out > 0).sum(dim=(1, 2)).double() / area
+        assert ((ratio > 0.75) & (ratio < 1.33)).all(), (seed, ratio.tolist())

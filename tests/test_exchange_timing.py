@@ -1,5 +1,6 @@
 """Each side's view of a message exchange (support/exchange_timing.py) and how
-benchmarks/round_overhead.py joins them: the parts of an exchange add up to its total."""
+benchmarks/round_overhead.py joins them: each part of an exchange is the span it names, and
+the parts add up to its total."""
 
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ def test_the_parts_of_an_exchange_add_up_to_its_total(tmp_path, monkeypatch, ide
     # this process's start: before now, and after this machine's boot
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     assert started is not None and time.time() - uptime - 1 < started <= time.time()
+    # a ClientApp whose process started 1 s after the push and imported the app 1.5 s later
+    monkeypatch.setattr(exchange_timing, "process_started", lambda: pushed + 1.0)
+    monkeypatch.setattr(exchange_timing, "IMPORTED", pushed + 2.5)
     exchange_timing.record_exchange(sent, pushed + 4.0, pushed + 7.5, 2.0, "worker")
     summary = benchmark().summarise(tmp_path, simulated=False)["train"]
     assert summary["exchanges"] == 1  # the unanswered message is not an exchange
@@ -68,4 +72,10 @@ def test_the_parts_of_an_exchange_add_up_to_its_total(tmp_path, monkeypatch, ide
     assert means["compute"] == 2.0 and means["beyond_compute"] == pytest.approx(7.0, abs=1e-3)
     parts = ("to_site", "clientapp_start", "handover", "compute", "back")
     assert sum(means[p] for p in parts) == pytest.approx(means["total"], abs=5e-3)
+    # each part where it belongs: the network to the site (push -> process start), the
+    # ClientApp's start (process start -> app imported), the handover (imported -> reply
+    # left, less the work), the way back (reply left -> reply at the coordinator)
+    assert means["to_site"] == pytest.approx(1.0, abs=1e-3)
+    assert means["clientapp_start"] == pytest.approx(1.5, abs=1e-3)
+    assert means["handover"] == pytest.approx(7.5 - 2.5 - 2.0, abs=1e-3)
     assert means["back"] == pytest.approx(1.5, abs=1e-3)

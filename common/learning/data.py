@@ -66,6 +66,12 @@ def _resize(image: torch.Tensor, labels: torch.Tensor, size: tuple[int, int, int
     return image[0, 0], labels[0, 0].to(torch.uint8)
 
 
+def part_augmentation(part: str, augment: Augment) -> Augment:
+    """The augmentation a split's frames get: the run's for training, none for validation
+    and test (their scores choose and judge the model)."""
+    return augment if part == "train" else "none"
+
+
 class FrameDataset(Dataset):
     """Network inputs for a list of frames. The deterministic part is computed once; the
     augmentation is drawn per (seed, epoch, index) so that an epoch replays exactly."""

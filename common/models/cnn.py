@@ -34,7 +34,7 @@ from fedcmr.common.bundle import (
 )
 from fedcmr.common.device import placement
 from fedcmr.common.handshake import model_digest
-from fedcmr.common.learning.data import FrameDataset
+from fedcmr.common.learning.data import FrameDataset, part_augmentation
 from fedcmr.common.learning.early_stopping import EarlyStopping
 from fedcmr.common.learning.harmonise import Harmoniser, centre_summaries, harmonisation_record
 from fedcmr.common.learning.split import split_frames
@@ -76,9 +76,8 @@ def _received(state: StateDict):
 
 def _dataset(site: SiteData, order: Order, part: str, seed: int = 0) -> FrameDataset:
     run = order.run
-    augment = run.augment if part == "train" else "none"
     return FrameDataset(site.parts(order)[part], Harmoniser(run.prior, order.landmarks),
-                        run.hyper.input_size, augment, seed)
+                        run.hyper.input_size, part_augmentation(part, run.augment), seed)
 
 
 def round_seed(order: Order, site: SiteData) -> int:
@@ -167,7 +166,7 @@ class CNN(ModelPlugin):
         seed = config.fold_seed(fold)
         generator = seed_run(seed)
         datasets = {name: FrameDataset(part, harmoniser, hyper.input_size,
-                                       config.augment if name == "train" else "none", seed)
+                                       part_augmentation(name, config.augment), seed)
                     for name, part in parts.items()}
         model, init = build_model(config.pretrained, seed)
         model = model.to(where.device, memory_format=where.memory_format)
