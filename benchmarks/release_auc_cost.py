@@ -19,7 +19,6 @@ Prints the figures and writes benchmarks/results/release_auc_cost.json.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import secrets
 import sys
@@ -123,10 +122,11 @@ def perturbation_cost(caches: list[Path], draws: int = 30) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--caches", nargs="*", type=Path,
-                        default=sorted(p.parent for p in ROOT.glob("runs/demo-final/cache/*/measures.csv")))
-    parser.add_argument("--predictions", nargs="*", type=Path, default=sorted(map(
-        Path, glob.glob(str(ROOT / "runs/demo-final/federated/sites/*/fold_*/predictions.csv")))))
+    demo = ROOT / "runs" / "demo-final"
+    parser.add_argument("--caches", nargs="*", type=Path, default=sorted(
+        p.parent for p in demo.glob("cache/*/measures.csv")))
+    parser.add_argument("--predictions", nargs="*", type=Path, default=sorted(
+        demo.glob("federated/sites/*/fold_*/predictions.csv")))
     args = parser.parse_args(argv)
     result = {"score_bins": {"draws": bins_on_draws()}}
     if args.predictions:

@@ -35,7 +35,6 @@ from fedcmr.common.learning.privacy import mean_noise_std
 from fedcmr.common.protocol import METRICS, SITE
 from fedcmr.common.replies import NUM_EXAMPLES
 from fedcmr.common.run_config import RunConfig, UpdateEncoding
-from fedcmr.common.seeds import derive_seed
 from fedcmr.server.settings import strategy_alpha
 from fedcmr.server.strategy_names import VOTE_STRATEGIES
 from fedcmr.server.update_checks import (

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -35,17 +34,14 @@ def flower_processes(root: Path) -> list[str]:
 
 def test_an_unreachable_coordinator_is_one_line_naming_the_address(tmp_path):
     cache = write_site_cache(tmp_path / "cache", "Alpha", 3, 3)
-    started = time.monotonic()
     proc = hospital("Alpha", cache, "127.0.0.1:1", tmp_path / "site", "--max-wait-time", "5")
     try:
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             kill_tree(proc.pid)
-    took = time.monotonic() - started
     lines = [line for line in out.splitlines() if line.strip()]
-    assert proc.returncode == 1, out[-3000:]
-    assert took < 90, took
+    assert proc.returncode == 1, out[-3000:]  # it gave up (communicate's 120 s: no hang)
     assert "cannot reach the coordinator at 127.0.0.1:1 for " in lines[-1], out[-3000:]
     assert "is `fedcmr server` running" in lines[-1] and "Fix:" in lines[-1]
     # Flower's own retry warnings are summarised, each summary with the address

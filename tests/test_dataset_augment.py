@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import torchio as tio
-
 from test_site_work import site  # noqa: F401 (the fixture: one small site)
 
 from fedcmr.common.cache_format import FrameEntry

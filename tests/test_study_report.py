@@ -108,7 +108,6 @@ def test_tables_in_the_papers_layout_equal_a_recomputation(study):
         f"total, {PAPER}"] == "0.856 ± 0.011"
     # set-ups the study lacks are named under the table
     assert "Not in this study (no cells): CDS / basic, FL / basic" in study["md"]
-    assert study["seconds"] < 60, f"report took {study['seconds']:.0f} s"
 
 
 def test_subject_counts_ed_only_and_unfinished_cells(study):

@@ -7,10 +7,11 @@ model give, by matching bins, the scores of the subjects in both; and so on for 
 of sets. So a new training set (whose aggregates are sums: histogram summaries, model
 updates) must equal every earlier one or differ from it by at least `min_difference`
 subjects, and every region of the Venn diagram of the score sets released (every
-intersection and difference of any number of them: per-subject scores show in binned counts
-under one model) must hold no subject or at least `min_difference`; there are at most `max_released_sets` different sets per kind, and one
-set's scores leave under at most `max_models_per_set` distinct models (by the digest of the
-arrays received); otherwise the release is refused. Kinds: "train" (histogram summaries, model updates and n_k: the
+intersection and difference of any number of them: per-subject scores show in binned
+counts under one model) must hold no subject or at least `min_difference`. There are at
+most `max_released_sets` different sets per kind, and one set's scores leave under at most
+`max_models_per_set` distinct models (by the digest of the arrays received); otherwise the
+release is refused. Kinds: "train" (histogram summaries, model updates and n_k: the
 training split) and "scores" (validation and test counts under a model the coordinator
 chooses). The file holds subject ids: it stays in the site's private folder.
 

@@ -29,9 +29,9 @@ from fedcmr.client.site.ledger import ReleaseLedger
 from fedcmr.client.site.policy import PolicyRefusal, SitePolicy
 from fedcmr.client.site.secret import load_secret, secret_rng
 from fedcmr.common.cache_format import CacheError, read_manifest
+from fedcmr.common.digests import short_digest, state_digest
 from fedcmr.common.handshake import site_fingerprint
 from fedcmr.common.learning.data import CachedFrame, load_cache
-from fedcmr.common.digests import short_digest, state_digest
 from fedcmr.common.learning.privacy import add_noise, clip_update, privacy_spent
 from fedcmr.common.learning.split import split_frames
 from fedcmr.common.learning.training import Scores
