@@ -10,8 +10,7 @@ import numpy as np
 #: site, so that counts add up across sites.
 #:
 #: Why logits: a trained classifier's scores pile up near 0 and 1, where uniform bins on
-#: P(HCM) put whole classes into one bin (off by up to 0.04 from scikit-learn with logits of
-#: SD 10 over 360 frames); in logit space the same scores are spread out.
+#: P(HCM) put whole classes into one bin; in logit space the same scores are spread out.
 #:
 #: Why 40: the largest finite logit of a float64 probability below 1 is 36.7 (1 - 2**-53),
 #: so the upper open bin holds exactly the scores equal to 1.0, which scikit-learn ties
@@ -23,10 +22,11 @@ import numpy as np
 #: product of the two classes' logit densities <= 1/2 x width x the smaller class's peak
 #: density. At 0.002 that bound is under 1e-4 for logits of SD 10 and about 5e-4 for class
 #: SDs of 0.8 (a peak density of 0.5 per logit unit); the actual error is smaller still,
-#: since pairs in a bin fall either way (100 draws of 360 frames, tests/test_metrics.py's
-#: distributions: at most 5e-5 at SD 10, 2e-4 at SD 1; an untrained model's logits of SD
-#: 0.05 reach 1e-3, and the bound says so). 40,002 counts per class and split are small
-#: beside a reply's 130 MB of weights.
+#: since pairs in a bin fall either way (benchmarks/results/release_auc_cost.json: 200
+#: draws of 360 frames from tests/test_metrics.py's distributions, at most 5e-5 at SD 10
+#: and 2.2e-4 at SD 1; logits bunched closer, as an untrained model's are, err more, and
+#: the bound says so). 40,002 counts per class and split are small beside a reply's 133 MB
+#: of weights (benchmarks/results/update_encoding.json).
 LOGIT_LIMIT = 40.0
 LOGIT_WIDTH = 0.002
 #: Number of finite bins; the counts have two more (the open-ended ones).
