@@ -5,6 +5,7 @@ reference docs/cli.md is generated from the parser and checked to be current."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cache_factory import write_cohort, write_site_cache
+from sklearn.metrics import roc_auc_score
 
 from fedcmr.cli import main
 from fedcmr.support.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
@@ -92,6 +94,18 @@ def test_demo_runs_the_readmes_main_job_end_to_end(tmp_path):
     assert "Vall d'Hebron" in done.stdout  # the AUC table
     for cache in ("vall-d-hebron", "sagrada-familia", "santpau", "acdc"):
         assert (out / "cache" / cache / "manifest.csv").exists()
+    # the options reached the run: one round (--epochs 1) of the smoke profile
+    config = json.loads((out / "federated" / "config.json").read_text())
+    assert config["settings"]["run"]["profile"] == "smoke"
+    assert config["settings"]["run"]["epochs"] == 1
+    with (out / "federated" / "rounds.csv").open() as handle:
+        rounds = {int(r["round"]) for r in csv.DictReader(handle)}
+    assert rounds == {1}
+    # the reported AUC is that of the predictions the sites kept (to the score bins' error)
+    with (out / "federated" / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    exact = roc_auc_score([int(r["label"]) for r in rows], [float(r["score"]) for r in rows])
+    assert metrics["auc"]["total"] == pytest.approx(exact, abs=0.07)
 
 
 def test_the_command_reference_is_current():
