@@ -133,3 +133,126 @@ def test_the_reply_carries_its_round():
     assert TrainReply.from_content(content).server_round == 3
     assert "server-round" in TrainReply.allowed()["metrics"]
     assert isinstance(content, RecordDict)
+
+
+def test_the_norm_limit_is_the_median_plus_five_floored_deviations():
+    """An oracle written out: limit = median + NORM_MADS x max(MAD, NORM_FLOOR x median).
+    Norms 1, 1, 1 and x: the MAD is 0, so the floor (0.5) sets the spread and the limit is
+    1 + 5 x 0.5 = 3.5; with norms 1, 2, 3, 4, 5, 6 and x the MAD (1.5 about the median 3.5
+    or 4) sets it. Exactly NORM_MIN_UPDATES updates are already checked."""
+    from fedcmr.server.update_checks import NORM_MIN_UPDATES, norm_outliers
+
+    def limit(norms):
+        values = np.array(norms)
+        median = np.median(values)
+        return median + 5.0 * max(np.median(np.abs(values - median)), 0.5 * median)
+
+    assert NORM_MIN_UPDATES == 3
+    for base in ([1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]):
+        edge = limit(base + [0.0])  # a candidate well inside does not move the median much
+        for x in (edge * 0.97, edge * 1.03):
+            norms = dict(enumerate(base + [x]))
+            flagged = norm_outliers(norms)
+            assert (len(norms) - 1 in flagged) == (x > limit(base + [x])), (base, x)
+    assert norm_outliers({1: 1.0, 2: 1e6}) == {}  # fewer than three: no basis to judge
+
+
+def test_a_rejected_update_does_not_stop_the_others_being_checked():
+    """The first reply is rejected; the ones after it are still screened and passed."""
+    bad = reply(11, w=np.full((3, 4), np.nan, np.float32))
+    passed, rejected = check([bad, reply(22), reply(33), reply(44)])
+    assert passed == [22, 33, 44] and list(rejected) == ["Alpha"]
+
+
+def test_an_fp16_delta_reply_is_decoded_for_aggregation_where_screening_did_not():
+    """decoded_message decodes a reply that still carries fp16 deltas (one the update
+    checks did not decode) against the global model: the strategy then averages weights."""
+    import torch
+
+    from fedcmr.common.update_codec import encode
+    from fedcmr.server.update_checks import as_numpy, decoded_message
+
+    new = arrays(11)
+    record = encode({k: torch.from_numpy(v) for k, v in new.items()},
+                    {k: torch.from_numpy(v) for k, v in GLOBAL.items()}, "fp16-delta")
+    message = reply(11)
+    message.content["arrays"] = record
+    got = as_numpy(decoded_message(message, GLOBAL, "fp16-delta").content["arrays"])
+    assert set(got) == set(new)
+    for key, value in new.items():
+        assert got[key].dtype == value.dtype
+        assert np.allclose(got[key], value, atol=1e-3), key
+
+
+def test_the_update_norm_is_the_euclidean_norm_of_the_float_change():
+    from fedcmr.server.update_checks import update_norm
+
+    new = arrays(11)
+    expected = np.sqrt(sum(np.sum((new[k].astype(np.float64) - GLOBAL[k]) ** 2)
+                           for k in ("w", "b")))  # the integer buffer is a count
+    assert update_norm(new, GLOBAL) == pytest.approx(expected, rel=1e-12)
+    assert update_norm(GLOBAL, GLOBAL) == 0.0
+
+
+def test_missing_and_extra_tensors_are_named_apart_three_at_most():
+    from fedcmr.server.update_checks import reply_problem
+
+    reference = {f"t{i}": np.zeros(2, np.float32) for i in range(5)}
+    sent = {"t0": np.zeros(2, np.float32), **{f"x{i}": np.zeros(2, np.float32)
+                                              for i in range(4)}}
+    parsed = TrainReply.from_message(reply(11))
+    said = reply_problem(parsed, sent, reference, None, 1)
+    assert said == ("tensors missing ['t1', 't2', 't3'], extra ['x0', 'x1', 'x2']")
+    _, rejected = check([reply(11), reply(22), reply(33, extra=np.zeros(2, np.float32))])
+    assert rejected == {"Charlie": "tensors missing [], extra ['extra']"}
+
+
+def test_errors_and_undecodable_replies_do_not_stop_the_screening():
+    """An error reply first, then a reply in the wrong encoding: both are dealt with (the
+    error passed through, the other rejected with the codec's reason) and the replies after
+    them are still screened."""
+    error = Message(Error(code=1, reason="lost"), reply_to=reply(44))
+    error.metadata.__dict__["_src_node_id"] = 44
+    passed, rejected = check([error, reply(11), reply(22), reply(33)])
+    assert passed == [11, 22, 33] and rejected == {}
+    import torch
+
+    from fedcmr.common.update_codec import encode
+
+    good = []
+    for node in (22, 33, 44):
+        message = reply(node)
+        message.content["arrays"] = encode(
+            {k: torch.from_numpy(v) for k, v in arrays(node).items()},
+            {k: torch.from_numpy(v) for k, v in GLOBAL.items()}, "fp16-delta")
+        good.append(message)
+    kept, rejected = screen([reply(11), *good], ArrayRecord(
+        {k: Array(v) for k, v in GLOBAL.items()}), DECLARED, NAMES, server_round=1,
+        encoding="fp16-delta")
+    assert sorted(m.metadata.src_node_id for m in kept) == [22, 33, 44]
+    assert list(rejected) and rejected[0].site == "Alpha"
+    assert "encoded fp32; this run asked for fp16-delta" in rejected[0].reason
+
+
+def test_a_tensor_sent_whole_in_fp16_delta_is_logged_by_name(caplog):
+    """A change beyond float16's range travels whole in fp32; the coordinator says which."""
+    import logging
+
+    import torch
+
+    from fedcmr.common.update_codec import encode
+
+    messages = []
+    for node, change in ((11, None), (22, None), (33, np.full((3, 4), 1e6, np.float32))):
+        message = reply(node)
+        new = arrays(node) if change is None else arrays(node, w=change)
+        message.content["arrays"] = encode({k: torch.from_numpy(v) for k, v in new.items()},
+                                           {k: torch.from_numpy(v) for k, v in GLOBAL.items()},
+                                           "fp16-delta")
+        messages.append(message)
+    with caplog.at_level(logging.WARNING, logger="fedcmr"):
+        screen(messages, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}), DECLARED,
+               NAMES, server_round=1, encoding="fp16-delta")
+    whole = [r.getMessage() for r in caplog.records if "whole in fp32" in r.getMessage()]
+    assert len(whole) == 1 and "site Charlie sent 1 tensor(s) whole" in whole[0], whole
+    assert whole[0].endswith(": w")
