@@ -44,7 +44,8 @@ MODULES = {
                              "test_a_site_restarted_with_another_out_still_remembers_what_it_"
                              "released tests/test_attacks.py::"
                              "test_a_missing_or_changed_ledger_stops_the_site_until_reset",
-    "client/site/release.py": "tests/test_release_attacks.py tests/test_site_work.py",
+    "client/site/release.py": "tests/test_release.py tests/test_release_attacks.py "
+                              "tests/test_site_work.py",
     "common/metrics.py": "tests/test_metrics.py",
     "common/nyul.py": "tests/test_nyul.py",
     "common/learning/split.py": "tests/test_splits.py tests/test_site_policy.py",

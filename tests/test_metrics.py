@@ -12,7 +12,15 @@ from torch import nn
 
 from fedcmr.common.device import placement
 from fedcmr.common.learning.training import score
-from fedcmr.common.metrics import AUC_BINS, auc, auc_error_bound, auc_from_counts, binned_counts
+from fedcmr.common.metrics import (
+    AUC_BINS,
+    LOGIT_LIMIT,
+    auc,
+    auc_error_bound,
+    auc_from_counts,
+    binned_counts,
+    logit_edges,
+)
 from fedcmr.common.results import metrics_from_predictions
 
 
@@ -136,3 +144,20 @@ def test_metrics_per_centre_and_total():
     m = metrics_from_predictions(rows)
     assert m["auc"]["total"] == 1.0 and set(m["auc"]) == {"total", "A", "B"}
     assert m["n"]["A"] == {"frames": 4, "HCM": 2, "NOR": 2}
+
+
+def test_any_bin_count_gives_edges_one_more_than_the_bins():
+    for bins in (1, 2, 3, 7, AUC_BINS):
+        edges = logit_edges(bins)
+        assert len(edges) == bins + 1 and edges[0] == -LOGIT_LIMIT and edges[-1] == LOGIT_LIMIT
+    with pytest.raises(ValueError, match="at least 1"):
+        logit_edges(0)
+
+
+def test_one_positive_or_one_negative_still_has_an_auc():
+    neg, pos = binned_counts(np.array([0, 0, 1]), np.array([0.2, 0.7, 0.5]))
+    assert auc_from_counts(neg, pos) == pytest.approx(0.5)
+    neg, pos = binned_counts(np.array([1, 1, 0]), np.array([0.2, 0.7, 0.5]))
+    assert auc_from_counts(neg, pos) == pytest.approx(0.5)
+    neg, pos = binned_counts(np.array([1, 1]), np.array([0.2, 0.7]))
+    assert auc_from_counts(neg, pos) is None

@@ -230,3 +230,15 @@ def test_combine_rejects_empty_and_mismatched_input(items: list[Item]) -> None:
         combine_histograms([_summary(items[:2], True), other])
     with pytest.raises(ValueError, match="p1 equals p99"):
         image_landmarks(np.ones(SHAPE), None)
+
+
+def test_histograms_combine_from_one_site_and_refuse_other_edges_in_either_order(
+        items: list[Item]) -> None:
+    one = _summary(items[:2], True)
+    np.testing.assert_allclose(combine_histograms([one]),
+                               np.asarray(one.histogram) / one.n_images, **EXACT)
+    other = site_summary([items[0].image], [None], ["x"], min_subjects=1,
+                         bin_edges=[0, 50, 100])
+    for pair in ([one, other], [other, one]):
+        with pytest.raises(ValueError, match="bin edges"):
+            combine_histograms(pair)
