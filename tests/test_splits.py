@@ -85,3 +85,36 @@ def test_both_frames_of_a_subject_share_a_split_and_seeds_matter():
     assert other != keyed(parts)
     again = keyed(split_frames(list(reversed(frames)), config, 0))
     assert again == keyed(parts)  # order of input does not matter
+
+
+def labels_of(centre: str) -> dict[str, int]:
+    nor, hcm = COUNTS[centre]
+    return {f"{centre}{i:03d}": int(i >= nor) for i in range(nor + hcm)}
+
+
+def test_a_ccv_folds_validation_subjects_are_the_next_folds_test_subjects():
+    """Fold f validates on the head of block f+1, so no two folds' validation sets overlap,
+    and under LCO a training centre validates on exactly CCV fold 4's set."""
+    for centre in COUNTS:
+        labels = labels_of(centre)
+        ccv = RunConfig(protocol="ccv", centres=tuple(COUNTS))
+        splits = [centre_split(labels, centre, ccv, f) for f in range(5)]
+        val = [{s for s, p in split.items() if p == "val"} for split in splits]
+        test = [{s for s, p in split.items() if p == "test"} for split in splits]
+        for f in range(5):
+            assert val[f] and val[f] <= test[(f + 1) % 5], (centre, f)
+            assert all(not (val[f] & val[g]) for g in range(f))
+        lco = RunConfig(protocol="lco", centres=tuple(COUNTS))
+        other = next(f for f in lco.fold_list() if lco.test_centre(f) != centre)
+        held = {s for s, p in centre_split(labels, centre, lco, other).items() if p == "val"}
+        assert held == val[4], centre
+
+
+def test_a_label_with_fewer_than_three_subjects_left_gets_no_validation_subject():
+    labels = {"a": 0, "b": 0, "c": 0, "d": 1, "e": 1, "f": 1, "g": 1}
+    run = RunConfig(protocol="ccv", centres=("X",), n_folds_ccv=2)
+    for fold in (0, 1):
+        split = centre_split(labels, "X", run, fold)
+        nor_left = [s for s in "abc" if split[s] != "test"]
+        assert len(nor_left) < 3 and all(split[s] == "train" for s in nor_left)
+
