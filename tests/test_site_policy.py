@@ -6,6 +6,7 @@ protocols, which pass the default policy by design."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from fedcmr.common.run_config import RunConfig
 from fedcmr.support.flower_env import tool
 
 #: Table 1 of the paper: NOR, HCM per centre.
+REPO = Path(__file__).resolve().parent.parent
 TABLE_1 = {"Vall d'Hebron": (21, 25), "Sagrada Familia": (33, 37), "SantPau": (14, 10),
            "ACDC": (20, 20)}
 #: No limits at all: what the site released before this issue.
@@ -212,3 +214,102 @@ def test_client_security_settings_fail_closed(tmp_path, flags, said):
                              "--superlink", "127.0.0.1:9", "--out", str(tmp_path / "out"),
                              *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and said in result.stderr, result.stderr
+
+
+def test_a_superset_one_subject_larger_is_not_taken_for_the_set_released(tmp_path):
+    """A set that contains a released one and one subject more is a new set: refused; a
+    score set one subject smaller leaves a region of one subject: withheld."""
+    ledger = ReleaseLedger(tmp_path / "ledger.json", SitePolicy())
+    first = [f"s{i}" for i in range(20)]
+    ledger.release("train", first, "fold 0")
+    ledger.release("train", list(reversed(first)), "again")  # equal: no new release
+    with pytest.raises(PolicyRefusal, match="min_difference"):
+        ledger.release("train", [*first, "s20"], "one more")
+    ledger.release("scores", first, "counts")
+    with pytest.raises(PolicyRefusal, match="min_difference"):
+        ledger.release("scores", first[:-1], "one fewer")
+
+
+@pytest.mark.parametrize("budget", [3, 300])  # above 256 too: Python's small-int cache
+def test_the_set_and_model_budgets_stop_exactly_at_the_policy(tmp_path, budget):
+    policy = SitePolicy(min_difference=1, max_released_sets=budget,
+                        max_models_per_set=budget)
+    ledger = ReleaseLedger(tmp_path / "ledger.json", policy)
+    for i in range(budget):
+        ledger.release("train", [f"s{i}"], f"set {i}")
+        ledger.release("scores", ["a", "b"], "counts", model=f"m{i}")
+    with pytest.raises(PolicyRefusal, match="max_released_sets"):
+        ledger.release("train", ["new"], "one set more")
+    with pytest.raises(PolicyRefusal, match="max_models_per_set"):
+        ledger.release("scores", ["a", "b"], "counts", model="one model more")
+    ledger.release("scores", ["a", "b"], "counts", model="m0")  # one it was scored under
+
+
+def test_the_model_budget_covers_the_papers_grid():
+    """3 strategies x 5 seeds x at most 100 rounds x 3 LCO folds on one validation set."""
+    assert SitePolicy().max_models_per_set >= 3 * 5 * 100 * 3
+
+
+def test_the_state_folder_is_per_site_under_the_sites_own_variables(monkeypatch, tmp_path):
+    from fedcmr.client.site.policy import STATE_ENV, state_default
+
+    monkeypatch.setenv(STATE_ENV, str(tmp_path / "state"))
+    assert state_default("Vall d'Hebron") == tmp_path / "state" / "vall-d-hebron"
+    assert state_default("!!!") == tmp_path / "state" / "site"
+    monkeypatch.delenv(STATE_ENV)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert state_default("ACDC") == tmp_path / "xdg" / "fedcmr" / "acdc"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert state_default("ACDC") == tmp_path / "home" / ".local" / "state" / "fedcmr" / "acdc"
+
+
+def test_score_bins_are_whole_multiples_of_the_grid():
+    assert SitePolicy(score_bin_width=0.1).score_bin_width == 0.1
+    assert SitePolicy(score_bin_width=0.004).score_bin_width == 0.004
+    for bad in (0.003, 0.0025, 0.1001):
+        with pytest.raises(ValueError, match="multiple of the score grid"):
+            SitePolicy(score_bin_width=bad)
+
+
+def test_a_site_requiring_dp_takes_its_own_limits_and_refuses_past_them():
+    policy = SitePolicy(require_dp=True, dp_max_clip=1.0, dp_min_noise=1.0)
+    for ok in ({"dp_clip": 1.0, "dp_noise": 1.0}, {"dp_clip": 0.2, "dp_noise": 3.0}):
+        policy.admit(RunConfig(**ok))
+    for weak, said in (({"dp_clip": 0.0}, "the run has none"),
+                       ({"dp_clip": 1.01, "dp_noise": 1.0}, "weaker"),
+                       ({"dp_clip": 1.0, "dp_noise": 0.99}, "weaker")):
+        with pytest.raises(PolicyRefusal, match=said):
+            policy.admit(RunConfig(**weak))
+    SitePolicy().admit(RunConfig(dp_clip=0.0))  # not required: a run without DP is fine
+    lines = " ".join(policy.lines())
+    assert "differential privacy required (clip <= 1, noise >= 1)" in lines
+    assert "as the run asks" in " ".join(SitePolicy().lines())
+    assert "and 2 approved" in " ".join(SitePolicy(approved_bundles=("a", "b")).lines())
+    assert "approved" not in " ".join(SitePolicy().lines()).split("app bundles")[1]
+
+
+def test_the_policy_table_in_the_docs_gives_the_models_defaults():
+    """docs/security.md's table of policy fields states each default as the code has it."""
+    import re
+
+    table = {}
+    for line in (REPO / "docs" / "security.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            names = re.findall(r"`(\w+)`", cells[0])
+            values = [v.strip() for v in cells[1].split(",")] if len(names) > 1 else [cells[1]]
+            table.update(zip(names, values, strict=True))
+    policy = SitePolicy()
+    for name in SitePolicy.model_fields:
+        if name == "ledger":
+            continue
+        value, said = getattr(policy, name), table[name]
+        if isinstance(value, bool):
+            assert said == ("on" if value else "off"), name
+        elif value is None:
+            assert said == "any installed", name
+        elif isinstance(value, tuple):
+            assert said == (", ".join(map(str, value)) or "none"), name
+        else:
+            assert float(said) == value, name
