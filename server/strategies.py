@@ -237,8 +237,7 @@ STRATEGIES: dict[str, type[FoldTraining]] = {
 
 
 def make_strategy(name: str, vote_alpha: float | None = None, run: RunConfig | None = None,
-                  fold: int = 0, weights: dict[int, dict[int, float]] | None = None
-                  ) -> FoldTraining:
+                  weights: dict[int, dict[int, float]] | None = None) -> FoldTraining:
     """The strategy `name`; PrivateVote when the run asks for differential privacy.
     `weights`: the site weights of the rounds a resumed fold already aggregated."""
     alpha = strategy_alpha(name, vote_alpha)

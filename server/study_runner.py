@@ -193,7 +193,7 @@ class StudyRunner:
         outcome so far."""
         state = self._start_fold(fold)
         strategy = make_strategy(self.settings.strategy, self.settings.vote_alpha, self.run,
-                                 fold, weights=state.strategy_weights)
+                                 weights=state.strategy_weights)
         stopper = EarlyStopping.restore(self.run.hyper.patience, state.stopper)
         arrays = ArrayRecord(state.arrays)
         best_arrays, best_round = ArrayRecord(state.best_arrays), state.best_round

@@ -90,7 +90,7 @@ def test_epsilon_from_flowers_accountant_behaves_and_beats_the_plain_rdp_bound()
 
 def test_private_vote_adds_no_noise_and_records_what_the_sites_noise_makes():
     run = RunConfig(dp_clip=0.5, dp_noise=2.0)
-    strategy = make_strategy("fedavg", run=run, fold=0)
+    strategy = make_strategy("fedavg", run=run)
     assert isinstance(strategy, PrivateVote)
     arrays, _ = strategy.aggregate_train(3, replies())
     mean = expected(SIZES)
@@ -99,7 +99,7 @@ def test_private_vote_adds_no_noise_and_records_what_the_sites_noise_makes():
     assert strategy.noise_stds[3] == pytest.approx(
         2.0 * 0.5 * math.sqrt(sum((n / total) ** 2 for n in SIZES.values())))
     with pytest.raises(ValueError, match="weighted strategies"):
-        make_strategy("median", run=RunConfig(dp_clip=0.5), fold=0)
+        make_strategy("median", run=RunConfig(dp_clip=0.5))
 
 
 def test_a_site_training_under_dp_clips_noises_and_replays_its_update(site):  # noqa: F811

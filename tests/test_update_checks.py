@@ -123,9 +123,13 @@ def test_krum_picks_the_central_update_and_is_refused_with_too_few_sites():
     np.testing.assert_array_equal(ours["w"].numpy(), expected["w"].numpy())
     assert not np.allclose(ours["w"].numpy(), 3.0)
     strategy = make_strategy("krum")
-    strategy.train_on([11, 22, 33, 44])
+    strategy.train_on([11, 22, 33, 44])  # 2 f + 3 = 5 needed for f = 1 bad site
     with pytest.raises(ValueError, match="needs at least 5 training sites.*median"):
         strategy.configure_train(1, ArrayRecord(), ConfigRecord(), None)
+    for enough in (5, 6, 9):
+        strategy.check_sites(enough)  # no error
+    with pytest.raises(ValueError, match="needs at least 5"):
+        strategy.check_sites(4)
 
 
 def test_the_reply_carries_its_round():
