@@ -160,3 +160,22 @@ def test_augmentation_moves_voxels_within_their_slice_only(setup):
         _, out = augment(transform, image, labels, seed)
         ratio = (out > 0).sum(dim=(1, 2)).double() / area
         assert ((ratio > 0.75) & (ratio < 1.33)).all(), (seed, ratio.tolist())
+
+
+def test_the_set_ups_have_the_documented_settings():
+    """docs/learning.md states each transform's settings; the built transforms have them."""
+    found = {type(t).__name__: t for t in build_augmentation("shape-intensity").transforms}
+    affine = found["RandomAffine"]
+    assert affine.degrees == (-15.0, 15.0, 0.0, 0.0, 0.0, 0.0)
+    assert affine.scales == (1.0,) * 6 and affine.translation == (0.0,) * 6
+    flips = [t.axes for t in build_augmentation("basic").transforms
+             if isinstance(t, tio.RandomFlip)]
+    assert flips == [(1,), (2,)]
+    elastic = found["RandomElasticDeformation"]
+    assert elastic.num_control_points == (5, 7, 7) and elastic.max_displacement == (0, 4, 4)
+    assert elastic.num_locked_borders == 2
+    assert found["RandomSpike"].intensity_range == (0.1, 0.3)
+    assert found["RandomSpike"].num_spikes_range == (0, 1)
+    assert found["RandomBiasField"].coefficients_range == (-0.3, 0.3)
+    assert found["RandomNoise"].std_range == (0, 0.25)
+    assert found["RandomGamma"].log_gamma_range == (-0.3, 0.3)

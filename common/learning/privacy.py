@@ -35,8 +35,6 @@ import torch
 
 #: BatchNorm's buffers: statistics of the data, not trained parameters (never noised).
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-#: δ of the (ε, δ) guarantee reported when the run does not set one.
-DEFAULT_DELTA = 1e-5
 
 
 def parameter_keys(names) -> list[str]:
