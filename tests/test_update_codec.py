@@ -251,3 +251,40 @@ def test_a_site_trains_and_sends_deltas_the_gate_passes_and_the_server_decodes(s
     assert changed > 0
     ratio = update_bytes(delta.arrays) / update_bytes(full.arrays)
     assert 0.49 < ratio < 0.51
+
+
+def test_every_tensor_name_comes_back_and_the_encoding_entry_never_does():
+    """Names that sort after the encoding entry's, and keys that are new string objects
+    (as after the wire), decode to exactly the state's tensors."""
+    reference = {"a.weight": np.zeros(3, np.float32), "weight": np.zeros(4, np.float32),
+                 "zz.bias": np.zeros(2, np.float32)}
+    state = {k: v + 0.25 for k, v in reference.items()}
+    for encoding in ("fp32", "fp16-delta"):
+        record = encode(state, reference, encoding)
+        wired = ArrayRecord({"".join(list(k)): v for k, v in record.items()})
+        back = decode(wired, reference, encoding)
+        assert set(back) == set(state), encoding
+        for key, value in state.items():
+            np.testing.assert_allclose(back[key], value, atol=1e-3)
+
+
+def test_a_float16_tensor_in_an_fp32_reply_is_not_taken_for_a_delta():
+    """An fp32 run: a float16 tensor stays float16 (and the update checks reject its
+    dtype), never added to the global weights as a delta."""
+    reference = global_model()
+    state = trained(reference, 3)
+    record = ArrayRecord({k: Array(v.astype(np.float16) if k == "conv.weight" else v)
+                          for k, v in state.items()})
+    back = decode(record, reference, "fp32")
+    assert back["conv.weight"].dtype == np.float16
+    np.testing.assert_allclose(back["conv.weight"], state["conv.weight"], atol=1e-2)
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 2, 3)])
+def test_a_delta_of_another_shape_is_refused_naming_both(shape):
+    reference = {"w": np.zeros((2, 3), np.float32)}
+    record = ArrayRecord({"w": Array(np.zeros(shape, np.float16)),
+                          ENCODING_KEY: Array(np.array("fp16-delta"))})
+    with pytest.raises(EncodingError, match=r"tensor w is a float16\[.*delta; the model's "
+                                            r"tensor is float32\[2, 3\]"):
+        decode(record, reference, "fp16-delta")
