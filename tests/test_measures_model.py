@@ -187,3 +187,39 @@ def test_federated_and_centralised_measures_models_on_the_same_splits(caches, tm
     for framework in ("fl", "cds"):
         golden.check(f"predict_{framework}_measures", tmp_path / f"predict-{framework}" /
                      "predictions.csv")
+
+
+def test_scores_are_the_sigmoid_of_the_logits_and_the_loss_is_the_log_loss():
+    """Against scikit-learn and SciPy: each frame's P(HCM) is expit of its subject's
+    standardised measures times the coefficients plus the intercept, and the validation
+    loss is the frames' mean binary cross-entropy."""
+    from scipy.special import expit
+    from sklearn.metrics import log_loss
+
+    from fedcmr.common.cache_format import FrameEntry
+    from fedcmr.common.learning.data import CachedFrame
+    from fedcmr.common.measures import SubjectMeasures
+
+    rng = np.random.default_rng(4)
+    table, frames = {}, []
+    empty = np.zeros((1, 1, 1), np.float32)
+    for i in range(12):
+        values = dict(zip(FEATURES, rng.normal(100, 20, len(FEATURES)), strict=True))
+        table[f"s{i}"] = SubjectMeasures(subject=f"s{i}", centre="A", label=i % 2, **values)
+        for phase in ("ED", "ES"):
+            frames.append(CachedFrame(FrameEntry(subject=f"s{i}", centre="A", vendor="v",
+                                                 label=i % 2, phase=phase, file="x",
+                                                 key="k"), empty, empty.astype(np.uint8)))
+    mean, std = rng.normal(100, 5, len(FEATURES)), rng.uniform(10, 30, len(FEATURES))
+    coef, intercept = rng.normal(0, 0.5, len(FEATURES)), 0.3
+    state = mm.to_state(mean, std, coef, [intercept])
+    labels, scores, loss = mm.frame_scores(frames, table, state)
+    x = np.array([table[f.subject].features() for f in frames])
+    expected = expit((x - mean) / std @ coef + intercept)
+    np.testing.assert_allclose(scores, expected, rtol=1e-12)
+    assert labels.tolist() == [f.entry.label for f in frames]
+    assert loss == pytest.approx(log_loss(labels, scores), rel=1e-9)
+    y = np.array([table[f"s{i}"].label for i in range(12)], float)
+    subjects = np.array([table[f"s{i}"].features() for i in range(12)])
+    assert mm.loss(state, subjects, y) == pytest.approx(
+        log_loss(y, expit((subjects - mean) / std @ coef + intercept)), rel=1e-9)
