@@ -152,7 +152,7 @@ def test_the_norm_limit_is_the_median_plus_five_floored_deviations():
         return median + 5.0 * max(np.median(np.abs(values - median)), 0.5 * median)
 
     assert NORM_MIN_UPDATES == 3
-    for base in ([1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]):
+    for base in ([1.0, 1.0], [1.0, 1.0, 1.0], [3.0, 3.0, 3.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]):
         edge = limit(base + [0.0])  # a candidate well inside does not move the median much
         for x in (edge * 0.97, edge * 1.03):
             norms = dict(enumerate(base + [x]))
@@ -191,11 +191,11 @@ def test_an_fp16_delta_reply_is_decoded_for_aggregation_where_screening_did_not(
 def test_the_update_norm_is_the_euclidean_norm_of_the_float_change():
     from fedcmr.server.update_checks import update_norm
 
-    new = arrays(11)
-    expected = np.sqrt(sum(np.sum((new[k].astype(np.float64) - GLOBAL[k]) ** 2)
+    new, before = arrays(11), arrays(99)  # a received model that is not zero
+    expected = np.sqrt(sum(np.sum((new[k].astype(np.float64) - before[k]) ** 2)
                            for k in ("w", "b")))  # the integer buffer is a count
-    assert update_norm(new, GLOBAL) == pytest.approx(expected, rel=1e-12)
-    assert update_norm(GLOBAL, GLOBAL) == 0.0
+    assert update_norm(new, before) == pytest.approx(expected, rel=1e-12)
+    assert update_norm(before, before) == 0.0
 
 
 def test_missing_and_extra_tensors_are_named_apart_three_at_most():
@@ -260,3 +260,33 @@ def test_a_tensor_sent_whole_in_fp16_delta_is_logged_by_name(caplog):
     whole = [r.getMessage() for r in caplog.records if "whole in fp32" in r.getMessage()]
     assert len(whole) == 1 and "site Charlie sent 1 tensor(s) whole" in whole[0], whole
     assert whole[0].endswith(": w")
+
+
+def test_a_reply_the_screening_decoded_is_aggregated_as_it_is():
+    """In an fp16-delta run, screen() hands the strategy decoded fp32 records; decoding
+    them again (they name no encoding) would be refused, so they pass as they are."""
+    import torch
+
+    from fedcmr.common.update_codec import encode
+    from fedcmr.server.update_checks import as_numpy, decoded_message
+
+    messages = []
+    for node in (11, 22, 33):
+        message = reply(node)
+        message.content["arrays"] = encode(
+            {k: torch.from_numpy(v) for k, v in arrays(node).items()},
+            {k: torch.from_numpy(v) for k, v in GLOBAL.items()}, "fp16-delta")
+        messages.append(message)
+    kept, _ = screen(messages, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}),
+                     DECLARED, NAMES, server_round=1, encoding="fp16-delta")
+    for message in kept:
+        before = as_numpy(message.content["arrays"])
+        after = as_numpy(decoded_message(message, GLOBAL, "fp16-delta").content["arrays"])
+        assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_a_reply_that_is_no_training_reply_is_rejected_not_raised():
+    broken = reply(33)
+    del broken.content.metric_records["metrics"]["num-examples"]
+    passed, rejected = check([reply(11), reply(22), broken])
+    assert passed == [11, 22] and rejected["Charlie"].startswith("not a training reply")
