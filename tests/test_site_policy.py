@@ -313,3 +313,30 @@ def test_the_policy_table_in_the_docs_gives_the_models_defaults():
             assert said == (", ".join(map(str, value)) or "none"), name
         else:
             assert float(said) == value, name
+
+
+def test_a_policy_file_is_toml_unless_named_json_and_found_by_its_variable(tmp_path,
+                                                                           monkeypatch):
+    from fedcmr.client.site.policy import POLICY_ENV, policy_default
+
+    for name in ("policy.toml", "policy.conf", "site.policy"):
+        (tmp_path / name).write_text("min_subjects = 7\n")
+        assert SitePolicy.load(tmp_path / name).min_subjects == 7, name
+    (tmp_path / "policy.json").write_text('{"min_subjects": 8}')
+    assert SitePolicy.load(tmp_path / "policy.json").min_subjects == 8
+    monkeypatch.setenv(POLICY_ENV, str(tmp_path / "policy.json"))
+    assert policy_default() == tmp_path / "policy.json"
+    assert SitePolicy.load(None).min_subjects == 8
+    monkeypatch.delenv(POLICY_ENV)
+    assert policy_default() is None and SitePolicy.load(None) == SitePolicy()
+
+
+def test_a_reset_says_whether_there_was_anything_to_forget(tmp_path):
+    from fedcmr.client.site.ledger import digest_path, reset_ledger
+
+    path = tmp_path / "released-sets.json"
+    assert reset_ledger(path) is False
+    ReleaseLedger(path, SitePolicy()).release("train", ["a", "b"], "fold 0")
+    assert path.exists() and digest_path(path).exists()
+    assert reset_ledger(path) is True
+    assert not path.exists() and not digest_path(path).exists()
