@@ -6,6 +6,7 @@ afternoon on 2 cores, a fixed-seed sample of SAMPLE per module is run (the seed 
 sample are recorded; the same commit samples the same mutants).
 
     python benchmarks/mutation.py [MODULE ...] [--sample N]
+    python benchmarks/mutation.py --relabel   # the reasons file's reasons on the survivors
 
 One module at a time: a mutant is written into the working tree (cosmic-ray restores the
 file afterwards), so nothing else may run from this checkout meanwhile.
@@ -95,10 +96,12 @@ def sample_work(db_path: Path, module: Path, n: int) -> int:
     db = WorkDB(str(db_path), WorkDB.Mode.open)
     try:
         with db._session_maker.begin() as session:
-            specs = {s.job_id: (s.start_pos_row, s.start_pos_col)
-                     for s in session.query(MutationSpecStorage).all()}
-            ids = sorted(job for job, at in specs.items()
-                         if not any(a <= at < b for a, b in spans))
+            rows = session.query(MutationSpecStorage).all()
+            specs = {s.job_id: (s.start_pos_row, s.start_pos_col) for s in rows}
+            # job ids are random: order by what the mutant is, so a seed picks the same ones
+            order = {s.job_id: (s.operator_name, s.occurrence) for s in rows}
+            ids = sorted((job for job, at in specs.items()
+                          if not any(a <= at < b for a, b in spans)), key=order.__getitem__)
             keep = set(random.Random(SEED).sample(ids, min(n, len(ids))))
             drop = set(specs) - keep
             for job in drop:
@@ -156,9 +159,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", default=list(MODULES))
     parser.add_argument("--sample", type=int, default=SAMPLE)
+    parser.add_argument("--relabel", action="store_true",
+                        help="only put the reasons file's reasons on the results' survivors")
     args = parser.parse_args()
     reasons = json.loads(REASONS.read_text()) if REASONS.exists() else {}
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"modules": {}}
+    if args.relabel:
+        for module in previous["modules"].values():
+            for mutant in module["survived"]:
+                key = f"{mutant['where']} {mutant['operator']} {mutant['occurrence']}"
+                mutant["reason"] = reasons.get(key, "not yet judged")
+        write_json(RESULTS, previous)
+        return
     modules = dict(previous.get("modules", {}))
     for module in args.modules:  # written after each module: a long run keeps what it did
         modules[module] = run_module(module, args.sample, reasons)

@@ -242,3 +242,21 @@ def test_histograms_combine_from_one_site_and_refuse_other_edges_in_either_order
     for pair in ([one, other], [other, one]):
         with pytest.raises(ValueError, match="bin edges"):
             combine_histograms(pair)
+
+
+def test_a_summary_checks_its_lengths_whatever_their_size(items: list[Item]) -> None:
+    """Over 256 bins (beyond Python's cached small integers), a consistent summary is
+    valid; an inconsistent one names the count its edges define."""
+    edges = np.linspace(-10, 110, 301).tolist()
+    wide = site_summary([items[0].image], [None], ["x"], min_subjects=1, bin_edges=edges)
+    assert len(wide.histogram) == 300
+    with pytest.raises(ValueError, match="histogram has 5 bins but bin_edges define 3"):
+        NyulSummary.model_validate({**wide.model_dump(), "histogram": [0.0] * 5,
+                                    "bin_edges": [0.0, 1.0, 2.0, 3.0]})
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 3), (4, 8, 8)])
+def test_a_mask_of_another_shape_is_refused(shape) -> None:
+    image = np.random.default_rng(0).uniform(1, 100, (3, 4, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="mask shape"):
+        standardize(image, np.linspace(0, 100, len(PERCENTILES)), np.ones(shape, bool))

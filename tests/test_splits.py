@@ -118,3 +118,25 @@ def test_a_label_with_fewer_than_three_subjects_left_gets_no_validation_subject(
         nor_left = [s for s in "abc" if split[s] != "test"]
         assert len(nor_left) < 3 and all(split[s] == "train" for s in nor_left)
 
+
+
+def test_three_subjects_left_give_one_validation_subject():
+    labels = {f"n{i}": 0 for i in range(5)} | {f"h{i}": 1 for i in range(2)}
+    run = RunConfig(protocol="ccv", centres=("X",), n_folds_ccv=2)
+    for fold in (0, 1):
+        split = centre_split(labels, "X", run, fold)
+        left = [s for s in labels if s.startswith("n") and split[s] != "test"]
+        assert sum(split[s] == "val" for s in left) == (1 if len(left) >= 3 else 0)
+    assert any(len([s for s in labels if s.startswith("n") and
+                    centre_split(labels, "X", run, f)[s] != "test"]) == 3 for f in (0, 1))
+
+
+def test_lco_validation_equals_ccv_fold_4s_with_blocks_of_unequal_size():
+    """43 subjects of a label make blocks of 9, 9, 9, 8 and 8: CCV fold 4's validation
+    count comes from the 35 outside block 4 (round(3.5) = 4), not from any other block's."""
+    labels = {f"s{i:02d}": 0 for i in range(43)} | {f"h{i}": 1 for i in range(10)}
+    ccv = RunConfig(protocol="ccv", centres=("X", "Y"))
+    lco = RunConfig(protocol="lco", centres=("X", "Y"))
+    ccv_val = {s for s, p in centre_split(labels, "X", ccv, 4).items() if p == "val"}
+    lco_val = {s for s, p in centre_split(labels, "X", lco, 1).items() if p == "val"}
+    assert lco_val == ccv_val and sum(s.startswith("s") for s in ccv_val) == 4
