@@ -51,8 +51,8 @@ MODULES = {
     "common/nyul.py": "tests/test_nyul.py",
     "common/learning/split.py": "tests/test_splits.py tests/test_site_policy.py",
     # -k applies to every file named: here it leaves out only the private run's test
-    "server/strategies.py": "tests/test_strategies.py tests/test_privacy.py "
-                            "-k 'not private_run'",
+    "server/strategies.py": "tests/test_strategies.py tests/test_update_checks.py "
+                            "tests/test_privacy.py -k 'not private_run'",
     "common/learning/augment.py": "tests/test_dataset_augment.py",
     "common/learning/privacy.py": "tests/test_privacy.py tests/test_release_attacks.py "
                                   "-k 'not private_run'",
