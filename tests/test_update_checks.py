@@ -52,6 +52,19 @@ def check(replies: list[Message]) -> tuple[list[int], dict[str, str]]:
 GOOD = [reply(11), reply(22), reply(33)]
 
 
+def fp16_reply(node: int, **changes) -> Message:
+    """A reply whose weights travel as fp16 deltas against GLOBAL (update_codec.encode)."""
+    import torch
+
+    from fedcmr.common.update_codec import encode
+
+    message = reply(node)
+    message.content["arrays"] = encode(
+        {k: torch.from_numpy(v) for k, v in arrays(node, **changes).items()},
+        {k: torch.from_numpy(v) for k, v in GLOBAL.items()}, "fp16-delta")
+    return message
+
+
 @pytest.mark.parametrize(("bad", "said"), [
     (reply(44, w=np.full((3, 4), np.nan, np.float32)), "tensor w holds NaN or Inf"),
     (reply(44, b=np.array([0, np.inf, 0, 0, 0], np.float32)), "tensor b holds NaN or Inf"),
@@ -219,17 +232,7 @@ def test_errors_and_undecodable_replies_do_not_stop_the_screening():
     error.metadata.__dict__["_src_node_id"] = 44
     passed, rejected = check([error, reply(11), reply(22), reply(33)])
     assert passed == [11, 22, 33] and rejected == {}
-    import torch
-
-    from fedcmr.common.update_codec import encode
-
-    good = []
-    for node in (22, 33, 44):
-        message = reply(node)
-        message.content["arrays"] = encode(
-            {k: torch.from_numpy(v) for k, v in arrays(node).items()},
-            {k: torch.from_numpy(v) for k, v in GLOBAL.items()}, "fp16-delta")
-        good.append(message)
+    good = [fp16_reply(node) for node in (22, 33, 44)]
     kept, rejected = screen([reply(11), *good], ArrayRecord(
         {k: Array(v) for k, v in GLOBAL.items()}), DECLARED, NAMES, server_round=1,
         encoding="fp16-delta")
@@ -242,18 +245,8 @@ def test_a_tensor_sent_whole_in_fp16_delta_is_logged_by_name(caplog):
     """A change beyond float16's range travels whole in fp32; the coordinator says which."""
     import logging
 
-    import torch
-
-    from fedcmr.common.update_codec import encode
-
-    messages = []
-    for node, change in ((11, None), (22, None), (33, np.full((3, 4), 1e6, np.float32))):
-        message = reply(node)
-        new = arrays(node) if change is None else arrays(node, w=change)
-        message.content["arrays"] = encode({k: torch.from_numpy(v) for k, v in new.items()},
-                                           {k: torch.from_numpy(v) for k, v in GLOBAL.items()},
-                                           "fp16-delta")
-        messages.append(message)
+    messages = [fp16_reply(11), fp16_reply(22),
+                fp16_reply(33, w=np.full((3, 4), 1e6, np.float32))]
     with caplog.at_level(logging.WARNING, logger="fedcmr"):
         screen(messages, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}), DECLARED,
                NAMES, server_round=1, encoding="fp16-delta")
@@ -265,18 +258,9 @@ def test_a_tensor_sent_whole_in_fp16_delta_is_logged_by_name(caplog):
 def test_a_reply_the_screening_decoded_is_aggregated_as_it_is():
     """In an fp16-delta run, screen() hands the strategy decoded fp32 records; decoding
     them again (they name no encoding) would be refused, so they pass as they are."""
-    import torch
-
-    from fedcmr.common.update_codec import encode
     from fedcmr.server.update_checks import as_numpy, decoded_message
 
-    messages = []
-    for node in (11, 22, 33):
-        message = reply(node)
-        message.content["arrays"] = encode(
-            {k: torch.from_numpy(v) for k, v in arrays(node).items()},
-            {k: torch.from_numpy(v) for k, v in GLOBAL.items()}, "fp16-delta")
-        messages.append(message)
+    messages = [fp16_reply(node) for node in (11, 22, 33)]
     kept, _ = screen(messages, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}),
                      DECLARED, NAMES, server_round=1, encoding="fp16-delta")
     for message in kept:
