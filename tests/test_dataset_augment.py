@@ -171,6 +171,8 @@ def test_the_set_ups_have_the_documented_settings():
     flips = [t.axes for t in build_augmentation("basic").transforms
              if isinstance(t, tio.RandomFlip)]
     assert flips == [(1,), (2,)]
+    assert all(t.flip_probability == 1.0 for t in build_augmentation("basic").transforms
+               if isinstance(t, tio.RandomFlip))  # once it fires (p = 0.5), it flips
     elastic = found["RandomElasticDeformation"]
     assert elastic.num_control_points == (5, 7, 7) and elastic.max_displacement == (0, 4, 4)
     assert elastic.num_locked_borders == 2

@@ -223,3 +223,14 @@ def test_scores_are_the_sigmoid_of_the_logits_and_the_loss_is_the_log_loss():
     subjects = np.array([table[f"s{i}"].features() for i in range(12)])
     assert mm.loss(state, subjects, y) == pytest.approx(
         log_loss(y, expit((subjects - mean) / std @ coef + intercept)), rel=1e-9)
+
+
+def test_the_pooled_standardisation_is_the_population_sd_however_small():
+    """Ejection fractions vary by about 0.05: the pooled SD is theirs, not a floor."""
+    rng = np.random.default_rng(5)
+    parts = [rng.normal([0.6, 120.0], [0.05, 20.0], (n, 2)) for n in (7, 11)]
+    mean, std = mm.combine_sums([mm.sums(x) for x in parts])
+    pooled = np.concatenate(parts)
+    np.testing.assert_allclose(mean, pooled.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, pooled.std(axis=0), rtol=1e-9)
+    assert mm.combine_sums([mm.sums(np.ones((4, 2)))])[1].tolist() == [1e-8, 1e-8]
