@@ -5,7 +5,6 @@ plus every loss and return of a site (OUT/site_events.jsonl)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,17 +12,14 @@ from pathlib import Path
 from flwr.app import ArrayRecord
 
 from fedcmr.common.atomic import atomic_open
+from fedcmr.common.digests import state_digest
 
 
 def model_hash(arrays: ArrayRecord) -> str:
     """SHA-256 over the tensors' names, dtypes, shapes and bytes, in name order: equal
-    hashes mean bit-identical models."""
-    digest = hashlib.sha256()
-    for key in sorted(arrays.keys()):
-        value = arrays[key].numpy()
-        digest.update(f"{key}|{value.dtype.str}|{value.shape}|".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
+    hashes mean bit-identical models (the whole digest; a site digests what it receives the
+    same way, common.digests.state_digest)."""
+    return state_digest({key: arrays[key].numpy() for key in arrays}, length=64)
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:

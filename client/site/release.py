@@ -21,7 +21,7 @@ import numpy as np
 
 from fedcmr.client.site.secret import secret_rng
 from fedcmr.common.measures import FEATURES, SubjectMeasures
-from fedcmr.common.metrics import AUC_BINS, LOGIT_WIDTH, binned_counts
+from fedcmr.common.metrics import AUC_BINS, LOGIT_WIDTH
 from fedcmr.common.replies import ScoreCounts
 
 
@@ -43,9 +43,9 @@ def coarsen(counts: np.ndarray, width: float) -> np.ndarray:
 def score_counts(labels: np.ndarray, scores: np.ndarray, loss: float, width: float
                  ) -> ScoreCounts:
     """A split's counts as the site releases them: logit bins of `width`."""
-    neg, pos = binned_counts(labels, scores)
-    return ScoreCounts(loss=float(loss) if len(labels) else 0.0, examples=int(len(labels)),
-                       neg=coarsen(neg, width).tolist(), pos=coarsen(pos, width).tolist())
+    fine = ScoreCounts.of(labels, scores, loss)
+    return fine.model_copy(update={"neg": coarsen(np.asarray(fine.neg), width).tolist(),
+                                   "pos": coarsen(np.asarray(fine.pos), width).tolist()})
 
 
 def site_spread(measures: Mapping[str, SubjectMeasures]) -> np.ndarray:
