@@ -25,8 +25,9 @@ def state_digest(state, length: int = DIGEST_LENGTH) -> str:
     h = hashlib.sha256()
     for key in sorted(state):
         value = state[key]
-        array = np.ascontiguousarray(value.detach().cpu().numpy() if hasattr(value, "detach")
-                                     else np.asarray(value))
+        # tobytes() is C order whatever the layout (np.ascontiguousarray would make a 0-d
+        # count 1-d and change its shape's text)
+        array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
         h.update(f"{key}|{array.dtype.str}|{array.shape}|".encode())
         h.update(array.tobytes())
     return h.hexdigest()[:length]
