@@ -64,7 +64,7 @@ def encode(state: Mapping[str, Any], reference: Mapping[str, Any],
         if not _floating(weights) or key not in reference:
             out[key] = Array(weights)
             continue
-        delta = weights - _numpy(reference[key]).astype(weights.dtype)
+        delta = np.asarray(weights - _numpy(reference[key]).astype(weights.dtype))
         if np.isfinite(delta).all() and float(np.abs(delta).max(initial=0.0)) <= FP16_MAX:
             out[key] = Array(delta.astype(np.float16))
         else:

@@ -18,10 +18,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from pydantic import ValidationError
 
+from fedcmr.common.packing import PackingError, pack_content, unpack_message
 from fedcmr.common.protocol import CONFIG, Kind, RefusalRule
 from fedcmr.common.replies import DescribeReply
 from fedcmr.server.settings import FederationSettings
@@ -43,7 +45,7 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> lis
     after FIRST_REPLY_POLL s, waiting twice as long each time up to REPLY_POLL s, until each
     has its reply or `timeout` s have passed."""
     pushed = time.time()  # the exchange starts with the upload of the messages
-    waiting = set(grid.push_messages(messages))
+    waiting = set(_push_packed(grid, messages))
     deadline = time.monotonic() + timeout
     received: list[Message] = []
     arrived: dict[str, tuple[float, int]] = {}
@@ -59,7 +61,42 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> lis
         time.sleep(pause)
         pause = min(2 * pause, REPLY_POLL)
     record_sent(messages, pushed, arrived)
-    return received
+    sent = {m.metadata.message_id: m for m in messages}
+    return [_unpacked(m, sent.get(m.metadata.reply_to_message_id)) for m in received]
+
+
+def _push_packed(grid: Grid, messages: list[Message]) -> list[str]:
+    """Push `messages` with each model as one object (common/packing.py): content shared
+    by several messages is packed once, and every message has its own content back once
+    pushed (the ids Flower gives them stay)."""
+    own = [m.content if m.has_content() else None for m in messages]
+    packed: dict[int, RecordDict] = {}
+    for message, content in zip(messages, own, strict=True):
+        if content is not None:
+            if id(content) not in packed:
+                packed[id(content)] = pack_content(content)
+            message.content = packed[id(content)]
+    try:
+        return list(grid.push_messages(messages))
+    finally:
+        for message, content in zip(messages, own, strict=True):
+            if content is not None:
+                message.content = content
+
+
+def _unpacked(reply: Message, asked: Message | None) -> Message:
+    """`reply` with its arrays unpacked; one that cannot be unpacked becomes an error
+    reply naming why (its site failed this exchange, like any error reply)."""
+    try:
+        return unpack_message(reply)
+    except PackingError as err:
+        if asked is None:  # answers no message of this exchange: never used
+            return reply
+        log.error("a reply to %s from node %d cannot be unpacked: %s",
+                  reply.metadata.message_type, reply.metadata.src_node_id, err)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                             reason=f"its reply's arrays cannot be unpacked: {err}"),
+                       reply_to=asked)
 
 
 @dataclass(frozen=True)

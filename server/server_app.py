@@ -28,8 +28,10 @@ from fedcmr.server.fl_outputs import (
 )
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.study_runner import FoldOutcome, SiteFailure, StudyRunner
+from fedcmr.support import flower_patches
 
 log = logging.getLogger("fedcmr.server")
+flower_patches.apply()  # this process pulls the sites' replies
 
 app = ServerApp()
 

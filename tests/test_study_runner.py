@@ -16,6 +16,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedcmr.client.site import client_app
 from fedcmr.client.site.audit import audit_mod
+from fedcmr.common.packing import unpack
 from fedcmr.common.protocol import ARRAYS, Kind, Order
 from fedcmr.common.results import read_predictions
 from fedcmr.common.run_config import RunConfig
@@ -43,9 +44,9 @@ class InProcessGrid:
 
     def push_messages(self, messages) -> list[str]:
         """Each message answered at once by its node's handler; the replies wait to be
-        pulled, as at a SuperLink."""
+        pulled, as at a SuperLink. The models travel packed, as on the wire."""
         if messages and messages[0].metadata.message_type == Kind.TRAIN:
-            self.trained.append(messages[0].content.array_records[ARRAYS])
+            self.trained.append(unpack(messages[0].content.array_records[ARRAYS]))
         ids = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = f"m{next(self.ids)}"

@@ -16,6 +16,7 @@ from screening import screen
 from fedcmr.client.site import work as site_work
 from fedcmr.client.site.audit import audit_mod
 from fedcmr.common.model import build_model
+from fedcmr.common.packing import unpack_message
 from fedcmr.common.protocol import Order
 from fedcmr.common.replies import ScoreCounts, TrainReply
 from fedcmr.common.run_config import RunConfig
@@ -230,7 +231,9 @@ def test_a_site_trains_and_sends_deltas_the_gate_passes_and_the_server_decodes(s
     assert audit_mod(request, context, lambda m, c: reply) is reply
     logged = json.loads((tmp_path / "audit.jsonl").read_text())
     assert logged["blocked"] == [] and ENCODING_KEY in logged["records"]["arrays"]["keys"]
-    # the server decodes it to the fp32 weights the site trained, within float16's rounding
+    # it leaves packed; the server unpacks it (server.roster.send_and_receive) and decodes
+    # it to the fp32 weights the site trained, within float16's rounding
+    reply = unpack_message(reply)
     sent = ArrayRecord(state)
     passed, rejected = screen([reply], sent, {11: len(site.frames)}, {11: "Alpha"}, 1,
                               "fp16-delta")

@@ -132,6 +132,9 @@ def main() -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    from fedcmr.support import flower_patches
+
+    flower_patches.apply()  # before any fork: every ClientApp pulls its message with them
     from flwr.supercore.cli import flower_superexec
     from flwr.supercore.superexec.executor import subprocess_executor
 

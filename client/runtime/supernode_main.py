@@ -22,7 +22,7 @@ import time
 import types
 
 #: Seconds the SuperNode waits after a check that found no message (Flower: 3 s).
-IDLE_POLL_S = 1.0
+IDLE_POLL_S = 0.2
 #: Exit code of the SuperNode once its connection loop has ended.
 LOOP_ENDED = 75
 #: The command line: `python -c SUPERNODE_MAIN flower-supernode ARGS...` (argv[1] names
@@ -71,7 +71,9 @@ def main() -> None:
     from fedcmr.client.runtime import site_worker, worker_channel
     from fedcmr.client.runtime.superexec_main import start_mode
     from fedcmr.client.site.app_approval import install_approval
+    from fedcmr.support import flower_patches
 
+    flower_patches.apply()  # a Flower release fedcmr was not tested on stops it here
     start_mode()  # a wrong $FEDCMR_CLIENTAPP_START stops the SuperNode here, named
     folder = None
     if site_worker.enabled():  # a wrong $FEDCMR_WORKER stops it here

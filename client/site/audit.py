@@ -4,8 +4,9 @@ It writes a line per message to the site's audit log: what the coordinator asked
 message kind, the run's settings, fold and round, never the model's values) with a digest
 of what it sent (`received`: Flower's content address of the request, over the order and
 every array of the model), next to what went back (records and keys, array shapes, withheld
-parts, and `released`: the content address of the reply, the same id the SuperLink stores
-it under; or the error reply's text), and it refuses to send a reply that holds anything
+parts, and `released`: the content address of the reply as it leaves, its arrays packed
+into one object (common/packing.py), the same id the SuperLink stores it under; or the
+error reply's text), and it refuses to send a reply that holds anything
 outside common.replies.REPLY_ALLOWED (derived from the reply models). Two requests with the
 same settings but other models have other `received` digests. A request whose order cannot
 be read (not JSON, not an object) is logged and refused here, before any handler sees it.
@@ -22,6 +23,7 @@ from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
 
 from fedcmr.common.node_config import NodeConfig
+from fedcmr.common.packing import PackingError, pack_message, unpack_message
 from fedcmr.common.protocol import CONFIG
 from fedcmr.common.replies import ANY_KEY, REPLY_ALLOWED
 
@@ -100,8 +102,15 @@ def withheld_parts(reply: Message) -> dict | None:
 
 
 def audit_mod(message: Message, context: Context, call_next) -> Message:
+    try:  # the model arrives as one object (common/packing.py)
+        message = unpack_message(message)
+        unreadable = None
+    except PackingError as err:
+        unreadable = f"its arrays cannot be unpacked ({err})"
     line: dict = {"time": time.time(), "type": message.metadata.message_type,
                   "request": describe_request(message)}
+    if unreadable:
+        line["request"]["malformed"] = unreadable
     if "malformed" in line["request"]:  # refused here: no handler sees it
         reason = (f"{message.metadata.message_type} refused: malformed request "
                   f"({line['request']['malformed']})")
@@ -117,6 +126,7 @@ def audit_mod(message: Message, context: Context, call_next) -> Message:
     records = describe_reply(reply)
     bad = violations(message.metadata.message_type, records)
     withheld = withheld_parts(reply)
+    reply = pack_message(reply)  # as it leaves: `released` is the id the SuperLink keeps
     line.update(records=records, blocked=bad, released=digest(reply),
                 **({"withheld": withheld} if withheld else {}))
     _write(context, line)
