@@ -9,20 +9,27 @@ fedcmr's forked ClientApps, with the warm site worker, and on the simulation run
 
 The input is the smoke profile's 4 x 24 x 24 crop, so that compute is small and the
 overhead shows; the weights that travel are the full model's whatever the input. With
-$FEDCMR_TIMINGS set, the coordinator and each ClientApp note their side of every message
-(support/exchange_timing.py); joined on the message id, each exchange splits into:
+$FEDCMR_TIMINGS set, the coordinator, each SuperNode and each ClientApp note their side of
+every message on their own clocks (support/exchange_timing.py, support/flower_patches.py
+`trace_supernode`); joined on the message id, each exchange splits into parts that add up
+to it, each the difference of times read by two processes:
 
-  to the site      push -> the ClientApp process exists: the SuperNode's and the
-                   SuperExec's polls and the SuperNode's download of the message
-  clientapp start  the ClientApp process's start until its app is imported: the process
-                   (a fresh interpreter importing torch, or a fork), the message's pull
-                   from the SuperNode, Flower's unpacking of the app bundle, the import
-                   (benchmarks/clientapp_start.py times the process start alone)
-  handover         (worker) passing the message to the worker and its reply back through
-                   shared memory, with their serialisation
-  compute          the handler's own work (training, scoring)
-  back             the reply from the ClientApp to the coordinator: the uploads and the
-                   coordinator's poll
+  to supernode        coordinator's push -> the message's head reached the SuperNode:
+                      the coordinator's upload of the head, the SuperNode's poll
+  supernode download  -> the message stored whole at the SuperNode (its arrays)
+  clientapp start     -> the message inside the ClientApp: the SuperExec waking, the fork,
+                      the ClientApp's pull from the SuperNode, unpacking, the audit gate
+  handover            (worker) passing the message to the worker and its reply back
+                      through shared memory, with their serialisation
+  compute             the handler's own work (training, scoring)
+  reply to supernode  the ClientApp's reply -> found ready at the SuperNode (packing, the
+                      audit gate, the ClientApp's upload to its SuperNode)
+  supernode upload    -> pushed to the SuperLink
+  to coordinator      -> pulled by the coordinator (its poll, its download)
+
+`coordinator_upload` (push started -> push returned, all sites' messages at once) is given
+beside them. Without a SuperNode trace (exec mode) the older three-part split is used:
+to_site, clientapp_start (process start to import), back.
 
 Simulation has no processes per message: only its total and compute are split. Prints a
 table; writes benchmarks/results/round_overhead.json. Run it alone: on 2 cores anything
@@ -55,7 +62,8 @@ MODES = {
     "worker": {"FEDCMR_CLIENTAPP_START": "fork", "FEDCMR_WORKER": "on"},
     "simulation": {},
 }
-PARTS = ("to_site", "clientapp_start", "handover", "compute", "back")
+PARTS = ("to_supernode", "supernode_download", "clientapp_start", "handover", "compute",
+         "reply_to_supernode", "supernode_upload", "to_coordinator")
 SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (5, 6), "Delta": (6, 7)}
 
 
@@ -75,29 +83,56 @@ def read_rows(folder: Path, side: str) -> dict[str, dict]:
     return rows
 
 
-def split(server: dict, site: dict | None, simulated: bool) -> dict[str, float] | None:
+def split(server: dict, site: dict | None, node: dict | None, simulated: bool
+          ) -> dict[str, float] | None:
+    """One exchange in parts, each the difference of two times read by two processes (the
+    coordinator, the site's SuperNode, its ClientApp) where the SuperNode's trace is there;
+    the parts add up to the whole exchange."""
     if server["replied"] is None:
         return None
     total = server["replied"] - server["pushed"]
     out = {"total": total}
+    if server.get("push_done") is not None:
+        out["coordinator_upload"] = server["push_done"] - server["pushed"]
     if site is None:
         return out
     out["compute"] = site["handler_s"]
     if simulated:
         return out
-    started = site["process_started"] or site["imported"]
-    out.update(to_site=started - server["pushed"], clientapp_start=site["imported"] - started,
-               handover=site["left"] - site["imported"] - site["handler_s"],
-               back=server["replied"] - site["left"])
+    out["handover"] = site["left"] - site["entered"] - site["handler_s"]
+    if node is None or "stored" not in node or "pushed" not in node:  # no SuperNode trace
+        started = site["process_started"] or site["imported"]
+        out.update(to_site=started - server["pushed"],
+                   clientapp_start=site["imported"] - started,
+                   back=server["replied"] - site["left"])
+        return out
+    out.update(to_supernode=node["pulled"] - server["pushed"],
+               supernode_download=node["stored"] - node["pulled"],
+               clientapp_start=site["entered"] - node["stored"],
+               reply_to_supernode=node["reply_ready"] - site["left"],
+               supernode_upload=node["pushed"] - node["reply_ready"],
+               to_coordinator=server["replied"] - node["pushed"])
     return out
+
+
+def read_nodes(folder: Path) -> dict[str, dict]:
+    """The SuperNodes' rows, the two events of each message in one row."""
+    rows: dict[str, dict] = {}
+    for path in folder.glob("supernode-*.jsonl"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            rows.setdefault(row.pop("message_id"), {}).update(
+                {k: v for k, v in row.items() if k != "event"})
+    return rows
 
 
 def summarise(folder: Path, simulated: bool) -> dict:
     servers, sites = read_rows(folder, "server"), read_rows(folder, "site")
+    nodes = read_nodes(folder)
     by_type: dict[str, list[dict]] = {}
     bytes_seen: dict[str, list[int]] = {}
     for mid, server in servers.items():
-        parts = split(server, sites.get(mid), simulated)
+        parts = split(server, sites.get(mid), nodes.get(mid), simulated)
         if parts is not None:
             by_type.setdefault(server["type"], []).append(parts)
             bytes_seen.setdefault(server["type"], []).append(

@@ -104,16 +104,20 @@ def _np_state() -> tuple:
     return kind, keys.tolist(), pos, has_gauss, gauss
 
 
+#: The checkpoint's folder in a run's --out, and the file that marks one begun.
+CHECKPOINT_DIR, SETTINGS_FILE = "checkpoint", "settings.json"
+
+
 class Checkpoint:
     """The checkpoint folder of one run."""
 
     def __init__(self, out_dir: Path, settings: FederationSettings):
-        self.dir = Path(out_dir) / "checkpoint"
+        self.dir = Path(out_dir) / CHECKPOINT_DIR
         self.settings = settings
 
     @property
     def settings_file(self) -> Path:
-        return self.dir / "settings.json"
+        return self.dir / SETTINGS_FILE
 
     def fold_file(self, fold: int) -> Path:
         return self.dir / f"fold_{fold}.pt"
@@ -158,8 +162,8 @@ class Checkpoint:
 def check_resume(out_dir: Path, settings: FederationSettings) -> None:
     """Before anything starts: a fresh run must not overwrite an earlier run's checkpoint,
     and a resume needs one made with the same settings."""
-    folder = Path(out_dir) / "checkpoint"
-    saved_file = folder / "settings.json"
+    folder = Path(out_dir) / CHECKPOINT_DIR
+    saved_file = folder / SETTINGS_FILE
     if not settings.resume:
         if saved_file.exists():
             raise ResumeError(f"{out_dir} holds the checkpoint of an earlier run. Fix: add "

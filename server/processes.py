@@ -12,7 +12,13 @@ import threading
 import time
 from pathlib import Path
 
-from fedcmr.support.proc_tree import descendants, signal_group, signal_pid, start_time
+from fedcmr.support.proc_tree import (
+    descendants,
+    signal_group,
+    signal_pid,
+    start_time,
+    working_in,
+)
 
 log = logging.getLogger("fedcmr.processes")
 
@@ -91,14 +97,20 @@ class ProcessGroup:
         write_json(self.pid_file, sorted(self.known))
 
     def stop_leftovers(self) -> list[int]:
-        """Stop the processes an earlier launcher of this folder left running."""
-        if not self.pid_file.exists():
-            return []
-        try:
-            entries = [tuple(e) for e in json.loads(self.pid_file.read_text())]
-        except (OSError, ValueError):
-            return []
+        """Stop the processes an earlier launcher of this folder left running: those it
+        listed, and any still working in the folder (one started in the last second before
+        the launcher died is not listed yet, and would go on writing there)."""
+        entries: list[tuple[int, int]] = []
+        if self.pid_file.exists():
+            try:
+                entries = [tuple(e) for e in json.loads(self.pid_file.read_text())]
+            except (OSError, ValueError):
+                entries = []
         alive = [pid for pid, start in entries if start_time(pid) == start]
+        alive += sorted(working_in(self.cwd) - set(alive))
+        if not alive:
+            self.pid_file.unlink(missing_ok=True)
+            return []
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in alive:
                 signal_pid(pid, sig)

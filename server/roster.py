@@ -46,6 +46,7 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> lis
     has its reply or `timeout` s have passed."""
     pushed = time.time()  # the exchange starts with the upload of the messages
     waiting = set(_push_packed(grid, messages))
+    push_done = time.time()
     deadline = time.monotonic() + timeout
     received: list[Message] = []
     arrived: dict[str, tuple[float, int]] = {}
@@ -60,7 +61,7 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> lis
             break
         time.sleep(pause)
         pause = min(2 * pause, REPLY_POLL)
-    record_sent(messages, pushed, arrived)
+    record_sent(messages, pushed, arrived, push_done)
     sent = {m.metadata.message_id: m for m in messages}
     return [_unpacked(m, sent.get(m.metadata.reply_to_message_id)) for m in received]
 

@@ -5,7 +5,10 @@ was imported, when the message reached it, how long the work took and when the r
 Both sides append JSON lines to their own file in that folder; the benchmark joins them on
 the message id. Unset (always, outside benchmarks), nothing is written.
 
-Sites and coordinator share one clock here: the benchmark runs them on one machine.
+With it set, each SuperNode also notes when each message reached it and when it pushed
+the reply (support/flower_patches.py `trace_supernode`), so that an exchange is split by
+times each process read off its own clock, at every hop, rather than by differences of the
+coordinator's two. The benchmark runs them on one machine, where those clocks agree.
 """
 
 from __future__ import annotations
@@ -46,6 +49,15 @@ def append(side: str, row: dict) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
+def enabled() -> bool:
+    return _folder() is not None
+
+
+def supernode_event(row: dict) -> None:
+    """A SuperNode's view of one message (support/flower_patches.py `trace_supernode`)."""
+    append("supernode", row)
+
+
 def record_exchange(message, entered: float, left: float, handler_s: float | None,
                     where: str) -> None:
     """A site's view of one message (client/runtime/worker_mod.py)."""
@@ -58,15 +70,17 @@ def record_exchange(message, entered: float, left: float, handler_s: float | Non
                     "bytes_in": content_bytes(message)})
 
 
-def record_sent(messages, pushed: float, replies: dict[str, tuple[float, int]]) -> None:
-    """The coordinator's view of one exchange: when it pushed, when each reply came and
-    the bytes of arrays each way."""
+def record_sent(messages, pushed: float, replies: dict[str, tuple[float, int]],
+                push_done: float | None = None) -> None:
+    """The coordinator's view of one exchange: when it began to push, when the push was
+    done, when each reply came and the bytes of arrays each way."""
     if _folder() is None:
         return
     for message in messages:
         replied, back = replies.get(message.metadata.message_id, (None, None))
         append("server", {"message_id": message.metadata.message_id,
                           "type": message.metadata.message_type, "pushed": pushed,
+                          "push_done": push_done,
                           "replied": replied, "bytes_out": content_bytes(message),
                           "bytes_back": back})
 

@@ -9,9 +9,6 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-#: Seconds between a SuperExec's checks for a message to run (Flower: 1 s).
-SUPEREXEC_POLL_S = "0.1"
-
 
 def tool(name: str) -> str:
     """A console script of this environment (flower-superlink, flwr, ...)."""
@@ -24,8 +21,6 @@ def flower_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str,
     a SuperNode starts flower-superexec by name, also when fedcmr was called by its full
     path without activating the environment."""
     env = dict(os.environ if base is None else base)
-    # a SuperExec checks for work every 0.1 s rather than Flower's 1 s (its own setting)
-    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", SUPEREXEC_POLL_S)
     env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", **extra)
     return env

@@ -13,11 +13,32 @@ one of those names moves.
   a slow upload is waited for as long as before (Flower's 500 tries at up to 10 s).
   Applied in every process that pulls: the ServerApp (replies), the SuperNode (messages
   from the SuperLink) and the ClientApp (its message from the SuperNode).
+- **The SuperNode's loop** (`supernode_waits`, `superexec_through`). Flower waits 3 s after
+  every check of the SuperLink that found no message (every exchange waited half of that
+  on its way to a site), and checks for its own ClientApp's reply every 0.5 s. Here the
+  reply is checked for every 0.02 s (this process's own memory), and the SuperLink 0.05 s
+  after a message, then ever less often up to every 0.5 s; after 5 minutes without a
+  message, every second (idle sites cost as little CPU as before). It also starts its
+  SuperExec through fedcmr's (client/runtime/superexec_main.py, which forks each ClientApp).
+- **A SuperExec that wakes on work** (`superexec_wakes_on_signal`, `wake_superexec`).
+  Flower's SuperExec checks its SuperNode for a message to run every second
+  (FLWR_SUPEREXEC_TASK_POLL_INTERVAL): on average half a second per message at every site,
+  or, polled ten times as often, a sixth of two cores for four idle sites. Here the
+  SuperNode signals its SuperExec (WAKE_SIGNAL) as soon as a message and all its objects
+  are stored, and the SuperExec's wait ends at once; Flower's 1 s stays as the fallback.
+- **A trace of the SuperNode's part of each exchange** (`trace_supernode`, only with
+  $FEDCMR_TIMINGS set, for benchmarks/round_overhead.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import os
+import signal
+import time
+import types
+from collections.abc import Callable
 
 #: The Flower release every patch here was tested on.
 TESTED_FLOWER = "1.42.0"
@@ -26,6 +47,10 @@ PULL_FIRST_WAIT_S = 0.02
 PULL_MAX_WAIT_S = 0.2
 #: How long Flower's defaults keep asking for a missing object: 500 tries, up to 10 s apart.
 _FLOWER_PULL_PATIENCE_S = 500 * 10.0
+
+
+#: What a SuperNode sends its SuperExec when a message has arrived.
+WAKE_SIGNAL = signal.SIGUSR1
 
 
 class FlowerVersionError(RuntimeError):
@@ -59,6 +84,142 @@ def fast_object_pulls() -> None:
             raise FlowerVersionError(f"Flower's {function.__name__} has no {sorted(missing)}")
         defaults.update(initial_backoff=PULL_FIRST_WAIT_S, backoff_cap=PULL_MAX_WAIT_S,
                         max_tries_per_object=int(_FLOWER_PULL_PATIENCE_S / PULL_MAX_WAIT_S))
+
+
+def _module_with(module: types.ModuleType, **replaced) -> types.SimpleNamespace:
+    """`module`'s public names, with `replaced` ones swapped (for one Flower module only)."""
+    return types.SimpleNamespace(**{**{n: getattr(module, n) for n in dir(module)
+                                       if not n.startswith("__")}, **replaced})
+
+
+def superexec_wakes_on_signal() -> None:
+    """In a SuperExec, before Flower starts any thread: its wait between two checks for
+    work ends when WAKE_SIGNAL arrives. The signal is blocked in every thread (they inherit
+    the mask) and taken only by that wait (sigtimedwait), so it can neither end the process
+    nor interrupt anything else; one sent while the SuperExec works waits for its next wait,
+    which then ends at once."""
+    check_version()
+    from flwr.supercore.superexec import run_superexec
+
+    if not hasattr(run_superexec, "time") or not hasattr(run_superexec, "run_superexec"):
+        raise FlowerVersionError("Flower's run_superexec module no longer waits with `time`")
+    signal.signal(WAKE_SIGNAL, lambda *_: None)  # never the default action (terminate)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {WAKE_SIGNAL})
+
+    def sleep(seconds: float) -> None:
+        signal.sigtimedwait({WAKE_SIGNAL}, max(seconds, 0.0))
+
+    run_superexec.time = _module_with(run_superexec.time, sleep=sleep)
+
+
+def wake_superexec(loop: types.ModuleType, superexec_pid: Callable[[], int | None]) -> None:
+    """In a SuperNode whose SuperExec ran `superexec_wakes_on_signal`: after each message it
+    pulls and stores (Flower's `_pull_and_store_message` in `loop`, its connection loop),
+    send WAKE_SIGNAL to the pid `superexec_pid()` gives (None: not started yet)."""
+    check_version()
+    pull_and_store = loop._pull_and_store_message
+
+    def pull_store_and_wake(*args, **kwargs):
+        run_id = pull_and_store(*args, **kwargs)
+        if run_id is not None and (pid := superexec_pid()) is not None:
+            with contextlib.suppress(ProcessLookupError):  # it ended: nothing to wake
+                os.kill(pid, WAKE_SIGNAL)
+        return run_id
+
+    loop._pull_and_store_message = pull_store_and_wake
+
+
+def supernode_waits(loop: types.ModuleType, *, local: float = 0.02, first: float = 0.05,
+                    busy_cap: float = 0.5, idle: float = 1.0, busy_for: float = 300.0) -> None:
+    """The waits of the SuperNode's connection loop (`loop`:
+    flwr.supernode.start_client_internal). Its 0.5 s waits are for its own ClientApp (the
+    reply, then the reply's objects): checks of this process's memory, now every `local` s.
+    Its 3 s wait follows a check of the SuperLink that found no message: now `first` s
+    after a message, doubling up to `busy_cap` s while a message came in the last
+    `busy_for` s (a run's next message follows within seconds), else `idle` s."""
+    check_version()
+    clock = loop.time
+    pull = loop._pull_and_store_message
+    if not callable(getattr(clock, "sleep", None)):
+        raise FlowerVersionError("Flower's SuperNode loop no longer waits with `time.sleep`")
+    state = {"wait": first, "last": float("-inf")}
+
+    def pull_and_note(*args, **kwargs):
+        run_id = pull(*args, **kwargs)
+        if run_id is not None:
+            state.update(wait=first, last=clock.monotonic())
+        return run_id
+
+    def sleep(seconds: float) -> None:
+        if seconds < 3:  # its own ClientApp's reply
+            clock.sleep(min(seconds, local))
+        elif clock.monotonic() - state["last"] > busy_for:
+            clock.sleep(min(seconds, idle))
+        else:
+            clock.sleep(state["wait"])
+            state["wait"] = min(2 * state["wait"], busy_cap)
+
+    loop._pull_and_store_message = pull_and_note
+    loop.time = _module_with(clock, sleep=sleep)
+
+
+def superexec_through(loop: types.ModuleType, command: Callable[[list[str]], list[str]]
+                      ) -> Callable[[], int | None]:
+    """The SuperNode (`loop`) starts its SuperExec as `command(flower's command)`; returns
+    a function giving that process's pid while it runs (None before, or when `command` left
+    Flower's command as it was)."""
+    check_version()
+    processes = loop.subprocess
+    started: list = []
+
+    def popen(flower_command, *args, **kwargs):
+        ours = command(list(flower_command))
+        process = processes.Popen(ours, *args, **kwargs)
+        if ours != list(flower_command):
+            started[:] = [process]
+        return process
+
+    loop.subprocess = _module_with(processes, Popen=popen)
+    return lambda: started[0].pid if started and started[0].poll() is None else None
+
+
+def trace_supernode(loop: types.ModuleType, note: Callable[[dict], None]) -> None:
+    """Benchmarks only ($FEDCMR_TIMINGS): the SuperNode (`loop`) notes, on its own clock,
+    when each message's head came from the SuperLink (`pulled`) and when the message was
+    stored whole (`stored`), and for each reply when it found it ready (`reply_ready`) and
+    when it had pushed it to the SuperLink (`pushed`), by the message's id."""
+    check_version()
+    pull_and_store, push = loop._pull_and_store_message, loop._push_messages
+
+    def pull_and_store_traced(*args, receive, **kwargs):
+        seen: dict = {}
+
+        def receive_traced():
+            got = receive()
+            if got is not None:
+                seen.update(message_id=got[0].metadata.message_id, pulled=time.time())
+            return got
+
+        run_id = pull_and_store(*args, receive=receive_traced, **kwargs)
+        if seen:
+            note({"event": "stored", **seen, "stored": time.time()})
+        return run_id
+
+    def push_traced(*args, send, **kwargs):
+        replies: list[tuple[str, float]] = []
+
+        def send_traced(message, *rest, **options):
+            replies.append((message.metadata.reply_to_message_id, time.time()))
+            return send(message, *rest, **options)
+
+        push(*args, send=send_traced, **kwargs)
+        done = time.time()
+        for reply_to, ready in replies:
+            note({"event": "pushed", "message_id": reply_to, "reply_ready": ready,
+                  "pushed": done})
+
+    loop._pull_and_store_message = pull_and_store_traced
+    loop._push_messages = push_traced
 
 
 def apply() -> None:

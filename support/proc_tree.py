@@ -52,3 +52,42 @@ def start_time(pid: int) -> int | None:
 def alive(pid: int) -> bool:
     """The process exists and is not a zombie."""
     return start_time(pid) is not None
+
+
+def ancestors(pid: int) -> set[int]:
+    """`pid` and every process above it."""
+    found = set()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return found
+
+
+#: What the command line of a process fedcmr or Flower started holds (never a user's shell
+#: or editor that happens to work in a run's folder).
+OURS = ("fedcmr", "flwr", "flower")
+
+
+def working_in(folder: Path) -> set[int]:
+    """Live fedcmr and Flower processes (OURS in their command line) whose working directory
+    is `folder` or inside it (every process a launcher starts there inherits it), except
+    this process and those above it."""
+    root = str(Path(folder).resolve())
+    mine = ancestors(os.getpid())
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        pid = int(entry.name)
+        if pid in mine:
+            continue
+        with suppress(OSError):
+            cwd = os.readlink(entry / "cwd")
+            if not (cwd == root or cwd.startswith(root + os.sep)) or not alive(pid):
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+            if any(word in command for word in OURS):
+                found.add(pid)
+    return found

@@ -4,7 +4,13 @@ refuses a release the patches were not tested on."""
 
 from __future__ import annotations
 
+import inspect
+import os
+import subprocess
+import sys
 import threading
+import time
+import types
 
 import pytest
 from flwr.supercore.inflatable import inflatable_utils
@@ -74,3 +80,117 @@ def test_another_flower_release_is_refused_with_the_fix(monkeypatch):
                        match=r"tested on Flower 1\.42\.0 .* has Flower 1\.43\.0\. Fix: pip "
                              r"install 'flwr\[simulation\]==1\.42\.0'"):
         flower_patches.apply()
+
+
+def test_the_names_each_patch_reaches_are_where_flower_1_42_has_them():
+    """Fails when Flower moves what a patch changes: the SuperNode loop's 3 s idle wait and
+    its SuperExec start, its per-message `_pull_and_store_message`, the SuperExec's wait."""
+    from flwr.supercore.superexec import run_superexec
+    from flwr.supernode import start_client_internal as loop
+
+    source = inspect.getsource(loop.start_client_internal)
+    assert "time.sleep(3)" in source and "subprocess.Popen(command)" in source
+    assert "run_id = _pull_and_store_message(" in source
+    assert "time.sleep(task_poll_interval)" in inspect.getsource(run_superexec.run_superexec)
+    for name in ("time", "subprocess", "_pull_and_store_message", "_push_messages"):
+        assert hasattr(loop, name), name
+    assert {"receive"} <= set(inspect.signature(loop._pull_and_store_message).parameters)
+    assert {"send"} <= set(inspect.signature(loop._push_messages).parameters)
+    assert "_push_messages(\n                state=state," in source
+
+
+def test_the_supernode_trace_names_each_message_and_reply_by_id():
+    meta = types.SimpleNamespace(message_id="m1", reply_to_message_id="m1")
+    message = types.SimpleNamespace(metadata=meta)
+    sent, notes = [], []
+
+    def pull_and_store(*, receive, state):
+        return 3 if receive() is not None else None
+
+    def push(*, send, state):
+        send(message, "tree", 1.0)
+
+    loop = types.SimpleNamespace(_pull_and_store_message=pull_and_store, _push_messages=push)
+    flower_patches.trace_supernode(loop, notes.append)
+    assert loop._pull_and_store_message(receive=lambda: None, state=0) is None
+    assert notes == []  # no message: nothing noted
+    assert loop._pull_and_store_message(receive=lambda: (message, "tree"), state=0) == 3
+    loop._push_messages(send=lambda *a: sent.append(a), state=0)
+    assert sent == [(message, "tree", 1.0)]
+    stored, pushed = notes
+    assert stored["event"] == "stored" and stored["message_id"] == "m1"
+    assert stored["pulled"] <= stored["stored"] <= pushed["reply_ready"] <= pushed["pushed"]
+    assert pushed["event"] == "pushed" and pushed["message_id"] == "m1"
+
+
+def test_the_supernode_loop_checks_again_soon_during_a_run_and_rarely_when_idle():
+    """Its own ClientApp's reply is looked for every 0.02 s (Flower: 0.5 s); the SuperLink
+    0.05 s after a message, doubling up to 0.5 s (Flower: 3 s), and every 1 s once no
+    message came for 5 minutes; it starts fedcmr's SuperExec, and knows its pid."""
+    waits, started, now = [], [], [0.0]
+    arrivals = iter([None, 7, None, None, None, None, None])
+    loop = types.SimpleNamespace(
+        time=types.SimpleNamespace(sleep=waits.append, monotonic=lambda: now[0]),
+        _pull_and_store_message=lambda **kw: next(arrivals),
+        subprocess=types.SimpleNamespace(Popen=lambda command: started.append(command) or
+                                         types.SimpleNamespace(pid=42, poll=lambda: None)))
+    flower_patches.supernode_waits(loop)
+
+    def iteration():  # Flower's loop: a check, then its 3 s wait or the reply's 0.5 s waits
+        if loop._pull_and_store_message(state=None) is None:
+            loop.time.sleep(3)
+        else:
+            loop.time.sleep(0.5)
+
+    for _ in range(6):
+        iteration()
+    assert waits == pytest.approx([1.0, 0.02, 0.05, 0.1, 0.2, 0.4])
+    iteration()
+    assert waits[-1] == 0.5
+    now[0] = 301.0  # five minutes without a message: idle
+    arrivals = iter([None])
+    iteration()
+    assert waits[-1] == 1.0
+    pid = flower_patches.superexec_through(loop, lambda cmd: ["python", "-c", "x", *cmd])
+    assert pid() is None  # not started yet
+    loop.subprocess.Popen(["flower-superexec", "--insecure"])
+    assert started == [["python", "-c", "x", "flower-superexec", "--insecure"]]
+    assert pid() == 42
+
+
+WAITER = """
+import sys, time
+from fedcmr.support import flower_patches
+from flwr.supercore.superexec import run_superexec
+if sys.argv[1] == "patched":
+    flower_patches.superexec_wakes_on_signal()
+print("waiting", flush=True)
+started = time.monotonic()
+run_superexec.time.sleep(60)
+print(f"woke {time.monotonic() - started:.2f}", flush=True)
+"""
+
+
+def waiter(mode: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", WAITER, mode], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "waiting"
+    return proc
+
+
+def test_a_message_wakes_the_superexec_at_once():
+    """The SuperNode's wrapped `_pull_and_store_message` signals the SuperExec after every
+    message it stored; the SuperExec's 60 s wait ends then. Defence off (Flower's own
+    SuperExec): the same signal kills it."""
+    proc = waiter("patched")
+    loop = types.SimpleNamespace(_pull_and_store_message=lambda **kw: kw["run_id"])
+    flower_patches.wake_superexec(loop, lambda: proc.pid)
+    assert loop._pull_and_store_message(run_id=None) is None  # no message: no signal
+    time.sleep(0.5)
+    assert proc.poll() is None
+    assert loop._pull_and_store_message(run_id=7) == 7
+    out, _ = proc.communicate(timeout=50)
+    assert proc.returncode == 0 and float(out.split()[1]) < 50, out
+    plain = waiter("flower")
+    os.kill(plain.pid, flower_patches.WAKE_SIGNAL)
+    assert plain.wait(timeout=50) == -flower_patches.WAKE_SIGNAL

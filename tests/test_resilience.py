@@ -229,3 +229,30 @@ def test_a_relaunch_stops_what_a_killed_launcher_left_running(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_relaunch_stops_a_flower_process_its_killed_launcher_never_listed(tmp_path):
+    """A process started in the last second before the launcher died (not in pids.json
+    yet: a study killed just as its federation started the simulation) would go on writing
+    in the run folder once the next claimant starts afresh there. Any fedcmr or Flower
+    process working in the folder is stopped; anything else working there, or a Flower
+    process working elsewhere, is not."""
+    from fedcmr.server.processes import ProcessGroup
+
+    sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    (run / "fold_0").mkdir(parents=True)
+    elsewhere.mkdir()
+    late = subprocess.Popen([*sleep, "flwr-simulation"], cwd=run / "fold_0")
+    shell = subprocess.Popen(["sleep", "600"], cwd=run)  # a user's, say
+    other_run = subprocess.Popen([*sleep, "flwr-simulation"], cwd=elsewhere)
+    try:
+        group = ProcessGroup(run, dict(ENV))
+        assert not group.pid_file.exists()  # the defence off: nothing listed, nothing stopped
+        assert group.stop_leftovers() == [late.pid]
+        assert late.wait(timeout=10) == -signal.SIGTERM
+        assert shell.poll() is None and other_run.poll() is None
+    finally:
+        for proc in (late, shell, other_run):
+            proc.kill()
+            proc.wait()

@@ -130,10 +130,12 @@ def main() -> None:
     sys.argv = sys.argv[1:]
     import importlib
 
-    for name in PRELOAD:
-        importlib.import_module(name)
     from fedcmr.support import flower_patches
 
+    # first, before any thread starts: the SuperNode's signal ends the wait for work
+    flower_patches.superexec_wakes_on_signal()
+    for name in PRELOAD:
+        importlib.import_module(name)
     flower_patches.apply()  # before any fork: every ClientApp pulls its message with them
     from flwr.supercore.cli import flower_superexec
     from flwr.supercore.superexec.executor import subprocess_executor

@@ -3,11 +3,12 @@ own entry point with five changes. It runs only app bundles the site approved
 (client/site/app_approval.py): the digests in $FEDCMR_APPROVED_BUNDLES (`fedcmr client` sets
 them from its policy), or, without it, only the bundle this installation builds. Its
 SuperExec forks each ClientApp from a process that has imported torch once
-(client/runtime/superexec_main.py), instead of starting a fresh one per message. Its
-connection loop waits IDLE_POLL_S, not a hard-coded 3 s, between two checks that found no
-message (every exchange waited half of that on average); and the process exits with
-LOOP_ENDED once that loop has ended (Flower 1.42 logs the error that ended it, a
-coordinator lost for --max-wait-time or an HTTP 500, and then hangs for ever on its
+(client/runtime/superexec_main.py), instead of starting a fresh one per message, and wakes
+it as soon as a message has arrived. Its connection loop checks the SuperLink again within
+0.05-0.5 s during a run, not a hard-coded 3 s (every exchange waited half of that on
+average); these changes to Flower are in support/flower_patches.py. The process
+exits with LOOP_ENDED once that loop has ended (Flower 1.42 logs the error that ended it,
+a coordinator lost for --max-wait-time or an HTTP 500, and then hangs for ever on its
 Runtime API thread). And it starts the site's warm worker (client/runtime/site_worker.py), which
 does the work of every message for the whole run, unless $FEDCMR_WORKER is "off"; the
 worker ends with this process."""
@@ -16,39 +17,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
-import types
 
-#: Seconds the SuperNode waits after a check that found no message (Flower: 3 s).
-IDLE_POLL_S = 0.2
 #: Exit code of the SuperNode once its connection loop has ended.
 LOOP_ENDED = 75
 #: The command line: `python -c SUPERNODE_MAIN flower-supernode ARGS...` (argv[1] names
 #: the tool, so that the process still reads as flower-supernode in `ps`).
 SUPERNODE_MAIN = "from fedcmr.client.runtime.supernode_main import main; main()"
-
-
-def _module_with(module: types.ModuleType, **replaced) -> types.SimpleNamespace:
-    """`module`'s public names, with `replaced` ones swapped (for Flower's loop only)."""
-    return types.SimpleNamespace(**{**{n: getattr(module, n) for n in dir(module)
-                                       if not n.startswith("__")}, **replaced})
-
-
-def _short_idle(clock: types.ModuleType, idle: float) -> types.SimpleNamespace:
-    """`clock` with a `sleep` that never waits more than `idle` s (the loop's only long
-    sleep is the idle wait; its other sleeps are 0.5 s)."""
-    return _module_with(clock, sleep=lambda seconds: clock.sleep(min(seconds, idle)))
-
-
-def _superexec_via_fedcmr(processes: types.ModuleType) -> types.SimpleNamespace:
-    """`processes` (subprocess) whose Popen starts Flower's `flower-superexec` command
-    through client/runtime/superexec_main.py."""
-    from fedcmr.client.runtime.superexec_main import superexec_command
-
-    return _module_with(processes, Popen=lambda command, *a, **k: processes.Popen(
-        superexec_command(command), *a, **k))
 
 
 def approved_bundles() -> set[str]:
@@ -69,9 +44,9 @@ def main() -> None:
     from flwr.supernode.cli import flower_supernode
 
     from fedcmr.client.runtime import site_worker, worker_channel
-    from fedcmr.client.runtime.superexec_main import start_mode
+    from fedcmr.client.runtime.superexec_main import start_mode, superexec_command
     from fedcmr.client.site.app_approval import install_approval
-    from fedcmr.support import flower_patches
+    from fedcmr.support import exchange_timing, flower_patches
 
     flower_patches.apply()  # a Flower release fedcmr was not tested on stops it here
     start_mode()  # a wrong $FEDCMR_CLIENTAPP_START stops the SuperNode here, named
@@ -82,8 +57,11 @@ def main() -> None:
         os.environ[site_worker.SOCKET_ENV] = str(folder / site_worker.SOCKET_NAME)
         os.environ[site_worker.PID_ENV] = str(worker.pid)
     install_approval(loop, approved_bundles(), FLOWER_LOGGER)
-    loop.time = _short_idle(time, IDLE_POLL_S)
-    loop.subprocess = _superexec_via_fedcmr(subprocess)
+    flower_patches.supernode_waits(loop)
+    superexec_pid = flower_patches.superexec_through(loop, superexec_command)
+    flower_patches.wake_superexec(loop, superexec_pid)  # a message wakes the SuperExec
+    if exchange_timing.enabled():  # benchmarks only
+        flower_patches.trace_supernode(loop, exchange_timing.supernode_event)
     try:
         flower_supernode()
     finally:

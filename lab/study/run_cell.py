@@ -42,17 +42,20 @@ class StudyData:
 
 def clear_half_written(run_dir: Path) -> None:
     """A run folder without its cell's result.json is from a claimant that died: stop what
-    it left running (server/processes.py lists every process a launcher started) and
-    start the cell afresh."""
+    it left running (server/processes.py: every process it listed, and any of fedcmr's or
+    Flower's still working in the folder). A federation that checkpointed a round is
+    continued from there (`_federated`); anything else starts afresh."""
     if not run_dir.exists():
         return
+    from fedcmr.server.checkpoint import CHECKPOINT_DIR, SETTINGS_FILE
     from fedcmr.server.processes import ProcessGroup
 
     left = ProcessGroup(run_dir, {}).stop_leftovers()
     if left:
         log.warning("stopped %d process(es) a dead claimant left running in %s", len(left),
                     run_dir)
-    shutil.rmtree(run_dir)
+    if not (run_dir / CHECKPOINT_DIR / SETTINGS_FILE).exists():
+        shutil.rmtree(run_dir)
 
 
 def run_cell(spec: CellSpec, data: StudyData, cell: Path) -> dict:
@@ -98,9 +101,16 @@ def _centralised(spec: CellSpec, data: StudyData, run_dir: Path) -> None:
 
 def _federated(spec: CellSpec, data: StudyData, run_dir: Path, echo) -> None:
     from fedcmr.lab.local_federation import run_local_federation
+    from fedcmr.server.checkpoint import Checkpoint
     from fedcmr.server.settings import FederationSettings
 
     settings = FederationSettings.build(spec.strategy, spec.vote_alpha, spec.run_config())
+    # an attempt stopped mid-run (its study killed) left its checkpoint: continue it, which
+    # gives bit for bit the run it would have been (server/checkpoint.py)
+    resumed = Checkpoint(run_dir, settings).exists()
+    if resumed:
+        echo(f"resuming the run in {run_dir} from its checkpoint")
+    settings = settings.model_copy(update={"resume": resumed})
     metrics = run_local_federation(list(data.caches), settings, run_dir, echo=echo,
                                    runtime=data.runtime, site_policy=data.site_policy,
                                    site_per=data.site_per, only=spec.sites)
