@@ -83,7 +83,8 @@ def test_compose_up_runs_four_hospitals_to_a_finished_run_and_returns(tmp_path):
     engine_or_skip()
     env = {**os.environ, "FEDCMR_DATA": str(tmp_path / "data"),
            "FEDCMR_RUNS": str(tmp_path / "runs"), "FEDCMR_SCALE": "0.1",
-           "FEDCMR_PROFILE": "smoke", "FEDCMR_MIN_SUBJECTS": "2", "FEDCMR_WORKERS": "2"}
+           "FEDCMR_PROFILE": "smoke", "FEDCMR_EPOCHS": "1", "FEDCMR_MIN_SUBJECTS": "2",
+           "FEDCMR_WORKERS": "2"}
     build = compose(env, "build", timeout=3600)
     log = build.stdout[-3000:] + build.stderr[-3000:]
     if build.returncode != 0 and (why := registry_unreachable()):
