@@ -62,6 +62,8 @@ MODES = {
     "worker": {"FEDCMR_CLIENTAPP_START": "fork", "FEDCMR_WORKER": "on"},
     "simulation": {},
 }
+#: The parts without a SuperNode trace (exec mode: Flower's own SuperExec).
+UNTRACED_PARTS = ("to_site", "back")
 PARTS = ("to_supernode", "supernode_download", "clientapp_start", "handover", "compute",
          "reply_to_supernode", "supernode_upload", "to_coordinator")
 SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (5, 6), "Delta": (6, 7)}
@@ -99,14 +101,15 @@ def split(server: dict, site: dict | None, node: dict | None, simulated: bool
     out["compute"] = site["handler_s"]
     if simulated:
         return out
-    out["handover"] = site["left"] - site["entered"] - site["handler_s"]
     if node is None or "stored" not in node or "pushed" not in node:  # no SuperNode trace
         started = site["process_started"] or site["imported"]
         out.update(to_site=started - server["pushed"],
                    clientapp_start=site["imported"] - started,
+                   handover=site["left"] - site["imported"] - site["handler_s"],
                    back=server["replied"] - site["left"])
         return out
-    out.update(to_supernode=node["pulled"] - server["pushed"],
+    out.update(handover=site["left"] - site["entered"] - site["handler_s"],
+               to_supernode=node["pulled"] - server["pushed"],
                supernode_download=node["stored"] - node["pulled"],
                clientapp_start=site["entered"] - node["stored"],
                reply_to_supernode=node["reply_ready"] - site["left"],
@@ -139,7 +142,8 @@ def summarise(folder: Path, simulated: bool) -> dict:
                 server["bytes_out"] + (server["bytes_back"] or 0))
     out = {}
     for kind, rows in sorted(by_type.items()):
-        keys = [k for k in ("total", *PARTS) if all(k in r for r in rows)]
+        keys = [k for k in ("total", "coordinator_upload", *PARTS, *UNTRACED_PARTS)
+                if all(k in r for r in rows)]
         means = {k: round(statistics.fmean(r[k] for r in rows), 3) for k in keys}
         if "compute" in means:
             means["beyond_compute"] = round(means["total"] - means["compute"], 3)

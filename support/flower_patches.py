@@ -39,6 +39,7 @@ import signal
 import time
 import types
 from collections.abc import Callable
+from pathlib import Path
 
 #: The Flower release every patch here was tested on.
 TESTED_FLOWER = "1.42.0"
@@ -112,6 +113,20 @@ def superexec_wakes_on_signal() -> None:
     run_superexec.time = _module_with(run_superexec.time, sleep=sleep)
 
 
+def catches(pid: int, sig: int = WAKE_SIGNAL) -> bool:
+    """Whether process `pid` has a handler for `sig` now (Linux: /proc/PID/status SigCgt).
+    A SuperExec still starting (its interpreter, a sitecustomize importing torch) has none
+    yet, and the signal's default action would end it: it is then not signalled, and finds
+    the message at its next check for work."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 def wake_superexec(loop: types.ModuleType, superexec_pid: Callable[[], int | None]) -> None:
     """In a SuperNode whose SuperExec ran `superexec_wakes_on_signal`: after each message it
     pulls and stores (Flower's `_pull_and_store_message` in `loop`, its connection loop),
@@ -121,7 +136,7 @@ def wake_superexec(loop: types.ModuleType, superexec_pid: Callable[[], int | Non
 
     def pull_store_and_wake(*args, **kwargs):
         run_id = pull_and_store(*args, **kwargs)
-        if run_id is not None and (pid := superexec_pid()) is not None:
+        if run_id is not None and (pid := superexec_pid()) is not None and catches(pid):
             with contextlib.suppress(ProcessLookupError):  # it ended: nothing to wake
                 os.kill(pid, WAKE_SIGNAL)
         return run_id

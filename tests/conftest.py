@@ -40,25 +40,6 @@ os.environ["FEDCMR_SITE_POLICY"] = str(SMALL_SITE_POLICY)
 os.environ["FEDCMR_SITE_STATE"] = tempfile.mkdtemp(prefix="fedcmr-site-state-")
 
 
-#: The test modules that start federations or hospitals as processes (a SuperLink,
-#: SuperNodes, a ServerApp, Ray, containers). A four-site smoke federation holds about 13 GB
-#: on this kind of machine (24 GB), so two must never run at once: under pytest-xdist
-#: (pyproject's addopts: two workers) they share one group, run one after another on one
-#: worker, while the in-process tests run on the other. A new module that starts a
-#: federation belongs here.
-FEDERATION_MODULES = {
-    "test_app_approval", "test_attacks", "test_cli", "test_client_lifecycle",
-    "test_docker_compose", "test_federation", "test_measures_model", "test_model_plugin",
-    "test_network_faults", "test_predict", "test_resilience", "test_study",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.path.stem in FEDERATION_MODULES:
-            item.add_marker(pytest.mark.xdist_group("federations"))
-
-
 @pytest.fixture(autouse=True)
 def _quiet_flower(monkeypatch):
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")

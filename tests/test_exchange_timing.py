@@ -79,3 +79,25 @@ def test_the_parts_of_an_exchange_add_up_to_its_total(tmp_path, monkeypatch, ide
     assert means["clientapp_start"] == pytest.approx(1.5, abs=1e-3)
     assert means["handover"] == pytest.approx(7.5 - 2.5 - 2.0, abs=1e-3)
     assert means["back"] == pytest.approx(1.5, abs=1e-3)
+
+
+def test_with_the_supernodes_trace_every_hop_is_its_own_part(tmp_path, monkeypatch, identity):
+    """The SuperNode's own times (support/flower_patches.py `trace_supernode`) split the way
+    to the site and the way back at the SuperNode; the eight parts add up to the total."""
+    monkeypatch.setenv(exchange_timing.TIMINGS_ENV, str(tmp_path))
+    pushed = time.time()
+    sent = message("m1", True)
+    exchange_timing.record_sent([sent], pushed, {"m1": (pushed + 12.0, 400)}, pushed + 0.5)
+    exchange_timing.supernode_event({"event": "stored", "message_id": "m1",
+                                     "pulled": pushed + 0.75, "stored": pushed + 2.0})
+    exchange_timing.record_exchange(sent, pushed + 3.0, pushed + 8.0, 4.0, "worker")
+    exchange_timing.supernode_event({"event": "pushed", "message_id": "m1",
+                                     "reply_ready": pushed + 8.5, "pushed": pushed + 11.0})
+    means = benchmark().summarise(tmp_path, simulated=False)["train"]["mean_s"]
+    expected = {"to_supernode": 0.75, "supernode_download": 1.25, "clientapp_start": 1.0,
+                "handover": 1.0, "compute": 4.0, "reply_to_supernode": 0.5,
+                "supernode_upload": 2.5, "to_coordinator": 1.0}
+    for part, seconds in expected.items():
+        assert means[part] == pytest.approx(seconds, abs=1e-3), part
+    assert sum(means[p] for p in expected) == pytest.approx(means["total"], abs=5e-3)
+    assert means["coordinator_upload"] == pytest.approx(0.5, abs=1e-3)

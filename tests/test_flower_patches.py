@@ -182,7 +182,20 @@ def test_a_message_wakes_the_superexec_at_once():
     """The SuperNode's wrapped `_pull_and_store_message` signals the SuperExec after every
     message it stored; the SuperExec's 60 s wait ends then. Defence off (Flower's own
     SuperExec): the same signal kills it."""
+    # a SuperExec still starting (no handler yet) is not signalled: the signal would end it
+    starting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        early = types.SimpleNamespace(_pull_and_store_message=lambda **kw: 5)
+        flower_patches.wake_superexec(early, lambda: starting.pid)
+        assert not flower_patches.catches(starting.pid)
+        assert early._pull_and_store_message() == 5
+        time.sleep(0.5)
+        assert starting.poll() is None
+    finally:
+        starting.kill()
+        starting.wait()
     proc = waiter("patched")
+    assert flower_patches.catches(proc.pid)
     loop = types.SimpleNamespace(_pull_and_store_message=lambda **kw: kw["run_id"])
     flower_patches.wake_superexec(loop, lambda: proc.pid)
     assert loop._pull_and_store_message(run_id=None) is None  # no message: no signal

@@ -123,3 +123,54 @@ def test_the_site_unpacks_what_it_receives_and_packs_what_it_releases(tmp_path, 
     logged = json.loads((tmp_path / "audit.jsonl").read_text())
     assert logged["released"] == out.content.object_id
     assert logged["records"]["arrays"]["keys"]["stem.0.weight"] == [64, 3, 3, 7, 7]
+
+
+class OneReplyGrid:
+    """A SuperLink's two calls as the coordinator uses them: each pushed message gets an id,
+    and `reply` (made from the pushed message) waits to be pulled."""
+
+    def __init__(self, reply):
+        self.reply, self.waiting, self.pushed = reply, {}, []
+
+    def push_messages(self, messages):
+        ids = []
+        for number, msg in enumerate(messages):
+            msg.metadata.__dict__["_message_id"] = f"m{number}"
+            self.pushed.append(msg.content)
+            self.waiting[f"m{number}"] = self.reply(msg)
+            ids.append(f"m{number}")
+        return ids
+
+    def pull_messages(self, ids):
+        return [self.waiting.pop(i) for i in list(ids) if i in self.waiting]
+
+
+def test_the_coordinator_sends_packed_and_turns_an_unreadable_reply_into_a_failure(
+        monkeypatch, r3d18):
+    """What leaves the coordinator is packed, the caller's message keeps its own content;
+    a reply whose layout does not fit its bytes comes back as an error reply to that
+    message (the site failed the exchange), never as a model."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedcmr.server.roster import send_and_receive
+
+    for attr, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, attr, value)
+    content = RecordDict({"arrays": ArrayRecord(r3d18), "config": ConfigRecord({"a": 1})})
+    sent = Message(content=content, message_type="train", dst_node_id=7)
+
+    def crafted_reply(msg):
+        bad = RecordDict({"arrays": crafted([["w", "float32", [4], "numpy.ndarray", 64]])})
+        return Message(bad, reply_to=msg)
+
+    grid = OneReplyGrid(crafted_reply)
+    (reply,) = send_and_receive(grid, [sent], timeout=5)
+    assert packing.is_packed(grid.pushed[0]["arrays"])
+    assert sent.content is content  # the caller's message is as it was
+    assert reply.has_error() and reply.metadata.reply_to_message_id == "m0"
+    assert "cannot be unpacked" in reply.error.reason
+
+    grid = OneReplyGrid(lambda msg: Message(RecordDict(
+        {"arrays": packing.pack(ArrayRecord(r3d18))}), reply_to=msg))
+    (reply,) = send_and_receive(grid, [sent], timeout=5)
+    assert reply.content["arrays"].object_id == ArrayRecord(r3d18).object_id
