@@ -12,7 +12,8 @@ one of those names moves.
   PULL_FIRST_WAIT_S and stop growing at PULL_MAX_WAIT_S; the number of tries grows so that
   a slow upload is waited for as long as before (Flower's 500 tries at up to 10 s).
   Applied in every process that pulls: the ServerApp (replies), the SuperNode (messages
-  from the SuperLink) and the ClientApp (its message from the SuperNode).
+  from the SuperLink) and fedcmr's SuperExec, whose forked ClientApps pull their message
+  from the SuperNode.
 - **The SuperNode's loop** (`supernode_waits`, `superexec_through`). Flower waits 3 s after
   every check of the SuperLink that found no message (every exchange waited half of that
   on its way to a site), and checks for its own ClientApp's reply every 0.5 s. Here the
@@ -23,7 +24,8 @@ one of those names moves.
 - **A SuperExec that wakes on work** (`superexec_wakes_on_signal`, `wake_superexec`).
   Flower's SuperExec checks its SuperNode for a message to run every second
   (FLWR_SUPEREXEC_TASK_POLL_INTERVAL): on average half a second per message at every site,
-  or, polled ten times as often, a sixth of two cores for four idle sites. Here the
+  or, polled ten times as often, 8.9 % of two cores for four idle sites against 2.8 %
+  (benchmarks/results/idle_polling.txt). Here the
   SuperNode signals its SuperExec (WAKE_SIGNAL) as soon as a message and all its objects
   are stored, and the SuperExec's wait ends at once; Flower's 1 s stays as the fallback.
 - **A trace of the SuperNode's part of each exchange** (`trace_supernode`, only with
