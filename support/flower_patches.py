@@ -28,6 +28,12 @@ one of those names moves.
   (benchmarks/results/idle_polling.txt). Here the
   SuperNode signals its SuperExec (WAKE_SIGNAL) as soon as a message and all its objects
   are stored, and the SuperExec's wait ends at once; Flower's 1 s stays as the fallback.
+- **A lost site noticed in 20 s** (`prompt_heartbeat`). A SuperNode tells the SuperLink
+  how often it will report (Flower: every 30 s, no setting) and is marked offline after two
+  intervals without a report: a dead hospital held its round for a minute. Here a SuperNode
+  reports every HEARTBEAT_S (the shortest the SuperLink accepts: a beat every 4 s or so, a
+  few hundred bytes), so a lost site is named after 20 s and a late one still has five
+  beats to get through.
 - **A trace of the SuperNode's part of each exchange** (`trace_supernode`, only with
   $FEDCMR_TIMINGS set, for benchmarks/round_overhead.py).
 """
@@ -51,6 +57,9 @@ PULL_MAX_WAIT_S = 0.2
 #: How long Flower's defaults keep asking for a missing object: 500 tries, up to 10 s apart.
 _FLOWER_PULL_PATIENCE_S = 500 * 10.0
 
+#: How often a SuperNode says it will report to the SuperLink (Flower: 30 s; the SuperLink
+#: accepts 10 s to 30 min and marks a node offline after two intervals without a report).
+HEARTBEAT_S = 10
 
 #: What a SuperNode sends its SuperExec when a message has arrived.
 WAKE_SIGNAL = signal.SIGUSR1
@@ -87,6 +96,24 @@ def fast_object_pulls() -> None:
             raise FlowerVersionError(f"Flower's {function.__name__} has no {sorted(missing)}")
         defaults.update(initial_backoff=PULL_FIRST_WAIT_S, backoff_cap=PULL_MAX_WAIT_S,
                         max_tries_per_object=int(_FLOWER_PULL_PATIENCE_S / PULL_MAX_WAIT_S))
+
+
+def prompt_heartbeat(interval: int = HEARTBEAT_S) -> None:
+    """In a SuperNode, before it connects: it announces `interval` to the SuperLink and
+    sends its heartbeats on that schedule (both read Flower's module-level constant)."""
+    check_version()
+    from flwr.common import constant
+    from flwr.supercore import heartbeat
+    from flwr.supernode import fleet_http_connection
+
+    if not constant.HEARTBEAT_MIN_INTERVAL <= interval <= constant.HEARTBEAT_MAX_INTERVAL:
+        raise ValueError(f"a heartbeat every {interval} s is outside the SuperLink's "
+                         f"[{constant.HEARTBEAT_MIN_INTERVAL}, "
+                         f"{constant.HEARTBEAT_MAX_INTERVAL}] s")
+    for module in (heartbeat, fleet_http_connection):
+        if not hasattr(module, "HEARTBEAT_DEFAULT_INTERVAL"):
+            raise FlowerVersionError(f"{module.__name__} has no HEARTBEAT_DEFAULT_INTERVAL")
+        module.HEARTBEAT_DEFAULT_INTERVAL = interval
 
 
 def _module_with(module: types.ModuleType, **replaced) -> types.SimpleNamespace:

@@ -12,6 +12,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+TESTS = Path(__file__).resolve().parent
+#: The model of the fault tests, where what is tested is the federation, not the model: the
+#: tests' toy model (tests/toy_model.py, a plug-in fedcmr never names), known to every
+#: process started with TOY_ENV (as "toy", and as "toy-nyul", begun by the histogram
+#: round). Pass `--model toy` (TOY) to the command.
+TOY = ("--model", "toy")
+TOY_MODELS = "toy=toy_model:Toy,toy-nyul=toy_model:HarmonisedToy"
+
+
+def toy_env(*paths: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default ENV) with the toy model registered and `paths` then tests/ first on
+    PYTHONPATH, for every process of a federation (SuperExec, ClientApps, worker)."""
+    env = dict(ENV if env is None else env)
+    path = [*map(str, paths), str(TESTS), env.get("PYTHONPATH", "")]
+    return {**env, "FEDCMR_MODELS": TOY_MODELS,
+            "PYTHONPATH": os.pathsep.join(filter(None, path))}
+
+
+TOY_ENV = toy_env()
 
 
 def processes() -> dict[int, tuple[int, str, str]]:
@@ -104,7 +123,7 @@ def our_processes(marker: Path) -> list[str]:
 
 
 def hospital(site: str, cache: Path, superlink: str, out: Path, *extra: str,
-             log: Path | None = None) -> subprocess.Popen:
+             log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`fedcmr client` as a hospital starts it, in its own folder (every process it starts,
     flower-superexec included, has its working directory under `out`); its output to a
     pipe (text), or appended to `log`."""
@@ -117,7 +136,7 @@ def hospital(site: str, cache: Path, superlink: str, out: Path, *extra: str,
         return subprocess.Popen(
             [tool("fedcmr"), "client", "--site", site, "--data", str(cache), "--superlink",
              superlink, "--port", str(free_port()), "--threads", "1", "--out", str(out),
-             *extra], stdout=stdout, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=out,
+             *extra], stdout=stdout, stderr=subprocess.STDOUT, text=True, env=env or ENV, cwd=out,
             start_new_session=True)
 
 
@@ -131,10 +150,10 @@ def server_command(run_dir: Path, port: int, sites: int, *extra: str) -> list[st
             "--out", str(run_dir), *plain, *extra]
 
 
-def start(command: list[str]) -> subprocess.Popen:
+def start(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     """A command in a session of its own, its output (text) to a pipe."""
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=ENV, start_new_session=True)
+                            text=True, env=env or ENV, start_new_session=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 900) -> str:

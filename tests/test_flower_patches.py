@@ -99,6 +99,44 @@ def test_the_names_each_patch_reaches_are_where_flower_1_42_has_them():
     assert "_push_messages(\n                state=state," in source
 
 
+def test_a_supernode_announces_and_keeps_a_ten_second_heartbeat(monkeypatch):
+    """The interval a SuperNode announces (ActivateNode, every heartbeat) and the waits of
+    its heartbeat thread, read off Flower's own sender: every 17.5-22.5 s (30 s announced)
+    before, every 3.5-4.5 s (10 s announced) after. Outside the SuperLink's accepted range
+    the patch refuses."""
+    from flwr.supercore import heartbeat
+    from flwr.supernode import fleet_http_connection
+
+    for module in (heartbeat, fleet_http_connection):  # put back after the test
+        monkeypatch.setattr(module, "HEARTBEAT_DEFAULT_INTERVAL",
+                            module.HEARTBEAT_DEFAULT_INTERVAL)
+    source = inspect.getsource(fleet_http_connection.http_request_response)
+    assert source.count("heartbeat_interval=HEARTBEAT_DEFAULT_INTERVAL") == 2
+    assert "HeartbeatSender(send_node_heartbeat)" in source
+
+    def waits() -> list[float]:
+        sender = heartbeat.HeartbeatSender(lambda: True)
+        recorded: list[float] = []
+
+        def wait(timeout=None):
+            recorded.append(timeout)
+            sender._stop_event.set()  # one beat, then stop
+            return True
+
+        monkeypatch.setattr(sender._stop_event, "wait", wait)
+        sender._run()
+        return recorded
+
+    (before,) = waits()
+    assert fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL == 30 and 17.5 <= before <= 22.5
+    flower_patches.prompt_heartbeat()
+    (after,) = waits()
+    assert fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL == flower_patches.HEARTBEAT_S == 10
+    assert 3.5 <= after <= 4.5
+    with pytest.raises(ValueError, match="outside the SuperLink's"):
+        flower_patches.prompt_heartbeat(5)
+
+
 def test_the_supernode_trace_names_each_message_and_reply_by_id():
     meta = types.SimpleNamespace(message_id="m1", reply_to_message_id="m1")
     message = types.SimpleNamespace(metadata=meta)

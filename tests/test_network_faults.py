@@ -1,18 +1,21 @@
 """A deployment under stress, with real processes: `fedcmr server` and one `fedcmr client`
 per hospital. In the same run one hospital is killed (SIGKILL of its client, SuperNode and
 ClientApp) and restarted, one hospital's link goes dark for longer than the heartbeat and
-comes back (a loopback relay, tests/relay.py), and one hospital's SuperExec (which runs its
-ClientApps) is frozen for longer than the round timeout (a straggler). The run finishes
+comes back (a loopback relay, tests/relay.py), and one hospital answers round 2 later than
+the round timeout (a straggler: its SuperNode online, its reply held back by
+tests/poison/). The run finishes
 with every site, each back in a later round, the straggler's late reply mixed into no
 round; then every hospital stops by itself, leaving no Flower process. Every byte Bravo
 sends passes the relay and is recorded: none is a subject id or image data (a marker
-subject planted in its cache is searched for)."""
+subject planted in its cache is searched for). The sites train the tests' toy model begun
+by the histogram round (tests/toy_model.py, "toy-nyul"): the faults, not the model, are
+what is tested; the coordinator waits BEGIN_PAUSE_S between the histogram round, which
+every site answers, and round 1, in which the first two faults begin."""
 
 from __future__ import annotations
 
 import csv
 import json
-import signal
 import subprocess
 import threading
 import time
@@ -27,15 +30,11 @@ from cache_factory import (
     write_cohort,
 )
 from process_tools import (
-    ENV,
     audit_kinds,
-    checkpoint_round,
-    descendants,
     hospital,
     kill_tree,
     our_processes,
-    processes,
-    site_node,
+    toy_env,
     wait_for,
 )
 from relay import Relay
@@ -47,21 +46,19 @@ from fedcmr.support.flower_env import tool
 
 pytestmark = pytest.mark.slow
 SIZES = {"Alpha": (6, 6), "Bravo": (6, 6), "Charlie": (6, 6), "Delta": (6, 6)}
-ROUND_TIMEOUT = 60
-#: Longer than the SuperLink's heartbeat patience (2 x 30 s): the node goes offline.
-DARK_SECONDS = 70
+ROUND_TIMEOUT = 30
+#: Longer than the SuperLink's heartbeat patience (2 x 10 s, support/flower_patches.py
+#: prompt_heartbeat) and shorter than ROUND_TIMEOUT past it: the node goes offline, and it
+#: is its missed heartbeats (not a round's timeout) that name it lost.
+DARK_SECONDS = 30
+BEGIN_PAUSE_S = 15
+ENV = {**toy_env(Path(__file__).parent / "poison"), "TOY_BEGIN_PAUSE_S": str(BEGIN_PAUSE_S),
+       "FEDCMR_TEST_POISON": "Charlie=none,stall",
+       "FEDCMR_TEST_STALL_S": str(ROUND_TIMEOUT + 5)}
 
 
 def client(site: str, cache: Path, superlink: str, out: Path, log: Path) -> subprocess.Popen:
-    return hospital(site, cache, superlink, out, "--max-wait-time", "300", log=log)
-
-
-def superexec_of(site: str) -> int | None:
-    """The site's SuperExec: it starts a ClientApp for every message and relays its reply."""
-    node = site_node(site)
-    table = processes()
-    return next((p for p in descendants(node, table) if "flower-superexec" in table[p][2]
-                 and table[p][1] != "Z"), None) if node else None
+    return hospital(site, cache, superlink, out, "--max-wait-time", "300", log=log, env=ENV)
 
 
 def test_kill_and_restart_a_cut_link_and_a_straggler_in_one_run(tmp_path):
@@ -70,7 +67,7 @@ def test_kill_and_restart_a_cut_link_and_a_straggler_in_one_run(tmp_path):
     run_dir, port = tmp_path / "run", free_port()
     server = subprocess.Popen(
         [tool("fedcmr"), "-q", "server", "--sites", "4", "--host", "127.0.0.1", "--port",
-         str(port), "--profile", "smoke", "--fold", "0", "--epochs", "4",
+         str(port), "--profile", "smoke", "--model", "toy-nyul", "--fold", "0", "--epochs", "6",
          "--min-subjects", "3", "--round-timeout", str(ROUND_TIMEOUT), "--rejoin-timeout",
          "240", "--out", str(run_dir), "--insecure"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
@@ -86,21 +83,17 @@ def test_kill_and_restart_a_cut_link_and_a_straggler_in_one_run(tmp_path):
         # the faults start with round 1, once every site has sent its histogram
         wait_for(lambda: all("query.nyul" in audit_kinds(tmp_path / s) for s in SIZES), 600,
                  "the histogram round", server)
-        time.sleep(5)  # their replies reach the SuperLink
+        time.sleep(3)  # their replies reach the SuperLink (round 1: BEGIN_PAUSE_S later)
         kill_tree(clients["Delta"].pid)
         relay.blackhole()
         restore = threading.Timer(DARK_SECONDS, relay.restore)
         restore.start()
         clients["Delta"].wait()
+        # Delta is back once round 1 has been sent (before, it would have joined round 1)
+        wait_for(lambda: "train" in audit_kinds(tmp_path / "Alpha"), 120, "round 1", server)
         restarted = client("Delta", caches["Delta"], address["Delta"], tmp_path / "Delta",
                            logs / "Delta-restarted.log")
-        # round 2: Charlie's SuperExec and ClientApps freeze (SIGSTOP) past the round
-        # timeout; its SuperNode keeps its heartbeat: online, but slow
-        wait_for(lambda: checkpoint_round(run_dir) >= 1, 600, "round 1", server)
-        frozen = wait_for(lambda: superexec_of("Charlie"), 30, "Charlie's SuperExec", server)
-        kill_tree(frozen, signal.SIGSTOP)
-        time.sleep(ROUND_TIMEOUT + 15)
-        kill_tree(frozen, signal.SIGCONT)
+        # round 2: Charlie's reply comes ROUND_TIMEOUT + 5 s late (FEDCMR_TEST_POISON)
         out, _ = server.communicate(timeout=1200)
         restore.join()
         assert server.returncode == 0, out[-4000:]
@@ -132,6 +125,8 @@ def test_kill_and_restart_a_cut_link_and_a_straggler_in_one_run(tmp_path):
         assert [e["event"] for e in events if e["site"] == site][:2] == ["lost", "rejoined"]
     straggled = next(e for e in events if e["site"] == "Charlie" and e["event"] == "lost")
     assert f"no reply to train within {ROUND_TIMEOUT} s" in straggled["reason"]
+    dark = next(e for e in events if e["site"] == "Bravo" and e["event"] == "lost")
+    assert "heartbeat" in dark["reason"], dark  # missed heartbeats, before the round's timeout
     audit = [json.loads(line) for line in (run_dir / "audit.jsonl").read_text().splitlines()]
     for row in audit:  # the audit trail lists exactly the rows of rounds.csv
         assert sorted(c["site"] for c in row["contributed"]) == sorted(
@@ -145,18 +140,20 @@ def test_kill_and_restart_a_cut_link_and_a_straggler_in_one_run(tmp_path):
     assert our_processes(tmp_path) == []  # no SuperNode, SuperExec or ClientApp left
     assert port_is_free(port)
 
-    assert_no_subject_data_left(tmp_path / "bravo-sent", caches["Bravo"])
+    assert_no_subject_data_left(tmp_path / "bravo-sent", caches["Bravo"],
+                                updates=len(took_part["Bravo"]))
 
 
-def assert_no_subject_data_left(recorded: Path, cache: Path) -> None:
+def assert_no_subject_data_left(recorded: Path, cache: Path, updates: int) -> None:
     """Bravo's traffic (HTTP/2 streams reassembled) holds its name and model updates, and
     no subject id, no run of the planted image values (float32, any 4 in a row), no run of
     its planted labels."""
     from fedcmr.common.cache_format import read_manifest
 
     sent = sent_by_site(recorded)
-    assert sum(map(len, sent)) > 100e6  # four rounds of model updates went through it
-    assert any(b"Bravo" in chunk for chunk in sent)  # the search finds what is there
+    # the search finds what is there: its name, each model update it sent (a packed record)
+    assert any(b"Bravo" in chunk for chunk in sent)
+    assert sum(b"packed-arrays" in chunk for chunk in sent) >= updates >= 1
     subjects = sorted({e.subject for e in read_manifest(cache)})
     assert MARKER_SUBJECT in subjects
     image, labels = MARKER_IMAGE.tobytes(), MARKER_LABELS.tobytes()

@@ -1,7 +1,9 @@
 """Faults against real processes (`fedcmr federate`: a SuperLink, one SuperNode per hospital,
 the ServerApp and ClientApps; `fedcmr server` and a `fedcmr client` per hospital): a site
 killed for good, too few sites, the coordinator killed and the run resumed bit for bit with
-the hospitals registering again by themselves, processes left by a killed launcher."""
+the hospitals registering again by themselves, processes left by a killed launcher. The
+federations train the tests' toy model (tests/toy_model.py): what these tests check is the
+federation's handling of faults, which is the same for every model plug-in."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import torch
 from cache_factory import write_cohort
 from process_tools import (
     ENV,
+    TOY,
+    TOY_ENV,
     checkpoint_round,
     finish,
     hospital,
@@ -28,6 +32,7 @@ from process_tools import (
     site_node,
     start,
     stop_all,
+    toy_env,
     wait_for,
 )
 
@@ -36,6 +41,7 @@ from fedcmr.support.flower_env import tool
 
 pytestmark = pytest.mark.slow
 SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (6, 6)}
+POISON = Path(__file__).parent / "poison"
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +53,8 @@ def federate(caches: list[Path], run_dir: Path, *extra: str,
              env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [tool("fedcmr"), "-q", "federate", "--cache", *map(str, caches), "--profile", "smoke",
-         "--fold", "0", "--min-subjects", "3", "--out", str(run_dir), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or ENV,
+         "--fold", "0", "--min-subjects", "3", "--out", str(run_dir), *TOY, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or TOY_ENV,
         start_new_session=True)
 
 
@@ -66,13 +72,16 @@ def rounds_by_site(run_dir: Path) -> dict[int, set[str]]:
 
 
 def test_a_lost_site_stops_a_run_needing_it_and_a_resume_reports_without_it(caches, tmp_path):
-    """Charlie's SuperNode (and its ClientApp) is SIGKILLed after round 1. With min-sites 3
-    the run stops, naming Charlie, and keeps its checkpoint; resumed with min-sites 2 and
-    without Charlie's hospital, it finishes and says that the figures miss Charlie: in the
-    last line, in metrics.json, in the exit code."""
+    """Charlie's SuperNode (and its ClientApp) is SIGKILLed after round 1, while it holds
+    back its round-2 reply (tests/poison/: the kill lands in round 2 however fast the toy
+    trains). With min-sites 3 the run stops, naming Charlie, and keeps its checkpoint;
+    resumed with min-sites 2 and without Charlie's hospital, it finishes and says that the
+    figures miss Charlie: in the last line, in metrics.json, in the exit code."""
     run_dir = tmp_path / "run"
     common = ["--epochs", "2", "--round-timeout", "60", "--rejoin-timeout", "5"]
-    proc = federate(caches, run_dir, *common, "--min-sites", "3")
+    stalls = {**toy_env(POISON), "FEDCMR_TEST_POISON": "Charlie=none,stall",
+              "FEDCMR_TEST_STALL_S": "300"}
+    proc = federate(caches, run_dir, *common, "--min-sites", "3", env=stalls)
     wait_for(lambda: checkpoint_round(run_dir) >= 1, 600, "round 1", proc)
     node = wait_for(lambda: site_node("Charlie"), 10, "Charlie's SuperNode")
     kill_tree(node)
@@ -111,8 +120,7 @@ def test_bad_updates_from_a_real_site_are_rejected_and_the_rounds_go_on(caches, 
     Alpha under Flower's FedMedian (`--strategy median`, `--min-sites 1`); Bravo is still
     tested. (Every other rule, the norm rule included: tests/test_update_checks.py.)"""
     run_dir = tmp_path / "run"
-    env = {**ENV, "PYTHONPATH": str(Path(__file__).parent / "poison"),
-           "FEDCMR_TEST_POISON": "Bravo=nan,round"}
+    env = {**toy_env(POISON), "FEDCMR_TEST_POISON": "Bravo=nan,round"}
     proc = federate(caches[:2], run_dir, "--epochs", "2", "--strategy", "median",
                     "--min-sites", "1", env=env)
     out = finish(proc)
@@ -145,7 +153,9 @@ def superlink_of(run_dir: Path) -> int | None:
 def test_a_coordinator_killed_after_round_1_resumes_to_the_same_bits(caches, tmp_path):
     """The reference: an uninterrupted 2-round `fedcmr federate` of two hospitals. The same
     run deployed (`fedcmr server`, a `fedcmr client` per hospital) loses its SuperLink to
-    SIGKILL after round 1: the server exits naming --resume and leaves no process (not even
+    SIGKILL after round 1, while Alpha holds back its round-2 reply for a few seconds
+    (tests/poison/: the kill lands in round 2 however fast the toy trains; the reply itself
+    is the honest one): the server exits naming --resume and leaves no process (not even
     the orphaned flwr-serverapp); without --resume the folder is refused; with --resume the
     run continues, each hospital's client registers again by itself (the new SuperLink does
     not know its node), and the best model, the predictions and the model hashes round by
@@ -164,10 +174,12 @@ def test_a_coordinator_killed_after_round_1_resumes_to_the_same_bits(caches, tmp
     run_dir, port, logs = tmp_path / "killed", free_port(), tmp_path / "logs"
     logs.mkdir()
     sites = dict(zip(("Alpha", "Bravo"), caches, strict=True))
-    command = server_command(run_dir, port, len(sites), *args)
-    proc = start(command)
+    command = server_command(run_dir, port, len(sites), *TOY, *args)
+    proc = start(command, TOY_ENV)
+    stalls = {**toy_env(POISON), "FEDCMR_TEST_POISON": "Alpha=none,stall",
+              "FEDCMR_TEST_STALL_S": "10"}
     clients = {s: hospital(s, cache, f"127.0.0.1:{port}", tmp_path / "sites" / s,
-                           "--max-wait-time", "300", log=logs / f"{s}.log")
+                           "--max-wait-time", "300", log=logs / f"{s}.log", env=stalls)
                for s, cache in sites.items()}
     try:
         wait_for(lambda: checkpoint_round(run_dir) >= 1, 600, "round 1", proc)
@@ -178,10 +190,11 @@ def test_a_coordinator_killed_after_round_1_resumes_to_the_same_bits(caches, tmp
         assert our_processes(run_dir) == []
         assert not (run_dir / "metrics.json").exists()
         # without --resume the folder is refused, not overwritten
-        again = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=120)
+        again = subprocess.run(command, capture_output=True, text=True, env=TOY_ENV,
+                               timeout=120)
         assert again.returncode == 2 and "--resume" in again.stderr + again.stdout
 
-        proc = start([*command, "--resume"])
+        proc = start([*command, "--resume"], TOY_ENV)
         out = finish(proc)
         assert proc.returncode == 0, out[-3000:]
         for site, client in clients.items():  # each stops by itself once the run is over

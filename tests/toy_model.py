@@ -9,11 +9,16 @@ exchange), trains by full-batch gradient steps, and keeps its three numbers in a
 dict, so it travels, aggregates and is bundled like any other model.
 
 Registered by name "toy" through $FEDCMR_MODELS=toy=toy_model:Toy (with tests/ on
-PYTHONPATH), which every process of a local federation inherits.
+PYTHONPATH), which every process of a local federation inherits. `HarmonisedToy` ("toy-nyul")
+is the same model whose fold starts as the CNN's does, with the histogram round: the fault
+tests that need every site to have answered once before training starts use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +45,8 @@ from fedcmr.common.models.base import (
     ModelPlugin,
     PooledFold,
 )
+from fedcmr.common.models.cnn import CNN
+from fedcmr.common.protocol import Kind
 from fedcmr.common.results import prediction_rows
 
 FEATURES = ("heart_intensity", "heart_fraction")
@@ -145,3 +152,22 @@ class Toy(ModelPlugin):
 
     def predict(self, folder, metadata, state, frames, caches) -> np.ndarray:
         return probabilities(state, features(frames))
+
+
+class HarmonisedToy(Toy):
+    """The toy, its fold begun by the CNN's histogram round (each site's Nyul summary, the
+    same refusals); the global model still starts from zeros. The coordinator waits
+    $TOY_BEGIN_PAUSE_S (default 0) after the round before it sends round 1, as the CNN's
+    slower start would: a window in which a test sets up its faults."""
+
+    name = "toy-nyul"
+    summary = "a test's model: the toy, begun by the histogram round"
+    start = Kind.NYUL
+
+    def site_start(self, site, order, floor):
+        return CNN.site_start(self, site, order, floor)
+
+    def begin_fold(self, run, fold, replies) -> FoldBegin:
+        begun = CNN.begin_fold(self, run, fold, replies)
+        time.sleep(float(os.environ.get("TOY_BEGIN_PAUSE_S", "0")))
+        return dataclasses.replace(begun, state=zeros(), init_source="zeros")

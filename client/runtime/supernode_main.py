@@ -58,6 +58,7 @@ def main() -> None:
         os.environ[site_worker.PID_ENV] = str(worker.pid)
     install_approval(loop, approved_bundles(), FLOWER_LOGGER)
     flower_patches.supernode_waits(loop)
+    flower_patches.prompt_heartbeat()  # a dead site is offline after 20 s, not 60 s
     superexec_pid = flower_patches.superexec_through(loop, superexec_command)
     flower_patches.wake_superexec(loop, superexec_pid)  # a message wakes the SuperExec
     if exchange_timing.enabled():  # benchmarks only

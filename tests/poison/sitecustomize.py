@@ -8,7 +8,8 @@ fedcmr itself has no hook for it.
 
 Attacks: nan (NaN in the first floating-point tensor), extra (a tensor the model lacks),
 n_k (more training frames than any site has), round (a reply to another round), norm (the
-local change multiplied by 1000), none."""
+local change multiplied by 1000), stall (an honest reply, sent after $FEDCMR_TEST_STALL_S
+seconds: a straggler), none."""
 
 import os
 import sys
@@ -35,6 +36,11 @@ def spoil(reply, attack: str, received):
         return reply.model_copy(update={"num_examples": 10**6})
     elif attack == "round":
         return reply.model_copy(update={"server_round": reply.server_round + 5})
+    elif attack == "stall":
+        import time
+
+        time.sleep(float(os.environ["FEDCMR_TEST_STALL_S"]))
+        return reply
     else:
         return reply
     return reply.model_copy(update={"arrays": ArrayRecord(weights)})
