@@ -18,7 +18,15 @@ from pathlib import Path
 import golden
 import pytest
 from cache_factory import write_cohort
-from process_tools import ENV, finish, hospital, kill_tree, our_processes, server_command, wait_for
+from process_tools import (
+    TOY_ENV,
+    finish,
+    hospital,
+    kill_tree,
+    our_processes,
+    server_command,
+    wait_for,
+)
 
 from fedcmr.client.site.keys import key_paths
 from fedcmr.common.replies import ANY_KEY, REPLY_ALLOWED
@@ -182,7 +190,9 @@ def test_without_the_site_worker_every_prediction_is_the_same(caches, equal_vote
 def test_secure_server_and_clients_with_tempered_votes_and_refused_nodes(caches, tmp_path):
     """`fedcmr server --secure` with one `fedcmr client --root-certificates --auth-key` per
     hospital, as real sites run them; beside them, hospitals whose security settings do not
-    match the coordinator's are each refused, and say what is missing."""
+    match the coordinator's are each refused, and say what is missing. The sites train the
+    tests' toy model begun by the histogram round (tests/toy_model.py): TLS, node
+    authentication and the votes are what is checked here, the same for every model."""
     names = [s.name for s in sites_from_caches(caches)]
     certs, other = tmp_path / "certs", tmp_path / "other-certs"
     script = str(REPO / "deploy" / "make_certificates.sh")
@@ -209,12 +219,13 @@ def test_secure_server_and_clients_with_tempered_votes_and_refused_nodes(caches,
     # one round: the weights, TLS and node authentication are what is checked here; the
     # certificate folder is given relative to where the coordinator runs
     command = server_command(run_dir, port, len(names), "--strategy", "tempered",
-                             "--vote-alpha", "0.5", "--epochs", "1", "--secure", "certs")
+                             "--vote-alpha", "0.5", "--epochs", "1", "--model", "toy-nyul",
+                             "--secure", "certs")
     command.remove("-q")  # its start-up line says when the sites' keys are registered
     server_log = tmp_path / "server.log"
     with server_log.open("w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                  env=ENV, start_new_session=True, cwd=tmp_path)
+                                  env=TOY_ENV, start_new_session=True, cwd=tmp_path)
     wait_for(lambda: "SuperLink serving on" in server_log.read_text(), 180,
              "the secure SuperLink", server)
     address, ca = f"127.0.0.1:{port}", str(certs / "ca.crt")
@@ -223,12 +234,13 @@ def test_secure_server_and_clients_with_tempered_votes_and_refused_nodes(caches,
              "no-key": ["--root-certificates", ca],  # TLS, but no node authentication
              "plaintext": []}  # no CA: plaintext against a TLS coordinator
     refused = {name: hospital(name, caches[0], address, tmp_path / "refused" / name,
-                              "--max-wait-time", "20", *args) for name, args in tries.items()}
+                              "--max-wait-time", "20", *args, env=TOY_ENV)
+               for name, args in tries.items()}
     logs = {name: tmp_path / f"{name}.log" for name in names}
     sites = {name: hospital(name, cache, address, run_dir / "sites" / name.lower(),
                             "--root-certificates", ca, "--auth-key",
                             str(private[name]), "--max-wait-time", "120",
-                            log=logs[name])
+                            log=logs[name], env=TOY_ENV)
              for name, cache in zip(names, caches, strict=True)}
     try:
         server.wait(timeout=900)

@@ -1,6 +1,8 @@
 """The ServerApp's protocol (StudyRunner) against in-process sites: real ClientApp handlers
 behind the site's audit gate and real training, no Flower runtime. Fast enough to pin down
-the model-selection rule."""
+the model-selection rule. The protocol is the same for every model: the sites train the
+tests' toy model begun by the histogram round (tests/toy_model.py, "toy-nyul"), except
+where the CNN's own start is what is tested."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from fedcmr.server.settings import FederationSettings
 from fedcmr.server.study_runner import StudyRunner
 
 HANDLERS = client_app.HANDLERS
+MODEL = "toy-nyul"
 
 
 class InProcessGrid:
@@ -65,6 +68,15 @@ class InProcessGrid:
 
 
 @pytest.fixture(autouse=True)
+def toy_models(monkeypatch):
+    from process_tools import TOY_MODELS
+
+    from fedcmr.common.models import registry
+
+    monkeypatch.setenv(registry.ENV, TOY_MODELS)
+
+
+@pytest.fixture(autouse=True)
 def server_identity(monkeypatch):
     """What the ServerApp process has under Flower's runtime: messages need a run id."""
     for attr, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
@@ -96,7 +108,8 @@ def same_weights(a: ArrayRecord, b: ArrayRecord) -> bool:
 
 
 def runner(grid: InProcessGrid, epochs: int, **run_settings) -> StudyRunner:
-    run = RunConfig(profile="smoke", epochs=epochs, **{"min_subjects": 5, **run_settings})
+    run = RunConfig(profile="smoke", epochs=epochs,
+                    **{"min_subjects": 5, "model": MODEL, **run_settings})
     study = StudyRunner(grid, FederationSettings(sites=len(grid.contexts),
                                                  wait_sites_timeout=5, rejoin_timeout=0,
                                                  run=run))
@@ -159,7 +172,7 @@ def test_histogram_refusals_are_left_out_and_named(tmp_path, monkeypatch, caplog
     from fedcmr.server.study_runner import SiteFailure
 
     small = make_grid(tmp_path, {"Alpha": (8, 8), "Charlie": (2, 2), "Delta": (8, 8)})
-    study = runner(small, epochs=1)
+    study = runner(small, epochs=1, model="cnn")
     cnn = registry.get("cnn")
     real = cnn.site_start
 
@@ -179,13 +192,14 @@ def test_histogram_refusals_are_left_out_and_named(tmp_path, monkeypatch, caplog
     alone = Harmoniser(study.run.prior).fit(alpha.parts(order)["train"])
     assert begin.landmarks == pytest.approx(alone.landmarks, abs=1e-9)
     # when no train split is large enough, the run stops with the reason
-    strict = runner(small, epochs=1, min_subjects=15)  # Alpha and Delta hold 16 subjects
+    # Alpha and Delta hold 16 subjects
+    strict = runner(small, epochs=1, min_subjects=15, model="cnn")
     with pytest.raises(SiteFailure, match="no site released a histogram summary"):
         strict.begin_fold(0)
     # and when no site holds enough subjects at all, it stops at discovery, with the counts
     with pytest.raises(SiteFailure, match="every site holds fewer subjects than min-subjects "
                                           r"\(50\): Alpha 16, Charlie 4, Delta 16"):
-        runner(small, epochs=1, min_subjects=50)
+        runner(small, epochs=1, min_subjects=50, model="cnn")
 
 
 def test_leave_centre_out_trains_only_the_other_centres(grid):
@@ -336,7 +350,7 @@ def test_a_site_whose_policy_refuses_its_update_is_rejected_not_waited_for(tmp_p
     for context in grid.contexts.values():
         if context.node_config["site"] == "Charlie":
             context.node_config["policy"] = str(strict)
-    run = RunConfig(profile="smoke", epochs=1, min_subjects=5)
+    run = RunConfig(profile="smoke", epochs=1, min_subjects=5, model=MODEL)
     study = StudyRunner(grid, FederationSettings(sites=3, wait_sites_timeout=5,
                                                  rejoin_timeout=600, run=run))
     study.discover()
