@@ -70,7 +70,8 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", choices=RUNTIMES, default="simulation",
                    help="simulation (default): Flower's Ray runtime, about 6 minutes on 2 "
                         "cores; deployment: one SuperNode process per hospital over gRPC/HTTP "
-                        "as in production, about 4 times slower per round on one machine")
+                        "as in production, about twice as slow per round on one machine "
+                        "(docs/performance.md)")
     add_strategy_options(p)
     p.add_argument("--workers", type=int, default=2,
                    help="processes for synthesis and preparation")

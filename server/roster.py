@@ -5,7 +5,8 @@ behind every failure.
 A SuperNode that restarts comes back under a new node id: `refresh()` describes every node
 it has not seen and binds a known site name to its new node ("rejoined"). A site is away
 after an error reply or a timeout, and while its node is offline (Flower marks a node
-offline after two missed 30 s heartbeats); it is asked again as soon as it is online.
+offline after 20 s without a heartbeat, support/flower_patches.py); it is asked again as
+soon as it is online.
 Flower's error replies carry the SuperLink as their sender, so failures are matched to the
 site by the id of the message they answer, never by the reply's sender.
 """
