@@ -8,6 +8,7 @@ hospitals' SuperNodes on the same machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from fedcmr.server import task_exits
 from fedcmr.server.flwr_cli import CONNECTION, FlwrCli
 from fedcmr.server.processes import ProcessGroup, exit_on_termination, free_port
 from fedcmr.server.security import Security
@@ -57,6 +59,10 @@ class Coordinator(AbstractContextManager):
     def __post_init__(self) -> None:
         self.processes = ProcessGroup(self.run_dir, flower_env(
             FLWR_HOME=str(self.flwr_home), PYTHONUNBUFFERED="1"))
+        # how each ServerApp ended, noted by the SuperLink's SuperExec (server/task_exits.py)
+        self.task_exits = self.processes.logs / task_exits.FILE
+        self.processes.env[task_exits.ENV] = str(self.task_exits)
+        self.oom_before, self.started = task_exits.oom_kills(), time.time()
         self.cli = FlwrCli(self.flwr_home, self.run_dir, self.processes.env)
 
     @property
@@ -167,6 +173,11 @@ class Coordinator(AbstractContextManager):
                 echo(f"{name} exited; the run goes on without it (see "
                      f"{self.processes.logs / (name + '.log')})")
             reported |= dead
+            if self._serverapp_killed():  # Flower would say so only a minute later
+                with contextlib.suppress(Exception):
+                    self.cli.stop(run_id)
+                status = self.cli.status(run_id)
+                break
             if stream.poll() is not None or time.monotonic() - last_check > STATUS_EVERY:
                 status, last_check = self.cli.status(run_id), time.monotonic()
             if timeout is not None and time.monotonic() - started > timeout:
@@ -177,15 +188,24 @@ class Coordinator(AbstractContextManager):
             handle.write(f"===== run {run_id} =====\n{self.cli.logs(run_id)}")
         if status != "finished:completed":
             raise RuntimeError(run_failure(settings.out_dir, run_id, status,
-                                           self.processes.logs / "run.log"))
+                                           self.processes.logs / "run.log",
+                                           self._serverapp_killed()))
         return run_id
 
+    def _serverapp_killed(self) -> str | None:
+        """How the ServerApp ended, when a signal ended it since this coordinator started."""
+        return task_exits.explain(self.task_exits, self.oom_before, self.started)
 
-def run_failure(out_dir: Path, run_id: str, status: str, log_file: Path) -> str:
-    """Why the run failed: the ServerApp's own reason (status.json) when it left one."""
+
+def run_failure(out_dir: Path, run_id: str, status: str, log_file: Path,
+                ended: str | None = None) -> str:
+    """Why the run failed: the ServerApp's own reason (status.json) when it left one, else
+    how its process ended (`ended`: server/task_exits.py) when a signal ended it."""
     status_file = Path(out_dir) / "status.json"
     if status_file.exists():
         saved = json.loads(status_file.read_text())
         if saved.get("status") == "stopped":
             return f"run {run_id} stopped: {saved['reason']}"
+    if ended:
+        return f"run {run_id} ended {status}: {ended}; see {log_file}"
     return f"run {run_id} ended {status}; see {log_file}"

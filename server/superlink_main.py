@@ -97,6 +97,13 @@ def install() -> None:
 def main() -> None:
     sys.argv = sys.argv[1:]
     install()
-    from flwr.superlink.cli import flower_superlink
+    import importlib
 
-    flower_superlink()
+    from fedcmr.server.superexec_main import superexec_command
+    from fedcmr.support import flower_patches
+
+    # the module, not the function of the same name its package exports
+    superlink_cli = importlib.import_module("flwr.superlink.cli.flower_superlink")
+    # its SuperExec notes how each ServerApp ended (server/superexec_main.py)
+    flower_patches.superlink_superexec_through(superlink_cli, superexec_command)
+    superlink_cli.flower_superlink()

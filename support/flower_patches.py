@@ -34,6 +34,11 @@ one of those names moves.
   reports every HEARTBEAT_S (the shortest the SuperLink accepts: a beat every 4 s or so, a
   few hundred bytes), so a lost site is named after 20 s and a late one still has five
   beats to get through.
+- **How the ServerApp ended** (`superlink_superexec_through`, `record_task_exits`). The
+  SuperLink's SuperExec starts the ServerApp process and never waits for it, so a
+  ServerApp killed by a signal (the kernel's out-of-memory killer, say) left only "ended
+  finished:failed". Here the SuperLink starts fedcmr's SuperExec (server/superexec_main.py),
+  which keeps each process it starts and notes how it ended.
 - **A trace of the SuperNode's part of each exchange** (`trace_supernode`, only with
   $FEDCMR_TIMINGS set, for benchmarks/round_overhead.py).
 """
@@ -44,6 +49,7 @@ import contextlib
 import importlib.metadata
 import os
 import signal
+import threading
 import time
 import types
 from collections.abc import Callable
@@ -114,6 +120,43 @@ def prompt_heartbeat(interval: int = HEARTBEAT_S) -> None:
         if not hasattr(module, "HEARTBEAT_DEFAULT_INTERVAL"):
             raise FlowerVersionError(f"{module.__name__} has no HEARTBEAT_DEFAULT_INTERVAL")
         module.HEARTBEAT_DEFAULT_INTERVAL = interval
+
+
+def superlink_superexec_through(superlink_cli: types.ModuleType,
+                                command: Callable[[list[str]], list[str]]) -> None:
+    """The SuperLink (`superlink_cli`: flwr.superlink.cli.flower_superlink) starts its
+    SuperExec as `command(flower's command)`."""
+    check_version()
+    build = getattr(superlink_cli, "_get_superexec_command", None)
+    if not callable(build):
+        raise FlowerVersionError("Flower's SuperLink has no _get_superexec_command")
+
+    def through(*args, **kwargs) -> list[str]:
+        return command(list(build(*args, **kwargs)))
+
+    superlink_cli._get_superexec_command = through
+
+
+def record_task_exits(executor: types.ModuleType,
+                      note: Callable[[list[str], int, int], None]) -> None:
+    """In a SuperExec: every process `executor` (Flower's subprocess executor module)
+    starts is waited for by a thread, which calls `note(command, pid, returncode)` when it
+    ends (returncode -N: ended by signal N)."""
+    check_version()
+    processes = executor.subprocess
+    if not callable(getattr(processes, "Popen", None)):
+        raise FlowerVersionError("Flower's subprocess executor no longer uses subprocess.Popen")
+
+    def popen(args, *rest, **kwargs):
+        process = processes.Popen(args, *rest, **kwargs)
+
+        def wait() -> None:
+            note(list(args), process.pid, process.wait())
+
+        threading.Thread(target=wait, name=f"wait-{process.pid}", daemon=True).start()
+        return process
+
+    executor.subprocess = _module_with(processes, Popen=popen)
 
 
 def _module_with(module: types.ModuleType, **replaced) -> types.SimpleNamespace:

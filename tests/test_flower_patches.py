@@ -137,6 +137,61 @@ def test_a_supernode_announces_and_keeps_a_ten_second_heartbeat(monkeypatch):
         flower_patches.prompt_heartbeat(5)
 
 
+def test_the_superlinks_superexec_is_fedcmrs_and_notes_how_each_process_ended(tmp_path):
+    """The SuperLink builds its SuperExec's command with `_get_superexec_command` and
+    Flower's subprocess executor starts each ServerApp with `subprocess.Popen(args)` and
+    drops it (defence off: nothing learns how it ended). Patched: the command goes through
+    fedcmr's SuperExec, and a process killed by SIGKILL is noted with -9."""
+    import importlib
+
+    from flwr.supercore.superexec.executor import subprocess_executor
+
+    from fedcmr.server.superexec_main import SUPEREXEC_MAIN, superexec_command
+
+    superlink_cli = importlib.import_module("flwr.superlink.cli.flower_superlink")
+    launch = inspect.getsource(subprocess_executor.SubprocessExecutor.launch)
+    assert "subprocess.Popen(args)" in launch and "returncode" not in launch
+    assert "subprocess.Popen(command" in inspect.getsource(superlink_cli)
+    built = superlink_cli._get_superexec_command("127.0.0.1:1", None, None, 1, False)
+    fake_cli = types.SimpleNamespace(_get_superexec_command=lambda *a: list(built))
+    flower_patches.superlink_superexec_through(fake_cli, superexec_command)
+    assert fake_cli._get_superexec_command() == [sys.executable, "-c", SUPEREXEC_MAIN,
+                                                 *built]
+    noted = []
+    executor = types.SimpleNamespace(subprocess=subprocess)
+    flower_patches.record_task_exits(executor, lambda *a: noted.append(a))
+    sleeper = executor.subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    sleeper.kill()
+    deadline = time.monotonic() + 10
+    while not noted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert noted == [([sys.executable, "-c", "import time; time.sleep(60)"], sleeper.pid, -9)]
+    assert executor.subprocess.DEVNULL == subprocess.DEVNULL  # the rest of the module kept
+
+
+def test_a_serverapp_ended_by_a_signal_is_named_with_the_fix(tmp_path):
+    from fedcmr.server import task_exits
+    from fedcmr.server.superlink import run_failure
+
+    record = tmp_path / task_exits.FILE
+    assert task_exits.explain(record, None) is None  # nothing ended yet
+    task_exits.note(record, ["flwr-serverapp", "--token", "x"], 41, 0)  # a normal end
+    task_exits.note(record, ["flwr-clientapp"], 42, -9)  # not the ServerApp
+    assert task_exits.explain(record, None) is None
+    task_exits.note(record, ["flwr-serverapp"], 43, -9)
+    said = task_exits.explain(record, None)
+    assert said.startswith("the ServerApp (pid 43) was ended by SIGKILL") and "dmesg" in said
+    assert "--resume" in said
+    assert task_exits.explain(record, None, since=time.time() + 1) is None  # an earlier run
+    before = task_exits.oom_kills()
+    if before is not None:  # a cgroup v2 machine: a count that went up names the OOM killer
+        assert "out-of-memory killer (1 kill(s)" in task_exits.explain(record, before - 1)
+    line = run_failure(tmp_path, "7", "finished:failed", tmp_path / "run.log", said)
+    assert line.startswith("run 7 ended finished:failed: the ServerApp (pid 43) was ended")
+    assert run_failure(tmp_path, "7", "finished:failed", tmp_path / "run.log") == (
+        f"run 7 ended finished:failed; see {tmp_path / 'run.log'}")  # Flower's words alone
+
+
 def test_the_supernode_trace_names_each_message_and_reply_by_id():
     meta = types.SimpleNamespace(message_id="m1", reply_to_message_id="m1")
     message = types.SimpleNamespace(metadata=meta)

@@ -23,6 +23,7 @@ from process_tools import (
     TOY,
     TOY_ENV,
     checkpoint_round,
+    descendants,
     finish,
     hospital,
     kill_tree,
@@ -137,6 +138,33 @@ def test_bad_updates_from_a_real_site_are_rejected_and_the_rounds_go_on(caches, 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["sites"]["covered"] == ["Alpha", "Bravo"]
     assert our_processes(run_dir) == []
+
+
+def test_a_serverapp_killed_by_a_signal_is_named_and_the_run_resumes(caches, tmp_path):
+    """The ServerApp process is SIGKILLed in round 2 (as the kernel's out-of-memory killer
+    ends a process): the launcher's last line names the process, the signal and --resume
+    at once (Flower alone said "ended finished:failed", a minute later), and nothing is
+    left running; the same command with --resume finishes the run."""
+    run_dir = tmp_path / "run"
+    args = ["--epochs", "2", "--round-timeout", "120"]
+    stalls = {**toy_env(POISON), "FEDCMR_TEST_POISON": "Alpha=none,stall",
+              "FEDCMR_TEST_STALL_S": "30"}  # round 2 is still running when it is killed
+    proc = federate(caches[:2], run_dir, *args, env=stalls)
+    wait_for(lambda: checkpoint_round(run_dir) >= 1, 600, "round 1", proc)
+    table = processes()
+    app = next(p for p in descendants(proc.pid, table) if "flwr-serverapp" in table[p][2])
+    kill_tree(app)
+    out = finish(proc, 300)
+    assert proc.returncode == 1, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert f"the ServerApp (pid {app}) was ended by SIGKILL" in last, last
+    assert "rerun the same command with --resume" in last, last
+    time.sleep(1)
+    assert our_processes(run_dir) == []
+    proc = federate(caches[:2], run_dir, *args, "--resume")
+    out = finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resuming after round 1" in (run_dir / "logs" / "run.log").read_text()
 
 
 def superlink_of(run_dir: Path) -> int | None:
