@@ -108,13 +108,18 @@ def same_weights(a: ArrayRecord, b: ArrayRecord) -> bool:
 
 
 def runner(grid: InProcessGrid, epochs: int, **run_settings) -> StudyRunner:
-    run = RunConfig(profile="smoke", epochs=epochs,
-                    **{"min_subjects": 5, "model": MODEL, **run_settings})
+    run = RunConfig(profile="smoke", epochs=epochs, **{"min_subjects": 5, **run_settings})
     study = StudyRunner(grid, FederationSettings(sites=len(grid.contexts),
                                                  wait_sites_timeout=5, rejoin_timeout=0,
                                                  run=run))
     study.discover()
     return study
+
+
+def toy_runner(grid: InProcessGrid, epochs: int, **run_settings) -> StudyRunner:
+    """`runner` training the toy model begun by the histogram round (this module's tests;
+    the modules that import `runner` train the CNN)."""
+    return runner(grid, epochs, model=MODEL, **run_settings)
 
 
 def test_the_untrained_model_is_never_selected_even_with_the_lowest_loss(grid, monkeypatch):
@@ -126,7 +131,7 @@ def test_the_untrained_model_is_never_selected_even_with_the_lowest_loss(grid, m
                      (0.7, 0.60),   # round 4: model of round 3
                      (0.7, 0.50)])  # after the last round: model of round 4
     monkeypatch.setattr(StudyRunner, "_pooled_val", staticmethod(lambda replies: next(scripted)))
-    study = runner(grid, epochs=4)
+    study = toy_runner(grid, epochs=4)
     sent_before = len(grid.trained)
     outcome = study.run_fold(0)
     assert outcome.best_round == 2
@@ -142,7 +147,7 @@ def test_the_untrained_model_is_never_selected_even_with_the_lowest_loss(grid, m
 def test_the_final_model_is_selected_when_it_validates_best(grid, monkeypatch):
     scripted = iter([(0.5, 0.69), (0.6, 0.60), (0.8, 0.20)])
     monkeypatch.setattr(StudyRunner, "_pooled_val", staticmethod(lambda replies: next(scripted)))
-    study = runner(grid, epochs=2)
+    study = toy_runner(grid, epochs=2)
     outcome = study.run_fold(0)
     assert outcome.best_round == 2
     # after the last round the final model is validated, then the selected one tested
@@ -154,7 +159,7 @@ def test_the_loop_stops_after_patience_rounds_without_a_new_best(grid, monkeypat
     the run stops after round 4 and tests round 1's model, with no final validation."""
     scripted = iter([(0.5, 0.01), (0.6, 0.50), (0.6, 0.60), (0.6, 0.70), (0.9, 0.05)])
     monkeypatch.setattr(StudyRunner, "_pooled_val", staticmethod(lambda replies: next(scripted)))
-    study = runner(grid, epochs=5)
+    study = toy_runner(grid, epochs=5)
     assert study.run.hyper.patience == 2
     sent_before = len(grid.sent)
     outcome = study.run_fold(0)
@@ -172,7 +177,7 @@ def test_histogram_refusals_are_left_out_and_named(tmp_path, monkeypatch, caplog
     from fedcmr.server.study_runner import SiteFailure
 
     small = make_grid(tmp_path, {"Alpha": (8, 8), "Charlie": (2, 2), "Delta": (8, 8)})
-    study = runner(small, epochs=1, model="cnn")
+    study = runner(small, epochs=1)
     cnn = registry.get("cnn")
     real = cnn.site_start
 
@@ -193,17 +198,17 @@ def test_histogram_refusals_are_left_out_and_named(tmp_path, monkeypatch, caplog
     assert begin.landmarks == pytest.approx(alone.landmarks, abs=1e-9)
     # when no train split is large enough, the run stops with the reason
     # Alpha and Delta hold 16 subjects
-    strict = runner(small, epochs=1, min_subjects=15, model="cnn")
+    strict = runner(small, epochs=1, min_subjects=15)
     with pytest.raises(SiteFailure, match="no site released a histogram summary"):
         strict.begin_fold(0)
     # and when no site holds enough subjects at all, it stops at discovery, with the counts
     with pytest.raises(SiteFailure, match="every site holds fewer subjects than min-subjects "
                                           r"\(50\): Alpha 16, Charlie 4, Delta 16"):
-        runner(small, epochs=1, min_subjects=50, model="cnn")
+        runner(small, epochs=1, min_subjects=50)
 
 
 def test_leave_centre_out_trains_only_the_other_centres(grid):
-    study = runner(grid, epochs=1, protocol="lco")
+    study = toy_runner(grid, epochs=1, protocol="lco")
     nodes = {info.name: node for node, info in study.sites.items()}
     assert study.run.test_centre(0) == "Alpha"
     assert study.training_nodes(0) == [nodes["Bravo"]]
@@ -220,7 +225,7 @@ def test_leave_centre_out_trains_only_the_other_centres(grid):
 def test_end_diastole_only_federation_trains_and_tests_on_ed_frames(grid):
     from fedcmr.client.site import work as site_work
 
-    study = runner(grid, epochs=1, phases=("ED",))
+    study = toy_runner(grid, epochs=1, phases=("ED",))
     outcome = study.run_fold(0)
     for node, info in study.sites.items():
         name, config = info.name, grid.contexts[node].node_config
@@ -255,7 +260,7 @@ def test_a_bad_update_is_rejected_and_the_round_goes_on(grid, monkeypatch, caplo
     from fedcmr.server.study_runner import SiteFailure
 
     monkeypatch.setattr(site_work, "train", bravo_breaks_in_round_2)
-    study = runner(grid, epochs=2)
+    study = toy_runner(grid, epochs=2)
     # with min-sites 2 of two training sites, one rejected update stops the run at once
     # (sent again, the same update would come back), naming the site and the reason
     with pytest.raises(SiteFailure, match=r"fold 0 round 2: fewer than min-sites \(2\) .*"
@@ -285,7 +290,7 @@ def test_a_site_prepared_otherwise_is_refused_at_discovery_and_reported_lost(tmp
     grid = make_grid(tmp_path, {"Alpha": (8, 8), "Bravo": (8, 8), "Charlie": (8, 8),
                                 "Delta": (8, 8)})
     write_prep_info(tmp_path / "Delta", PrepConfig(crop=(4, 20, 20)))
-    study = runner(grid, epochs=1)
+    study = toy_runner(grid, epochs=1)
     assert sorted(study.roster.sites) == ["Alpha", "Bravo", "Charlie"]
     reason = study.roster.refused["Delta"]
     assert "crop" in reason and "4,20,20" in reason and "--crop 4,24,24" in reason
@@ -302,7 +307,7 @@ def test_a_site_failing_describe_is_named_not_numbered(tmp_path):
 
     grid = make_grid(tmp_path, {"Alpha": (8, 8), "Bravo": (8, 8), "Vall d'Hebron": (8, 8)})
     (tmp_path / "Vall d'Hebron" / "manifest.csv").write_text("garbage\n")
-    study = runner(grid, epochs=1)
+    study = toy_runner(grid, epochs=1)
     assert sorted(study.roster.sites) == ["Alpha", "Bravo"]
     reason = study.roster.refused["Vall d'Hebron"]
     assert "data error (CacheError)" in reason and "manifest" not in reason  # no path leaves
@@ -319,7 +324,7 @@ def test_on_the_default_policy_the_run_goes_on_without_withheld_counts(tmp_path,
     site's audit log with its settings."""
     monkeypatch.delenv("FEDCMR_SITE_POLICY")  # no policy file: the defaults
     grid = make_grid(tmp_path, {"ACDC": (20, 20), "SantPau": (14, 10)}, policy="")
-    study = runner(grid, epochs=2)
+    study = toy_runner(grid, epochs=2)
     with caplog.at_level("WARNING", logger="fedcmr.server"):
         outcome = study.run_fold(0)
     rows = {(r["round"], r["site"]): r for r in outcome.rounds}
