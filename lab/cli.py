@@ -67,6 +67,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     add_model_option(p, RunConfig, "profile")
     add_model_option(p, RunConfig, "epochs", help="federated rounds (0: the profile's, 12 "
                                                   "for quick)")
+    add_model_option(p, RunConfig, "min_subjects")
     p.add_argument("--runtime", choices=RUNTIMES, default="simulation",
                    help="simulation (default): Flower's Ray runtime, about 6 minutes on 2 "
                         "cores; deployment: one SuperNode process per hospital over gRPC/HTTP "

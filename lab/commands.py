@@ -136,7 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         settings = FederationSettings.build(
             args.strategy, args.vote_alpha,
             RunConfig(folds=args.fold, model=args.model, profile=args.profile,
-                      epochs=args.epochs),
+                      epochs=args.epochs, min_subjects=args.min_subjects),
             round_timeout=args.round_timeout, min_sites=args.min_sites,
             rejoin_timeout=args.rejoin_timeout,
             # a demo run again continues its earlier run (same settings) or says why not

@@ -85,8 +85,8 @@ def test_bad_input_exits_2_with_the_fix(tmp_path, caplog, argv, said):
 def test_demo_runs_the_readmes_main_job_end_to_end(tmp_path):
     """The README's main job, made small: synthesise, prepare four hospitals, federate."""
     out = tmp_path / "demo"
-    done = fedcmr("-q", "demo", "--out", str(out), "--scale", "0.15", "--profile", "smoke",
-                  "--epochs", "1", "--workers", "2", timeout=1500)
+    done = fedcmr("-q", "demo", "--out", str(out), "--scale", "0.1", "--min-subjects", "2",
+                  "--profile", "smoke", "--epochs", "1", "--workers", "2", timeout=1500)
     assert done.returncode == EXIT_OK, done.stdout[-3000:] + done.stderr[-3000:]
     metrics = json.loads((out / "federated" / "metrics.json").read_text())
     assert set(metrics["auc"]) == {"total", "Vall d'Hebron", "Sagrada Familia", "SantPau",
@@ -98,6 +98,7 @@ def test_demo_runs_the_readmes_main_job_end_to_end(tmp_path):
     config = json.loads((out / "federated" / "config.json").read_text())
     assert config["settings"]["run"]["profile"] == "smoke"
     assert config["settings"]["run"]["epochs"] == 1
+    assert config["settings"]["run"]["min_subjects"] == 2
     with (out / "federated" / "rounds.csv").open() as handle:
         rounds = {int(r["round"]) for r in csv.DictReader(handle)}
     assert rounds == {1}

@@ -46,12 +46,12 @@ from fedcmr.support.flower_env import tool
 
 pytestmark = pytest.mark.slow
 SIZES = {"Alpha": (6, 6), "Bravo": (6, 6), "Charlie": (6, 6), "Delta": (6, 6)}
-ROUND_TIMEOUT = 30
+ROUND_TIMEOUT = 25
 #: Longer than the SuperLink's heartbeat patience (2 x 10 s, support/flower_patches.py
 #: prompt_heartbeat) and shorter than ROUND_TIMEOUT past it: the node goes offline, and it
 #: is its missed heartbeats (not a round's timeout) that name it lost.
 DARK_SECONDS = 30
-BEGIN_PAUSE_S = 15
+BEGIN_PAUSE_S = 10
 ENV = {**toy_env(Path(__file__).parent / "poison"), "TOY_BEGIN_PAUSE_S": str(BEGIN_PAUSE_S),
        "FEDCMR_TEST_POISON": "Charlie=none,stall",
        "FEDCMR_TEST_STALL_S": str(ROUND_TIMEOUT + 5)}
