@@ -140,7 +140,7 @@ def test_bad_updates_from_a_real_site_are_rejected_and_the_rounds_go_on(caches, 
     assert our_processes(run_dir) == []
 
 
-def test_a_serverapp_killed_by_a_signal_is_named_and_the_run_resumes(caches, tmp_path):
+def test_a_serverapp_killed_by_a_signal_is_named_with_the_resume_hint(caches, tmp_path):
     """The ServerApp process is SIGKILLed in round 2 (as the kernel's out-of-memory killer
     ends a process): the launcher's last line names the process, the signal and --resume
     at once (Flower alone said "ended finished:failed", a minute later), and nothing is
