@@ -109,6 +109,7 @@ def main() -> None:
         command = [tool("fedcmr"), "-q", "federate", "--cache", *map(str, caches),
                    "--profile", "smoke", "--fold", "0", "--min-subjects", "3",
                    "--epochs", str(args.rounds), "--pretrained", "none",
+                   "--site-policy", str(HERE.parent / "deploy" / "synthetic-site-policy.toml"),
                    "--out", str(root / "run")]
         started = time.monotonic()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
