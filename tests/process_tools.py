@@ -31,6 +31,16 @@ def toy_env(*paths: Path, env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 TOY_ENV = toy_env()
+POISON = TESTS / "poison"
+
+
+def poisoned(plan: str, stall_s: float | None = None) -> dict[str, str]:
+    """TOY_ENV with tests/poison/ loaded in every ClientApp: `plan` as its docstring says
+    ("Charlie=none,stall"), a "stall" holding back its honest reply `stall_s` seconds."""
+    env = {**toy_env(POISON), "FEDCMR_TEST_POISON": plan}
+    if stall_s is not None:
+        env["FEDCMR_TEST_STALL_S"] = str(stall_s)
+    return env
 
 
 def processes() -> dict[int, tuple[int, str, str]]:

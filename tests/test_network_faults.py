@@ -34,7 +34,7 @@ from process_tools import (
     hospital,
     kill_tree,
     our_processes,
-    toy_env,
+    poisoned,
     wait_for,
 )
 from relay import Relay
@@ -52,9 +52,8 @@ ROUND_TIMEOUT = 25
 #: is its missed heartbeats (not a round's timeout) that name it lost.
 DARK_SECONDS = 30
 BEGIN_PAUSE_S = 10
-ENV = {**toy_env(Path(__file__).parent / "poison"), "TOY_BEGIN_PAUSE_S": str(BEGIN_PAUSE_S),
-       "FEDCMR_TEST_POISON": "Charlie=none,stall",
-       "FEDCMR_TEST_STALL_S": str(ROUND_TIMEOUT + 5)}
+ENV = {**poisoned("Charlie=none,stall", ROUND_TIMEOUT + 5),
+       "TOY_BEGIN_PAUSE_S": str(BEGIN_PAUSE_S)}
 
 
 def client(site: str, cache: Path, superlink: str, out: Path, log: Path) -> subprocess.Popen:

@@ -28,12 +28,12 @@ from process_tools import (
     hospital,
     kill_tree,
     our_processes,
+    poisoned,
     processes,
     server_command,
     site_node,
     start,
     stop_all,
-    toy_env,
     wait_for,
 )
 
@@ -42,7 +42,6 @@ from fedcmr.support.flower_env import tool
 
 pytestmark = pytest.mark.slow
 SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (6, 6)}
-POISON = Path(__file__).parent / "poison"
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +79,8 @@ def test_a_lost_site_stops_a_run_needing_it_and_a_resume_reports_without_it(cach
     figures miss Charlie: in the last line, in metrics.json, in the exit code."""
     run_dir = tmp_path / "run"
     common = ["--epochs", "2", "--round-timeout", "60", "--rejoin-timeout", "5"]
-    stalls = {**toy_env(POISON), "FEDCMR_TEST_POISON": "Charlie=none,stall",
-              "FEDCMR_TEST_STALL_S": "300"}
-    proc = federate(caches, run_dir, *common, "--min-sites", "3", env=stalls)
+    proc = federate(caches, run_dir, *common, "--min-sites", "3",
+                    env=poisoned("Charlie=none,stall", 300))
     wait_for(lambda: checkpoint_round(run_dir) >= 1, 600, "round 1", proc)
     node = wait_for(lambda: site_node("Charlie"), 10, "Charlie's SuperNode")
     kill_tree(node)
@@ -121,9 +119,8 @@ def test_bad_updates_from_a_real_site_are_rejected_and_the_rounds_go_on(caches, 
     Alpha under Flower's FedMedian (`--strategy median`, `--min-sites 1`); Bravo is still
     tested. (Every other rule, the norm rule included: tests/test_update_checks.py.)"""
     run_dir = tmp_path / "run"
-    env = {**toy_env(POISON), "FEDCMR_TEST_POISON": "Bravo=nan,round"}
     proc = federate(caches[:2], run_dir, "--epochs", "2", "--strategy", "median",
-                    "--min-sites", "1", env=env)
+                    "--min-sites", "1", env=poisoned("Bravo=nan,round"))
     out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
     assert rounds_by_site(run_dir) == {1: {"Alpha"}, 2: {"Alpha"}}
@@ -147,9 +144,8 @@ def test_a_serverapp_killed_by_a_signal_is_named_with_the_resume_hint(caches, tm
     left running. (That --resume then finishes the run: the killed-coordinator test.)"""
     run_dir = tmp_path / "run"
     args = ["--epochs", "2", "--round-timeout", "120"]
-    stalls = {**toy_env(POISON), "FEDCMR_TEST_POISON": "Alpha=none,stall",
-              "FEDCMR_TEST_STALL_S": "30"}  # round 2 is still running when it is killed
-    proc = federate(caches[:2], run_dir, *args, env=stalls)
+    # round 2 is still running when it is killed
+    proc = federate(caches[:2], run_dir, *args, env=poisoned("Alpha=none,stall", 30))
     wait_for(lambda: checkpoint_round(run_dir) >= 1, 600, "round 1", proc)
     table = processes()
     app = next(p for p in descendants(proc.pid, table) if "flwr-serverapp" in table[p][2])
@@ -201,8 +197,7 @@ def test_a_coordinator_killed_after_round_1_resumes_to_the_same_bits(caches, tmp
     sites = dict(zip(("Alpha", "Bravo"), caches, strict=True))
     command = server_command(run_dir, port, len(sites), *TOY, *args)
     proc = start(command, TOY_ENV)
-    stalls = {**toy_env(POISON), "FEDCMR_TEST_POISON": "Alpha=none,stall",
-              "FEDCMR_TEST_STALL_S": "6"}
+    stalls = poisoned("Alpha=none,stall", 6)
     clients = {s: hospital(s, cache, f"127.0.0.1:{port}", tmp_path / "sites" / s,
                            "--max-wait-time", "300", log=logs / f"{s}.log", env=stalls)
                for s, cache in sites.items()}
