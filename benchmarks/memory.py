@@ -27,9 +27,9 @@ from pathlib import Path
 
 from fedcmr.common.atomic import write_json
 from fedcmr.support.flower_env import tool
-from fedcmr.support.proc_tree import descendants
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' caches and /proc reader
 RESULTS = HERE / "results" / "memory.json"
 SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (5, 6), "Delta": (6, 7)}
 #: The issue's target for the whole run (#29).
@@ -54,23 +54,20 @@ def pss_kb(pid: int) -> int:
     return 0
 
 
-def cmdline(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    return ""
-
-
 def sample(root: int) -> dict[str, float]:
-    """GB held by each role of the process tree under `root` (root included)."""
+    """GB held by each role of the process tree under `root` (root included), from one
+    read of /proc (the tests' process_tools)."""
+    from process_tools import descendants, processes
+
+    table = processes()
     held: dict[str, float] = {}
-    for pid in {root, *descendants({root})}:
-        name = role(cmdline(pid))
+    for pid in [root, *descendants(root, table)]:
+        name = role(table.get(pid, (0, "", ""))[2])
         held[name] = held.get(name, 0.0) + pss_kb(pid) / 1024**2
     return held
 
 
 def make_caches(root: Path) -> list[Path]:
-    sys.path.insert(0, str(HERE.parent / "tests"))
     from cache_factory import write_cohort  # the tests' ring-frame caches
 
     return write_cohort(root, SIZES)
