@@ -31,9 +31,9 @@ one of those names moves.
 - **A lost site noticed in 20 s** (`prompt_heartbeat`). A SuperNode tells the SuperLink
   how often it will report (Flower: every 30 s, no setting) and is marked offline after two
   intervals without a report: a dead hospital held its round for a minute. Here a SuperNode
-  reports every HEARTBEAT_S (the shortest the SuperLink accepts: a beat every 4 s or so, a
-  few hundred bytes), so a lost site is named after 20 s and a late one still has five
-  beats to get through.
+  reports every HEARTBEAT_S (the shortest the SuperLink accepts: a beat every 3.5-4.5 s,
+  tests/test_flower_patches.py), so a lost site is named after 20 s and a late one still
+  has about five beats to get through.
 - **How the ServerApp ended** (`superlink_superexec_through`, `record_task_exits`). The
   SuperLink's SuperExec starts the ServerApp process and never waits for it, so a
   ServerApp killed by a signal (the kernel's out-of-memory killer, say) left only "ended
