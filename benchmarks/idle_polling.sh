@@ -23,7 +23,7 @@ measure() {  # label, fedcmr's SuperNode (yes, empty: Flower's), SuperExec poll 
         --port $((port + 10 + i)) >>"$TMP/$1.log" 2>&1 &
     fi
   done
-  # 60 s to settle: fedcmr's SuperExecs and site workers import torch when they start
+  # 60 s to settle: fedcmr's SuperExecs import torch when they start
   sleep 60; local a; a=$(busy); sleep 30; local b; b=$(busy)
   local cores; cores=$(nproc)
   printf '%-34s %5.1f %% of %d cores\n' "$1" "$(echo "($b - $a) / (30 * $cores)" | bc -l | awk '{print $1*1}')" "$cores" | tee -a "$OUT"

@@ -1,5 +1,5 @@
 """Peak memory of a four-site federation on one machine: `fedcmr federate` (a SuperLink and
-the ServerApp, one SuperNode per hospital with its SuperExec, ClientApps and site worker),
+the ServerApp, one SuperNode per hospital with its SuperExec and the ClientApps it forks),
 full-size r3d_18 (33 M parameters, 133 MB in fp32) at the smoke profile's 4 x 24 x 24 crop,
 the tests' four ring-frame caches.
 
@@ -36,13 +36,18 @@ SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (5, 6), "Delta": (6, 7)}
 TARGET_GB = 4.0
 #: Roles by what a process's command line holds, the first match wins.
 ROLES = (("serverapp", "flwr-serverapp"), ("superlink", "flower-superlink"),
-         ("site worker", "fedcmr-site-worker"), ("superexec", "flower-superexec"),
-         ("clientapp", "flwr-clientapp"), ("supernode", "flower-supernode"),
-         ("launcher", "federate"))
+         ("superexec", "flower-superexec"), ("clientapp", "flwr-clientapp"),
+         ("supernode", "flower-supernode"), ("launcher", "federate"))
 
 
-def role(cmdline: str) -> str:
-    return next((name for name, marker in ROLES if marker in cmdline), "other")
+def role(pid: int, table: dict[int, tuple[int, str, str]]) -> str:
+    """The process's role; a ClientApp forked by a SuperExec (client/runtime/superexec_main.py)
+    keeps its parent's command line, so a SuperExec's child is a ClientApp."""
+    parent, _, cmdline = table.get(pid, (0, "", ""))
+    name = next((name for name, marker in ROLES if marker in cmdline), "other")
+    if name == "superexec" and "flower-superexec" in table.get(parent, (0, "", ""))[2]:
+        return "clientapp"
+    return name
 
 
 def pss_kb(pid: int) -> int:
@@ -62,7 +67,7 @@ def sample(root: int) -> dict[str, float]:
     table = processes()
     held: dict[str, float] = {}
     for pid in [root, *descendants(root, table)]:
-        name = role(table.get(pid, (0, "", ""))[2])
+        name = role(pid, table)
         held[name] = held.get(name, 0.0) + pss_kb(pid) / 1024**2
     return held
 

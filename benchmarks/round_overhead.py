@@ -1,9 +1,9 @@
 """Where a federated round's time goes: the same federation (four sites, full-size r3d_18
 weights: 33 M parameters, 133 MB in fp32; the paper's 7 local steps per round) on the
 deployment runtime as Flower runs it (a fresh ClientApp process per message), with
-fedcmr's forked ClientApps, with the warm site worker, and on the simulation runtime.
+fedcmr's forked ClientApps, and on the simulation runtime.
 
-    python benchmarks/round_overhead.py [--modes exec,fork,worker,simulation] [--rounds 3]
+    python benchmarks/round_overhead.py [--modes exec,fork,simulation] [--rounds 3]
                                         [--update-encoding fp32|fp16-delta]
                                         [--caches DIR ...] [--out FILE]
 
@@ -19,8 +19,7 @@ to it, each the difference of times read by two processes:
   supernode download  -> the message stored whole at the SuperNode (its arrays)
   clientapp start     -> the message inside the ClientApp: the SuperExec waking, the fork,
                       the ClientApp's pull from the SuperNode, unpacking, the audit gate
-  handover            (worker) passing the message to the worker and its reply back
-                      through shared memory, with their serialisation
+  in clientapp        the ClientApp's own time around the work, inside its mods
   compute             the handler's own work (training, scoring)
   reply to supernode  the ClientApp's reply -> found ready at the SuperNode (packing, the
                       audit gate, the ClientApp's upload to its SuperNode)
@@ -57,14 +56,13 @@ RESULTS = Path(__file__).resolve().parent / "results" / "round_overhead.json"
 REPO = Path(__file__).resolve().parent.parent
 #: What each mode sets (and what it unsets) in the environment the processes inherit.
 MODES = {
-    "exec": {"FEDCMR_CLIENTAPP_START": "exec", "FEDCMR_WORKER": "off"},
-    "fork": {"FEDCMR_CLIENTAPP_START": "fork", "FEDCMR_WORKER": "off"},
-    "worker": {"FEDCMR_CLIENTAPP_START": "fork", "FEDCMR_WORKER": "on"},
+    "exec": {"FEDCMR_CLIENTAPP_START": "exec"},
+    "fork": {"FEDCMR_CLIENTAPP_START": "fork"},
     "simulation": {},
 }
 #: The parts without a SuperNode trace (exec mode: Flower's own SuperExec).
 UNTRACED_PARTS = ("to_site", "back")
-PARTS = ("to_supernode", "supernode_download", "clientapp_start", "handover", "compute",
+PARTS = ("to_supernode", "supernode_download", "clientapp_start", "in_clientapp", "compute",
          "reply_to_supernode", "supernode_upload", "to_coordinator")
 SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (5, 6), "Delta": (6, 7)}
 
@@ -105,10 +103,10 @@ def split(server: dict, site: dict | None, node: dict | None, simulated: bool
         started = site["process_started"] or site["imported"]
         out.update(to_site=started - server["pushed"],
                    clientapp_start=site["imported"] - started,
-                   handover=site["left"] - site["imported"] - site["handler_s"],
+                   in_clientapp=site["left"] - site["imported"] - site["handler_s"],
                    back=server["replied"] - site["left"])
         return out
-    out.update(handover=site["left"] - site["entered"] - site["handler_s"],
+    out.update(in_clientapp=site["left"] - site["entered"] - site["handler_s"],
                to_supernode=node["pulled"] - server["pushed"],
                supernode_download=node["stored"] - node["pulled"],
                clientapp_start=site["entered"] - node["stored"],
@@ -157,7 +155,7 @@ def run_mode(mode: str, caches: list[Path], root: Path, rounds: int,
     from fedcmr.lab.local_federation import run_local_federation
 
     timings = root / f"{mode}-timings"
-    saved = {k: os.environ.get(k) for k in (*MODES["worker"], TIMINGS_ENV)}
+    saved = {k: os.environ.get(k) for k in (*MODES["fork"], TIMINGS_ENV)}
     os.environ.update({**MODES[mode], TIMINGS_ENV: str(timings)})
     run = RunConfig(profile="smoke", folds=(0,), min_subjects=3, epochs=rounds,
                     pretrained="none", update_encoding=encoding)
@@ -194,7 +192,7 @@ def table(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modes", default="exec,fork,worker,simulation")
+    parser.add_argument("--modes", default="exec,fork,simulation")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--caches", nargs="*", type=Path)
     parser.add_argument("--update-encoding", default="fp32", choices=("fp32", "fp16-delta"))

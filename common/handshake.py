@@ -65,7 +65,7 @@ def model_digest() -> str:
     """A digest of the model definition: the names and shapes of its parameters and
     buffers. Built on the meta device (no memory, no initialisation), with torch's RNG
     forked so that the caller's is untouched. (torch is imported here, not with the module:
-    a ClientApp that hands its messages to the site worker never needs it.)"""
+    a message that needs no model never imports it.)"""
     import torch
 
     from fedcmr.common.model import build_model

@@ -58,16 +58,23 @@ def supernode_event(row: dict) -> None:
     append("supernode", row)
 
 
-def record_exchange(message, entered: float, left: float, handler_s: float | None,
-                    where: str) -> None:
-    """A site's view of one message (client/runtime/worker_mod.py)."""
+def record_exchange(message, entered: float, left: float, handler_s: float | None) -> None:
+    """A site's view of one message (`timing_mod`)."""
     if _folder() is None:
         return
     append("site", {"message_id": message.metadata.message_id,
                     "type": message.metadata.message_type, "process_started": process_started(),
                     "imported": IMPORTED, "entered": entered, "left": left,
-                    "handler_s": handler_s, "where": where,
-                    "bytes_in": content_bytes(message)})
+                    "handler_s": handler_s, "bytes_in": content_bytes(message)})
+
+
+def timing_mod(message, context, call_next):
+    """A ClientApp mod (client/site/client_app.py): the handler's reply, its times noted
+    where $FEDCMR_TIMINGS asks for them."""
+    entered, started = time.time(), time.perf_counter()
+    reply = call_next(message, context)
+    record_exchange(message, entered, time.time(), time.perf_counter() - started)
+    return reply
 
 
 def record_sent(messages, pushed: float, replies: dict[str, tuple[float, int]],

@@ -23,7 +23,7 @@ TOY_MODELS = "toy=toy_model:Toy,toy-nyul=toy_model:HarmonisedToy"
 
 def toy_env(*paths: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     """`env` (default ENV) with the toy model registered and `paths` then tests/ first on
-    PYTHONPATH, for every process of a federation (SuperExec, ClientApps, worker)."""
+    PYTHONPATH, for every process of a federation (SuperExec, ClientApps)."""
     env = dict(ENV if env is None else env)
     path = [*map(str, paths), str(TESTS), env.get("PYTHONPATH", "")]
     return {**env, "FEDCMR_MODELS": TOY_MODELS,

@@ -45,7 +45,7 @@ def test_nothing_is_written_without_the_variable(tmp_path, monkeypatch, identity
     monkeypatch.delenv(exchange_timing.TIMINGS_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     exchange_timing.record_sent([message("m1", True)], time.time(), {})
-    exchange_timing.record_exchange(message("m1", True), 1.0, 2.0, 0.5, "worker")
+    exchange_timing.record_exchange(message("m1", True), 1.0, 2.0, 0.5)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -62,7 +62,7 @@ def test_the_parts_of_an_exchange_add_up_to_its_total(tmp_path, monkeypatch, ide
     # a ClientApp whose process started 1 s after the push and imported the app 1.5 s later
     monkeypatch.setattr(exchange_timing, "process_started", lambda: pushed + 1.0)
     monkeypatch.setattr(exchange_timing, "IMPORTED", pushed + 2.5)
-    exchange_timing.record_exchange(sent, pushed + 4.0, pushed + 7.5, 2.0, "worker")
+    exchange_timing.record_exchange(sent, pushed + 4.0, pushed + 7.5, 2.0)
     summary = benchmark().summarise(tmp_path, simulated=False)["train"]
     assert summary["exchanges"] == 1  # the unanswered message is not an exchange
     assert summary["bytes_per_exchange"] == exchange_timing.content_bytes(sent) + 400
@@ -70,14 +70,14 @@ def test_the_parts_of_an_exchange_add_up_to_its_total(tmp_path, monkeypatch, ide
     means = summary["mean_s"]
     assert means["total"] == pytest.approx(9.0, abs=1e-3)
     assert means["compute"] == 2.0 and means["beyond_compute"] == pytest.approx(7.0, abs=1e-3)
-    parts = ("to_site", "clientapp_start", "handover", "compute", "back")
+    parts = ("to_site", "clientapp_start", "in_clientapp", "compute", "back")
     assert sum(means[p] for p in parts) == pytest.approx(means["total"], abs=5e-3)
     # each part where it belongs: the network to the site (push -> process start), the
-    # ClientApp's start (process start -> app imported), the handover (imported -> reply
-    # left, less the work), the way back (reply left -> reply at the coordinator)
+    # ClientApp's start (process start -> app imported), the time in the ClientApp
+    # (imported -> reply left, less the work), the way back (reply left -> coordinator)
     assert means["to_site"] == pytest.approx(1.0, abs=1e-3)
     assert means["clientapp_start"] == pytest.approx(1.5, abs=1e-3)
-    assert means["handover"] == pytest.approx(7.5 - 2.5 - 2.0, abs=1e-3)
+    assert means["in_clientapp"] == pytest.approx(7.5 - 2.5 - 2.0, abs=1e-3)
     assert means["back"] == pytest.approx(1.5, abs=1e-3)
 
 
@@ -90,12 +90,12 @@ def test_with_the_supernodes_trace_every_hop_is_its_own_part(tmp_path, monkeypat
     exchange_timing.record_sent([sent], pushed, {"m1": (pushed + 12.0, 400)}, pushed + 0.5)
     exchange_timing.supernode_event({"event": "stored", "message_id": "m1",
                                      "pulled": pushed + 0.75, "stored": pushed + 2.0})
-    exchange_timing.record_exchange(sent, pushed + 3.0, pushed + 8.0, 4.0, "worker")
+    exchange_timing.record_exchange(sent, pushed + 3.0, pushed + 8.0, 4.0)
     exchange_timing.supernode_event({"event": "pushed", "message_id": "m1",
                                      "reply_ready": pushed + 8.5, "pushed": pushed + 11.0})
     means = benchmark().summarise(tmp_path, simulated=False)["train"]["mean_s"]
     expected = {"to_supernode": 0.75, "supernode_download": 1.25, "clientapp_start": 1.0,
-                "handover": 1.0, "compute": 4.0, "reply_to_supernode": 0.5,
+                "in_clientapp": 1.0, "compute": 4.0, "reply_to_supernode": 0.5,
                 "supernode_upload": 2.5, "to_coordinator": 1.0}
     for part, seconds in expected.items():
         assert means[part] == pytest.approx(seconds, abs=1e-3), part

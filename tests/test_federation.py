@@ -8,7 +8,6 @@ import contextlib
 import csv
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -119,15 +118,11 @@ def test_hospitals_as_separate_processes_leave_nothing_running(equal_vote_run):
     check_run(equal_vote_run, 0.0)
     golden.check("fl_deployment_cnn_equal_vote", equal_vote_run / "predictions.csv")
     assert our_processes(equal_vote_run) == []
-    # every message's ClientApp was forked from its site's SuperExec (superexec_main.py),
-    # and handed its message to the site's warm worker (site_worker.py), one per site
+    # every message's ClientApp was forked from its site's SuperExec (superexec_main.py)
     for log in (equal_vote_run / "logs").glob("supernode-*.log"):
         text = log.read_text()
         forked = text.count("fedcmr: ClientApp forked")
         assert forked == text.count("Start `flwr-clientapp` process") > 0, log.name
-        assert text.count("fedcmr site worker: ") == forked, log.name
-        assert len(set(re.findall(r"fedcmr site worker \(pid (\d+)\) ready", text))) == 1
-        assert "does the work of" not in text  # no ClientApp had to do it itself
     # every port our processes used is free again
     # (not the clients' ephemeral ports in the SuperLink's access log: TIME_WAIT holds those)
     texts = ["\n".join(line for line in p.read_text().splitlines() if "uvicorn.access" not in line)
@@ -171,20 +166,6 @@ def test_simulation_runtime_gives_the_deployment_results(caches, equal_vote_run,
 def scores(run: Path) -> dict[tuple[str, str], str]:
     with (run / "predictions.csv").open() as handle:
         return {(r["subject"], r["phase"]): r["score"] for r in csv.DictReader(handle)}
-
-
-def test_without_the_site_worker_every_prediction_is_the_same(caches, equal_vote_run,
-                                                               tmp_path, monkeypatch):
-    """FEDCMR_WORKER=off: each ClientApp does its message's work itself, as Flower runs it;
-    the predictions are those of the run with warm workers, to the last digit."""
-    monkeypatch.setenv("FEDCMR_WORKER", "off")
-    run_dir = tmp_path / "no-worker"
-    run_local_federation(caches, settings("equal-vote", 0.0), run_dir, echo=lambda _: None)
-    check_run(run_dir, 0.0)
-    for log in (run_dir / "logs").glob("supernode-*.log"):
-        assert "fedcmr site worker" not in log.read_text(), log.name
-    assert scores(run_dir) == scores(equal_vote_run)
-    assert our_processes(run_dir) == []
 
 
 def test_secure_server_and_clients_with_tempered_votes_and_refused_nodes(caches, tmp_path):

@@ -9,14 +9,14 @@ it as soon as a message has arrived. Its connection loop checks the SuperLink ag
 average); these changes to Flower are in support/flower_patches.py. The process
 exits with LOOP_ENDED once that loop has ended (Flower 1.42 logs the error that ended it,
 a coordinator lost for --max-wait-time or an HTTP 500, and then hangs for ever on its
-Runtime API thread). And it starts the site's warm worker (client/runtime/site_worker.py), which
-does the work of every message for the whole run, unless $FEDCMR_WORKER is "off"; the
-worker ends with this process."""
+Runtime API thread).
+
+Each message's work is done in its forked ClientApp, which ends with the message: no
+process of a site holds its data or a model between messages."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 #: Exit code of the SuperNode once its connection loop has ended.
@@ -43,19 +43,12 @@ def main() -> None:
     from flwr.supernode import start_client_internal as loop
     from flwr.supernode.cli import flower_supernode
 
-    from fedcmr.client.runtime import site_worker, worker_channel
     from fedcmr.client.runtime.superexec_main import start_mode, superexec_command
     from fedcmr.client.site.app_approval import install_approval
     from fedcmr.support import exchange_timing, flower_patches
 
     flower_patches.apply()  # a Flower release fedcmr was not tested on stops it here
     start_mode()  # a wrong $FEDCMR_CLIENTAPP_START stops the SuperNode here, named
-    folder = None
-    if site_worker.enabled():  # a wrong $FEDCMR_WORKER stops it here
-        folder = worker_channel.worker_folder()
-        worker = site_worker.start(folder)
-        os.environ[site_worker.SOCKET_ENV] = str(folder / site_worker.SOCKET_NAME)
-        os.environ[site_worker.PID_ENV] = str(worker.pid)
     install_approval(loop, approved_bundles(), FLOWER_LOGGER)
     flower_patches.supernode_waits(loop)
     flower_patches.prompt_heartbeat()  # a dead site is offline after 20 s, not 60 s
@@ -68,6 +61,4 @@ def main() -> None:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
     os._exit(LOOP_ENDED)

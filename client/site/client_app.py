@@ -13,10 +13,10 @@ send "<class 'X'>:<'...'>" and no name.) A request the site's policy refuses say
 FINISHED marks the end of the run in the site's out-dir, where `fedcmr client`
 (client/runtime/supernode_watch.py) sees it and stops.
 
-Where the SuperNode runs a warm site worker (client/runtime/site_worker.py), `worker_mod` hands
-each message to it and the handlers below run there, on frames it keeps in memory
-(`open_site`); the audit gate stays here. So that this process stays light, torch and the
-learning code are imported by the handlers, not with the module.
+In deployment each message gets its own ClientApp process, forked from the site's SuperExec
+(client/runtime/superexec_main.py), which imported torch once; the handlers import torch and
+the learning code themselves, not with the module. The audit gate is the outermost mod, and
+`timing_mod` notes the message's times where a benchmark asks (support/exchange_timing.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from fedcmr.client.runtime.worker_mod import worker_mod
 from fedcmr.client.site.audit import audit_mod
 from fedcmr.client.site.policy import PolicyRefusal, SitePolicy
 from fedcmr.common.atomic import write_json
@@ -41,6 +40,7 @@ from fedcmr.common.handshake import FingerprintError
 from fedcmr.common.node_config import NodeConfig
 from fedcmr.common.protocol import ARRAYS, CONFIG, FINISHED_MARKER, Kind, Order
 from fedcmr.common.replies import FinishedReply
+from fedcmr.support.exchange_timing import timing_mod
 
 if TYPE_CHECKING:
     import torch
@@ -49,11 +49,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fedcmr.client")
 
-#: The audit gate outermost: it sees the reply whoever made it (the worker or this process).
-app = ClientApp(mods=[audit_mod, worker_mod])
+#: The audit gate outermost: it sees every reply before it leaves.
+app = ClientApp(mods=[audit_mod, timing_mod])
 
 #: The frames this process read last, by what they were read from (the caches, their
-#: manifests' size and time, the centres): a warm worker reads its site's cache once.
+#: manifests' size and time, the centres): a process that serves several messages (the
+#: simulation runtime's) reads its site's cache once.
 _frames: dict[tuple, list] = {}
 
 
@@ -224,8 +225,3 @@ HANDLERS = {Kind.DESCRIBE: describe, Kind.NYUL: nyul, Kind.MEASURE_STATS: measur
             Kind.TRAIN: train, Kind.VALIDATE: validate, Kind.TEST: test,
             Kind.FINISHED: finished}
 
-
-def handler_for(message_type: str) -> Handler:
-    """The handler of a message type (the site worker dispatches with it)."""
-    kind = Kind(message_type)
-    return HANDLERS[kind]

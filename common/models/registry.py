@@ -1,9 +1,8 @@
 """Every model fedcmr can train, by name: the one place a model's name is looked up.
 
 A model is a `ModelPlugin` (common/models/base.py) found by a "module:attribute" path, so
-that a name can be checked (a RunConfig, a bundle) without importing the model's code (a
-ClientApp that hands its messages to the site worker never imports torch). Where they come
-from, later ones replacing none of the earlier:
+that a name can be checked (a RunConfig, a bundle) without importing the model's code (or
+torch). Where they come from, later ones replacing none of the earlier:
 - the built-in models (BUILTIN);
 - installed packages' entry points in the group `fedcmr.models` (`name = "module:attr"`);
 - the environment variable FEDCMR_MODELS, "name=module:attr[,name=module:attr]" (a

@@ -1,7 +1,6 @@
 """Bad sites, made from outside fedcmr: Python imports this module at start-up in every
 process whose PYTHONPATH holds this folder (tests/test_resilience.py sets it for a whole
-federation). In ClientApp processes (and in fedcmr's SuperExec, which forks them, and its
-site worker, which does their work: client/runtime/site_worker.py), a site
+federation). In ClientApp processes (and in fedcmr's SuperExec, which forks them), a site
 named in FEDCMR_TEST_POISON trains as usual and then spoils its update, one attack per round:
 "Charlie=nan,extra;Bravo=n_k,none" spoils Charlie's rounds 1 and 2 and Bravo's round 1.
 fedcmr itself has no hook for it.
@@ -47,12 +46,10 @@ def spoil(reply, attack: str, received):
 
 
 def runs_clientapps() -> bool:
-    """Flower's own ClientApp process, fedcmr's SuperExec (client/runtime/superexec_main.py), whose
-    forked children are the ClientApps and inherit what is patched here, or the site worker
-    that does a ClientApp's work (client/runtime/site_worker.py)."""
+    """Flower's own ClientApp process, or fedcmr's SuperExec (client/runtime/superexec_main.py),
+    whose forked children are the ClientApps and inherit what is patched here."""
     name = os.path.basename(sys.argv[0]) if sys.argv else ""
-    return name == "flwr-clientapp" or (
-        name == "-c" and sys.argv[1:2] in (["flower-superexec"], ["fedcmr-site-worker"]))
+    return name == "flwr-clientapp" or (name == "-c" and sys.argv[1:2] == ["flower-superexec"])
 
 
 if PLAN and runs_clientapps():
