@@ -9,9 +9,10 @@ an app bundle of their own on it. Here every request from any other address is r
 HTTP 403 unless it is for the Fleet API (`/v1/fleet/...`) or the health check; the
 coordinator's own tools (its `flwr` CLI, the ServerApp process) reach it from 127.0.0.1.
 
-The one change is made by wrapping the app Flower builds (`flwr.superlink.main.create_app`)
-in `FleetOnlyFromOutside`, an ASGI middleware; tests/test_attacks.py checks both that the
-name still exists in the installed Flower and that a request from outside is refused.
+The one change is `FleetOnlyFromOutside`, an ASGI middleware around every app Flower builds
+(support/flower_patches.py `wrap_superlink_apps`; tests/test_flower_patches.py checks that
+Flower's SuperLink builds its app with the name it wraps, tests/test_attacks.py that a
+request from outside is refused).
 """
 
 from __future__ import annotations
@@ -84,14 +85,9 @@ async def _forbidden(send: Callable, path: str) -> None:
 
 def install() -> None:
     """Wrap every app Flower's SuperLink builds in FleetOnlyFromOutside."""
-    from flwr.superlink import main as superlink_app
+    from fedcmr.support import flower_patches
 
-    build = superlink_app.create_app
-
-    def create_app(*args, **kwargs):
-        return FleetOnlyFromOutside(build(*args, **kwargs))
-
-    superlink_app.create_app = create_app
+    flower_patches.wrap_superlink_apps(FleetOnlyFromOutside)
 
 
 def main() -> None:

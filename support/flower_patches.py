@@ -39,6 +39,22 @@ one of those names moves.
   ServerApp killed by a signal (the kernel's out-of-memory killer, say) left only "ended
   finished:failed". Here the SuperLink starts fedcmr's SuperExec (server/superexec_main.py),
   which keeps each process it starts and notes how it ended.
+- **Only approved app bundles run at a site** (`approve_bundles`; the rule is the site's:
+  client/site/app_approval.py). For a run it has not seen, the SuperNode loop's
+  `_pull_and_store_message(..., get_fab=..., trusted_entities=...)` fetches the bundle, and
+  when `trusted_entities` is non-empty and the bundle carries no "valid_license"
+  verification it stores a FAB_VERIFICATION_ERROR reply and returns before the bundle is
+  stored or any of its code runs. The patch checks each fetched bundle and, on refusal,
+  fills `trusted_entities` and strips the verifications, so that Flower's own refusal fires.
+- **ClientApps forked, not started** (`fork_clientapps`, `reset_after_fork`). The
+  SuperExec's subprocess executor starts every ClientApp with `subprocess.Popen`; fedcmr's
+  SuperExec (client/runtime/superexec_main.py) hands it a `subprocess` whose Popen forks.
+  In the child, the exit handlers the SuperExec registered (they close the SuperExec's own
+  connection) are dropped and telemetry's module lock, perhaps held by another thread at the
+  fork, is a new one.
+- **Control and Runtime APIs only from the coordinator's own host**
+  (`wrap_superlink_apps`). Flower's SuperLink serves every API on one port it builds with
+  `flwr.superlink.main.create_app`; server/superlink_main.py wraps each app it builds.
 - **A trace of the SuperNode's part of each exchange** (`trace_supernode`, only with
   $FEDCMR_TIMINGS set, for benchmarks/round_overhead.py).
 """
@@ -69,6 +85,9 @@ HEARTBEAT_S = 10
 
 #: What a SuperNode sends its SuperExec when a message has arrived.
 WAKE_SIGNAL = signal.SIGUSR1
+#: The trusted-entities key set on a refused bundle (never a real entity: it only makes
+#: Flower check the bundle's verification, which the refused bundle no longer has).
+_REFUSAL_ENTITY = "fedcmr-site-approval"
 
 
 class FlowerVersionError(RuntimeError):
@@ -307,6 +326,77 @@ def trace_supernode(loop: types.ModuleType, note: Callable[[dict], None]) -> Non
 
     loop._pull_and_store_message = pull_and_store_traced
     loop._push_messages = push_traced
+
+
+def approve_bundles(loop: types.ModuleType, problem: Callable[[bytes], str | None],
+                    refused: Callable[[str], None]) -> None:
+    """In a SuperNode (`loop`: flwr.supernode.start_client_internal): a fetched app bundle
+    whose content `problem` finds fault with (a line, else None) is reported to `refused`
+    and refused by Flower itself before any of its code runs."""
+    check_version()
+    import dataclasses
+    import inspect
+
+    original = loop._pull_and_store_message
+    if not {"get_fab", "trusted_entities"} <= set(inspect.signature(original).parameters):
+        raise FlowerVersionError(
+            "Flower's SuperNode loop no longer takes get_fab and trusted_entities, so the "
+            "site's app bundle check cannot be installed (client/site/app_approval.py). Fix: "
+            f"pip install 'flwr[simulation]=={TESTED_FLOWER}'")
+
+    def pull_and_store_message(*, get_fab, trusted_entities, **kwargs):
+        entities = dict(trusted_entities or {})  # a fresh one per call: filled on refusal
+
+        def checked_get_fab(fab_hash: str, run_id: int):
+            fab = get_fab(fab_hash, run_id)
+            if (line := problem(fab.content)) is None:
+                return fab
+            refused(line)
+            entities[_REFUSAL_ENTITY] = "refused"
+            return dataclasses.replace(fab, verifications={})
+
+        return original(get_fab=checked_get_fab, trusted_entities=entities, **kwargs)
+
+    loop._pull_and_store_message = pull_and_store_message
+
+
+def fork_clientapps(executor: types.ModuleType, processes: object) -> None:
+    """In a SuperExec: Flower's subprocess executor (`executor`:
+    flwr.supercore.superexec.executor.subprocess_executor) starts its processes with
+    `processes.Popen` (client/runtime/superexec_main.py's ForkingSubprocess)."""
+    check_version()
+    if not callable(getattr(getattr(executor, "subprocess", None), "Popen", None)):
+        raise FlowerVersionError("Flower's subprocess executor no longer uses subprocess.Popen")
+    executor.subprocess = processes
+
+
+def reset_after_fork() -> None:
+    """In a ClientApp just forked from a SuperExec: none of the SuperExec's exit handlers
+    runs here, and telemetry's lock is not one another thread held at the fork."""
+    from flwr.supercore import telemetry
+    from flwr.supercore.exit import exit_handler
+
+    if not isinstance(getattr(exit_handler, "registered_exit_handlers", None), list) or \
+            not hasattr(telemetry, "state_lock"):
+        raise FlowerVersionError("Flower's exit handlers or telemetry lock have moved")
+    exit_handler.registered_exit_handlers.clear()
+    telemetry.state_lock = threading.Lock()
+
+
+def wrap_superlink_apps(wrap: Callable[[object], object]) -> None:
+    """Every ASGI app Flower's SuperLink builds (`flwr.superlink.main.create_app`) is
+    served as `wrap(app)`."""
+    check_version()
+    from flwr.superlink import main as superlink_app
+
+    build = getattr(superlink_app, "create_app", None)
+    if not callable(build):
+        raise FlowerVersionError("Flower's SuperLink no longer builds its app with create_app")
+
+    def create_app(*args, **kwargs):
+        return wrap(build(*args, **kwargs))
+
+    superlink_app.create_app = create_app
 
 
 def apply() -> None:

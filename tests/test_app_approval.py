@@ -80,7 +80,7 @@ def test_the_patched_loop_lets_approved_bundles_through_and_makes_flower_refuse_
 
 def test_a_flower_without_the_expected_loop_is_refused():
     loop = types.SimpleNamespace(_pull_and_store_message=lambda state, get_fab: None)
-    with pytest.raises(RuntimeError, match="pinned to flwr"):
+    with pytest.raises(RuntimeError, match="no longer takes get_fab and trusted_entities.*Fix"):
         install_approval(loop, set(), LOG)
 
 

@@ -99,6 +99,77 @@ def test_the_names_each_patch_reaches_are_where_flower_1_42_has_them():
     assert "_push_messages(\n                state=state," in source
 
 
+def test_flowers_supernode_refuses_a_bundle_the_way_approve_bundles_relies_on():
+    """`approve_bundles` makes Flower's own check refuse (client/site/app_approval.py has the
+    rule and a real refused bundle): the loop fetches the bundle with `get_fab` and refuses
+    it when `trusted_entities` is set and no "valid_license" verification is there."""
+    from flwr.supernode import start_client_internal as loop
+
+    source = inspect.getsource(loop._pull_and_store_message)
+    fetched = source.index("fab = get_fab(")
+    checked = source.index("if trusted_entities:", fetched)
+    assert source.index('fab.verifications.get("valid_license"', checked) > checked
+    assert {"get_fab", "trusted_entities"} <= set(
+        inspect.signature(loop._pull_and_store_message).parameters)
+
+
+def test_the_superexecs_processes_are_started_with_the_popen_fedcmr_hands_it(monkeypatch):
+    """`fork_clientapps`: Flower's subprocess executor starts every process (a ClientApp
+    included) with the module-level `subprocess.Popen` it looks up at the call."""
+    from flwr.supercore.superexec.executor import subprocess_executor as executor
+
+    source = inspect.getsource(executor)
+    assert "subprocess.Popen(" in source and "import subprocess" in source
+    monkeypatch.setattr(executor, "subprocess", executor.subprocess)  # put back after
+    started = []
+    forking = types.SimpleNamespace(Popen=lambda args, **kw: started.append(args),
+                                    DEVNULL=subprocess.DEVNULL)
+    flower_patches.fork_clientapps(executor, forking)
+    assert executor.subprocess is forking
+    monkeypatch.setattr(executor, "subprocess", types.SimpleNamespace())
+    with pytest.raises(flower_patches.FlowerVersionError, match="Popen"):
+        flower_patches.fork_clientapps(executor, forking)
+
+
+def test_a_forked_clientapp_drops_the_superexecs_exit_handlers_and_lock(monkeypatch):
+    """`reset_after_fork`: what Flower runs at exit (its registered handlers) and the lock
+    its telemetry takes are the names Flower's own code uses; after the reset the child
+    runs none of the parent's handlers and holds a lock no other thread can hold."""
+    from flwr.supercore import telemetry
+    from flwr.supercore.exit import exit_handler
+
+    assert "in registered_exit_handlers:" in inspect.getsource(
+        exit_handler.trigger_exit_handlers)
+    assert "with state_lock:" in inspect.getsource(telemetry)
+    monkeypatch.setattr(exit_handler, "registered_exit_handlers",
+                        [*exit_handler.registered_exit_handlers, "the SuperExec's"])
+    held = threading.Lock()
+    held.acquire()  # as another thread of the SuperExec held it at the fork
+    monkeypatch.setattr(telemetry, "state_lock", held)
+    flower_patches.reset_after_fork()
+    assert exit_handler.registered_exit_handlers == []
+    assert telemetry.state_lock is not held and telemetry.state_lock.acquire(timeout=1)
+
+
+def test_every_app_the_superlink_builds_is_wrapped(monkeypatch):
+    """`wrap_superlink_apps`: Flower's SuperLink imports `create_app` from
+    flwr.superlink.main when it starts serving (so it gets the wrapped one); each app it
+    builds is served wrapped (tests/test_attacks.py checks the wrapper refuses outsiders)."""
+    import importlib
+
+    from flwr.superlink import main as superlink_app
+
+    cli = importlib.import_module("flwr.superlink.cli.flower_superlink")
+    source = inspect.getsource(cli._run_superlink_http_api)
+    assert "from flwr.superlink.main import" in source and "create_app(" in source
+    monkeypatch.setattr(superlink_app, "create_app", lambda *a, **k: ("app", a, k))
+    flower_patches.wrap_superlink_apps(lambda app: ("wrapped", app))
+    assert superlink_app.create_app(1, x=2) == ("wrapped", ("app", (1,), {"x": 2}))
+    monkeypatch.setattr(superlink_app, "create_app", None)
+    with pytest.raises(flower_patches.FlowerVersionError, match="create_app"):
+        flower_patches.wrap_superlink_apps(lambda app: app)
+
+
 def test_a_supernode_announces_and_keeps_a_ten_second_heartbeat(monkeypatch):
     """The interval a SuperNode announces (ActivateNode, every heartbeat) and the waits of
     its heartbeat thread, read off Flower's own sender: every 17.5-22.5 s (30 s announced)

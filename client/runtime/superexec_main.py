@@ -18,7 +18,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import types
 
 #: The environment variable that picks how a ClientApp starts: "fork" (the default) or
@@ -63,13 +62,11 @@ def _run_clientapp(args: list[str], quiet: bool) -> None:
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
             sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - until exit
-        from flwr.supercore import telemetry
-        from flwr.supercore.exit import exit_handler
         from flwr.supernode.cli import flwr_clientapp
 
-        # The SuperExec's exit handlers close its own connection: not the child's to run.
-        exit_handler.registered_exit_handlers.clear()
-        telemetry.state_lock = threading.Lock()
+        from fedcmr.support import flower_patches
+
+        flower_patches.reset_after_fork()  # not the SuperExec's exit handlers, nor its locks
         sys.argv = list(args)
         flwr_clientapp()
         code = 0
@@ -140,5 +137,5 @@ def main() -> None:
     from flwr.supercore.cli import flower_superexec
     from flwr.supercore.superexec.executor import subprocess_executor
 
-    subprocess_executor.subprocess = ForkingSubprocess()
+    flower_patches.fork_clientapps(subprocess_executor, ForkingSubprocess())
     flower_superexec()
