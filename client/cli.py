@@ -79,7 +79,9 @@ def add_client(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--superlink", required=True, help="coordinator HOST:PORT")
     p.add_argument("--out", type=Path, default=Path("site-output"),
                    help="private output folder (predictions, audit log)")
-    p.add_argument("--port", type=int, default=9094, help="local port of the SuperNode")
+    p.add_argument("--port", type=int, default=0,
+                   help="local port of the SuperNode's API for its ClientApps (default 0: a "
+                        "free one)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--root-certificates", type=Path, default=None,
                    help="the federation CA (without it: plaintext, with a warning)")

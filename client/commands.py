@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedcmr.client.data.errors import DatasetError
 from fedcmr.client.data.loaders.result import LoadResult
 from fedcmr.client.data.prep_config import PrepConfig
 from fedcmr.support.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SKIPPED
+
+if TYPE_CHECKING:
+    from fedcmr.client.runtime.site_lock import SiteLock
 
 log = logging.getLogger("fedcmr.prepare")
 plog = logging.getLogger("fedcmr.predict")
@@ -107,15 +112,12 @@ def cmd_client(args: argparse.Namespace) -> int:
     """Serve the hospital's cache as a SuperNode (a child process) until the coordinator
     says the run is over (exit 0), or give up on a coordinator it cannot reach (one line
     naming the address, exit 1)."""
-    from fedcmr.client.runtime.supernode_main import SUPERNODE_MAIN
-    from fedcmr.client.runtime.supernode_watch import SuperNodeWatch, clog
-    from fedcmr.client.site.app_approval import APPROVED_ENV
+    from fedcmr.client.runtime.site_lock import SiteBusy, SiteLock
+    from fedcmr.client.runtime.supernode_watch import clog
     from fedcmr.client.site.ledger import LedgerError, check_ledger, reset_ledger
     from fedcmr.client.site.policy import SitePolicy, policy_default, state_default
     from fedcmr.common.app_bundle import bundle_digest
-    from fedcmr.common.node_config import NodeConfig
-    from fedcmr.common.protocol import FINISHED_MARKER
-    from fedcmr.support.flower_env import flower_env, tool
+    from fedcmr.support.ports import port_is_free
 
     missing = [p for p in args.data if not (p / "manifest.csv").exists()]
     if missing:
@@ -137,21 +139,51 @@ def cmd_client(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, LedgerError) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
+    lock = SiteLock(state, args.site)
+    try:
+        lock.acquire()  # first: another client of this site is the likelier cause of a busy port
+    except SiteBusy as busy:
+        log.error("%s", busy)
+        return EXIT_BAD_INPUT
+    try:
+        if args.port and not port_is_free(args.port):
+            log.error("site %s: port %d (--port, the SuperNode's local API) is in use on "
+                      "this machine. Fix: leave --port out (a free one is picked) or name a "
+                      "free one", args.site, args.port)
+            return EXIT_BAD_INPUT
+        return _serve(args, (policy, own, state, ledger, centres, security), lock)
+    finally:
+        lock.release()
+
+
+def _serve(args: argparse.Namespace, prepared: tuple, lock: SiteLock) -> int:
+    """`fedcmr client` once its inputs are checked and the site's lock is held: `prepared`
+    is (policy, own bundle digest, state folder, ledger, centres, security arguments)."""
+    from fedcmr.client.runtime.supernode_main import SUPERNODE_MAIN
+    from fedcmr.client.runtime.supernode_watch import SuperNodeWatch, clog
+    from fedcmr.client.site.app_approval import APPROVED_ENV
+    from fedcmr.common.node_config import NodeConfig
+    from fedcmr.common.protocol import FINISHED_MARKER
+    from fedcmr.support.flower_env import flower_env, tool
+    from fedcmr.support.ports import free_port
+    from fedcmr.support.proc_tree import PARENT_ENV
+
+    policy, own, state, ledger, centres, security = prepared
     approved = {own, *(d.lower() for d in policy.approved_bundles)}
     out = args.out.resolve()
     node = NodeConfig(site=args.site, data_path=tuple(p.resolve() for p in args.data),
                       out_dir=out, threads=args.threads, centres=centres,
                       policy=args.policy.resolve() if args.policy else None, state_dir=state)
     command = [sys.executable, "-c", SUPERNODE_MAIN, tool("flower-supernode"), "--superlink",
-               args.superlink, "--port", str(args.port), "--node-config", node.to_text(),
-               *security]
+               args.superlink, "--port", str(args.port or free_port()), "--node-config",
+               node.to_text(), *security]
     if args.max_wait_time > 0:
         command += ["--max-wait-time", f"{args.max_wait_time:g}"]
     out.mkdir(parents=True, exist_ok=True)
     (out / FINISHED_MARKER).unlink(missing_ok=True)  # an earlier run's
     watch = SuperNodeWatch(args.site, args.superlink, args.max_wait_time,
                            tls=args.root_certificates is not None,
-                           auth_key=args.auth_key is not None)
+                           auth_key=args.auth_key is not None, on_start=lock.note_supernode)
     clog.info("site %s release policy (%s): %s", args.site, args.policy or "the defaults",
               "; ".join(policy.lines()))
     clog.info("site %s remembers what it released in %s", args.site, ledger)
@@ -166,7 +198,8 @@ def cmd_client(args: argparse.Namespace) -> int:
               ", ".join(map(str, args.data)), args.superlink,
               "serving until stopped" if args.serve_forever else
               "stops when the coordinator's run is over")
-    env = flower_env(**{APPROVED_ENV: ",".join(sorted(approved))})
+    # the SuperNode dies with this process, however it ends
+    env = flower_env(**{APPROVED_ENV: ",".join(sorted(approved)), PARENT_ENV: str(os.getpid())})
     return watch.run(command, env, out / FINISHED_MARKER, args.serve_forever)
 
 

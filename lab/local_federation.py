@@ -22,11 +22,11 @@ from fedcmr.common.atomic import write_json
 from fedcmr.common.node_config import NodeConfig, write_simulated_nodes
 from fedcmr.common.results import PREDICTIONS_CSV, write_predictions
 from fedcmr.lab.sites import SitePer, SiteSpec, sites_from_caches
-from fedcmr.server.processes import free_port
 from fedcmr.server.security import Security
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.superlink import Coordinator, Runtime
 from fedcmr.support.flower_env import tool
+from fedcmr.support.ports import free_port
 
 
 @dataclass

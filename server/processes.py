@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,24 +20,6 @@ from fedcmr.support.proc_tree import (
 )
 
 log = logging.getLogger("fedcmr.processes")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    """No server listens on the port (connections in TIME_WAIT do not count: a server
-    restarted with SO_REUSEADDR, as uvicorn does, binds over them)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 class ProcessGroup:

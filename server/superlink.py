@@ -22,11 +22,12 @@ from typing import Literal
 
 from fedcmr.server import task_exits
 from fedcmr.server.flwr_cli import CONNECTION, FlwrCli
-from fedcmr.server.processes import ProcessGroup, exit_on_termination, free_port
+from fedcmr.server.processes import ProcessGroup, exit_on_termination
 from fedcmr.server.security import Security
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.superlink_main import SUPERLINK_MAIN
 from fedcmr.support.flower_env import flower_env, tool
+from fedcmr.support.ports import free_port
 
 log = logging.getLogger("fedcmr.federate")
 Runtime = Literal["deployment", "simulation"]

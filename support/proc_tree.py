@@ -5,9 +5,14 @@ superexec and clientapps start sessions of their own, so process groups alone mi
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from contextlib import suppress
 from pathlib import Path
+
+#: Set by a fedcmr process for the one it starts: its own pid, so that the child dies with it
+#: (`die_with_parent`).
+PARENT_ENV = "FEDCMR_PARENT_PID"
 
 
 def descendants(roots: set[int]) -> set[int]:
@@ -91,3 +96,27 @@ def working_in(folder: Path) -> set[int]:
             if any(word in command for word in OURS):
                 found.add(pid)
     return found
+
+
+def die_with_parent(parent: int | None) -> None:
+    """This process is killed (SIGKILL) as soon as `parent`, the process that started it,
+    ends, however it ends: a SIGKILLed parent leaves no orphan serving on. (Linux
+    PR_SET_PDEATHSIG; the parent must have started this process from a thread that lives as
+    long as it does.) A parent already gone ends this process now; None: nothing to do."""
+    if parent is None:
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with suppress(OSError, AttributeError):
+        if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL,
+                                                   0, 0, 0) != 0:
+            return
+    if os.getppid() != parent:  # it ended before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def parent_from_env() -> int | None:
+    """The pid a fedcmr parent left in PARENT_ENV (removed, so that it is not inherited)."""
+    value = os.environ.pop(PARENT_ENV, "")
+    return int(value) if value.isdigit() else None

@@ -137,8 +137,8 @@ def hospital(site: str, cache: Path, superlink: str, out: Path, *extra: str,
     """`fedcmr client` as a hospital starts it, in its own folder (every process it starts,
     flower-superexec included, has its working directory under `out`); its output to a
     pipe (text), or appended to `log`."""
-    from fedcmr.server.processes import free_port
     from fedcmr.support.flower_env import tool
+    from fedcmr.support.ports import free_port
 
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:

@@ -267,7 +267,7 @@ def test_a_stranger_with_the_ca_cannot_drive_the_coordinator(tmp_path):
     from flwr.superlink import main as flower_app
     from flwr.superlink.routers.control import router as control
 
-    from fedcmr.server.processes import free_port
+    from fedcmr.support.ports import free_port
 
     assert callable(flower_app.create_app)  # what server/superlink_main.py wraps
     certs = tmp_path / "certs"

@@ -5,9 +5,14 @@ of its ClientApp reaches the coordinator naming the site and the message kind.""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,14 +20,26 @@ from cache_factory import write_site_cache
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.supercore.task_identity import TaskIdentity
-from process_tools import ENV, hospital, kill_tree, our_processes, wait_for
+from process_tools import (
+    ENV,
+    descendants,
+    finish,
+    hospital,
+    kill_tree,
+    our_processes,
+    processes,
+    wait_for,
+)
 
+from fedcmr.client.runtime.site_lock import LOCK_NAME
 from fedcmr.client.site import client_app
 from fedcmr.client.site.audit import AUDIT_FILE, audit_mod
+from fedcmr.client.site.policy import STATE_ENV
 from fedcmr.common.protocol import CONFIG, FINISHED_MARKER, Kind
 from fedcmr.common.replies import FinishedReply
-from fedcmr.server.processes import free_port, port_is_free
 from fedcmr.support.flower_env import flower_env, tool
+from fedcmr.support.ports import free_port, port_is_free
+from fedcmr.support.proc_tree import alive, start_time
 
 FLOWER = ("flower-supernode", "flower-superexec", "flwr-clientapp")
 AGAIN = "registering again as a new node"
@@ -98,6 +115,98 @@ def test_a_restarted_coordinator_is_rejoined_and_one_gone_for_good_is_one_line(t
     last = [line for line in text.splitlines() if line.strip()][-1]
     assert f"lost the coordinator at 127.0.0.1:{port} for " in last, last
     assert flower_processes(tmp_path) == []
+
+
+def superexec_of(client: subprocess.Popen) -> list[int]:
+    """The flower-superexec processes under `client`'s SuperNode."""
+    table = processes()
+    return [pid for pid in descendants(client.pid, table) if "flower-superexec" in table[pid][2]]
+
+
+def test_a_killed_client_takes_its_processes_along_and_one_site_runs_one_client(tmp_path):
+    """`fedcmr client` SIGKILLed: its SuperNode and SuperExec end with it (no orphan goes on
+    serving), and the same command, same --port, starts again and connects. While it runs,
+    a second client of the same site is refused naming the first's pid; once it is gone, a
+    SuperNode an earlier client left behind (a process named so, recorded in the site's lock)
+    is stopped and named at the next start."""
+    port, flwr_home, local = free_port(), tmp_path / "flwr", free_port()
+    cache = write_site_cache(tmp_path / "cache", "Alpha", 3, 3)
+    link = subprocess.Popen(
+        [tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=tmp_path,
+        env=flower_env(ENV, FLWR_HOME=str(flwr_home)), start_new_session=True)
+    state = tmp_path / "state"
+    env = {**ENV, STATE_ENV: str(state)}
+    started: list[subprocess.Popen] = [link]
+    tree: list[int] = []
+
+    def client(name: str, logged: bool = True) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"{name}.log"
+        proc = hospital("Alpha", cache, f"127.0.0.1:{port}", tmp_path / "site", "--port",
+                        str(local), "--max-wait-time", "60", log=log if logged else None,
+                        env=env)
+        started.append(proc)
+        return proc, log
+
+    try:
+        wait_for(lambda: not port_is_free(port), 120, "the SuperLink to listen", link)
+        first, log = client("first")
+        wait_for(lambda: "connected to the coordinator" in log.read_text(), 120,
+                 "the client to connect", first)
+        tree = wait_for(lambda: superexec_of(first) and [*descendants(first.pid)], 120,
+                        "the SuperExec to start", first)
+        os.kill(first.pid, signal.SIGKILL)  # the client alone, not its tree
+        first.wait()
+        wait_for(lambda: not [p for p in tree if alive(p)], 30,
+                 "the SuperNode and SuperExec to end with their client")
+
+        second, log = client("second")  # the same command and port: no "address in use"
+        wait_for(lambda: "connected to the coordinator" in log.read_text(), 120,
+                 "the restarted client to connect", second)
+        third, _ = client("third", logged=False)
+        out = finish(third, 60)
+        assert third.returncode == 2, out
+        assert (f"another `fedcmr client` serves this site now (pid {second.pid}" in out
+                and "Fix: stop it first" in out), out
+        kill_tree(second.pid, signal.SIGTERM)
+        assert second.wait(timeout=60) != 0
+
+        # a SuperNode an earlier client left running (as one could before they died together)
+        stale = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)",
+                                  "flower-supernode"], start_new_session=True)
+        started.append(stale)
+        wait_for(lambda: start_time(stale.pid), 10, "the stale process to start")
+        (lock,) = state.glob(f"*/{LOCK_NAME}")  # the site's state folder
+        lock.write_text(json.dumps(
+            {"client": {"pid": 1, "start": 0},
+             "supernode": {"pid": stale.pid, "start": start_time(stale.pid)}}))
+        fourth, log = client("fourth")
+        wait_for(lambda: stale.poll() is not None, 60, "the stale SuperNode to be stopped")
+        assert (f"stopping the SuperNode (pid {stale.pid}) an earlier `fedcmr client`"
+                in log.read_text())
+        wait_for(lambda: "connected to the coordinator" in log.read_text(), 120,
+                 "the client after the stale SuperNode to connect", fourth)
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                kill_tree(proc.pid)
+                proc.wait()
+        for pid in tree:  # orphans, should the first client's processes have outlived it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert flower_processes(tmp_path) == []
+
+
+def test_a_port_in_use_is_named_with_the_flag(tmp_path):
+    cache = write_site_cache(tmp_path / "cache", "Alpha", 3, 3)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = hospital("Alpha", cache, "127.0.0.1:1", tmp_path / "site", "--port", str(port))
+        out = finish(proc, 60)
+    assert proc.returncode == 2, out
+    assert f"port {port} (--port" in out and "Fix: leave --port out" in out, out
 
 
 @pytest.fixture

@@ -31,9 +31,9 @@ from fedcmr.client.site.keys import key_paths
 from fedcmr.common.replies import ANY_KEY, REPLY_ALLOWED
 from fedcmr.common.run_config import RunConfig
 from fedcmr.lab.local_federation import run_local_federation, sites_from_caches
-from fedcmr.server.processes import free_port, port_is_free
 from fedcmr.server.settings import FederationSettings
 from fedcmr.support.flower_env import tool
+from fedcmr.support.ports import free_port, port_is_free
 
 pytestmark = pytest.mark.slow
 #: Three hospitals: the least with a site in the middle of the votes, each extra one costs a

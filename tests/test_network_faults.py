@@ -41,8 +41,8 @@ from relay import Relay
 from traffic import sent_by_site
 
 from fedcmr.common.protocol import FINISHED_MARKER
-from fedcmr.server.processes import free_port, port_is_free
 from fedcmr.support.flower_env import tool
+from fedcmr.support.ports import free_port, port_is_free
 
 pytestmark = pytest.mark.slow
 SIZES = {"Alpha": (6, 6), "Bravo": (6, 6), "Charlie": (6, 6), "Delta": (6, 6)}

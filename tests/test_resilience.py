@@ -37,8 +37,8 @@ from process_tools import (
     wait_for,
 )
 
-from fedcmr.server.processes import free_port
 from fedcmr.support.flower_env import tool
+from fedcmr.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 SIZES = {"Alpha": (6, 6), "Bravo": (7, 7), "Charlie": (6, 6)}

@@ -53,10 +53,14 @@ def _exit_code(code: object) -> int:
     return code if isinstance(code, int) else 1
 
 
-def _run_clientapp(args: list[str], quiet: bool) -> None:
-    """In the forked child: Flower's `flwr-clientapp` with `args`; never returns."""
+def _run_clientapp(args: list[str], quiet: bool, parent: int) -> None:
+    """In the forked child: Flower's `flwr-clientapp` with `args`; never returns. It dies
+    with `parent`, the SuperExec."""
     code = 1
     try:
+        from fedcmr.support.proc_tree import die_with_parent
+
+        die_with_parent(parent)
         if quiet:
             devnull = os.open(os.devnull, os.O_RDWR)
             os.dup2(devnull, 1)
@@ -115,9 +119,10 @@ class ForkingSubprocess:
         quiet = options.get("stdout") is subprocess.DEVNULL
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            _run_clientapp([CLIENTAPP, *map(str, args[1:])], quiet)
+            _run_clientapp([CLIENTAPP, *map(str, args[1:])], quiet, parent)
         self.children.add(pid)
         logging.getLogger("flwr").info("fedcmr: ClientApp forked (pid %d)", pid)
         return types.SimpleNamespace(pid=pid, args=args)
@@ -128,6 +133,9 @@ def main() -> None:
     import importlib
 
     from fedcmr.support import flower_patches
+    from fedcmr.support.proc_tree import die_with_parent, parent_from_env
+
+    die_with_parent(parent_from_env())  # its SuperNode's pid
 
     # first, before any thread starts: the SuperNode's signal ends the wait for work
     flower_patches.superexec_wakes_on_signal()

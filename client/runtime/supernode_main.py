@@ -9,7 +9,9 @@ it as soon as a message has arrived. Its connection loop checks the SuperLink ag
 average); these changes to Flower are in support/flower_patches.py. The process
 exits with LOOP_ENDED once that loop has ended (Flower 1.42 logs the error that ended it,
 a coordinator lost for --max-wait-time or an HTTP 500, and then hangs for ever on its
-Runtime API thread).
+Runtime API thread). It dies with the `fedcmr client` that started it ($FEDCMR_PARENT_PID),
+its SuperExec with it, and each ClientApp with its SuperExec, however each ends
+(support/proc_tree.py `die_with_parent`): a killed client leaves nothing serving.
 
 Each message's work is done in its forked ClientApp, which ends with the message: no
 process of a site holds its data or a model between messages."""
@@ -38,6 +40,10 @@ def approved_bundles() -> set[str]:
 
 
 def main() -> None:
+    from fedcmr.support.proc_tree import PARENT_ENV, die_with_parent, parent_from_env
+
+    die_with_parent(parent_from_env())
+    os.environ[PARENT_ENV] = str(os.getpid())  # for its SuperExec
     sys.argv = sys.argv[1:]
     from flwr.common.logger import FLOWER_LOGGER
     from flwr.supernode import start_client_internal as loop

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fedcmr.client.runtime.supernode_main import LOOP_ENDED
@@ -51,8 +52,10 @@ class SuperNodeWatch:
     and every descendant (flower-superexec, flwr-clientapp) stopped when the run is over."""
 
     def __init__(self, site: str, address: str, max_wait: float, tls: bool = False,
-                 auth_key: bool = False):
+                 auth_key: bool = False, on_start: Callable[[int], None] | None = None):
         self.site, self.address, self.max_wait = site, address, max_wait
+        #: Told each SuperNode's pid as it starts (the site's lock records it).
+        self.on_start = on_start
         #: What the site brought: the CA (TLS) and its own key (node authentication).
         self.tls, self.auth_key = tls, auth_key
         self.connected = False  # the SuperNode has been connected at some point
@@ -168,6 +171,8 @@ class SuperNodeWatch:
         coordinator forgot it; then it and its descendants are stopped. Its exit code."""
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        if self.on_start is not None:
+            self.on_start(proc.pid)
         relay = threading.Thread(target=self.relay, args=(proc.stdout,), daemon=True)
         relay.start()
         finished_at = None
