@@ -65,6 +65,8 @@ class FoldState:
     rejected: list[dict] = field(default_factory=list)
     audit: list[dict] = field(default_factory=list)
     rng: dict[str, Any] = field(default_factory=dict)
+    #: The rounds whose global model no site released validation frames for.
+    unvalidated: list[int] = field(default_factory=list)
     done: bool = False
     test: dict[str, dict] = field(default_factory=dict)
 

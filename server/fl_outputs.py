@@ -27,6 +27,7 @@ from fedcmr.common.metrics import auc_from_counts
 from fedcmr.common.models import registry
 from fedcmr.common.run_config import RunConfig
 from fedcmr.server.roster import Roster, SiteInfo
+from fedcmr.server.selection import record as selection_record
 from fedcmr.server.study_runner import FoldOutcome
 
 ROUND_COLUMNS = ("fold", "round", "site", "n_k", "weight", "train_loss", "batch_size",
@@ -106,7 +107,9 @@ def write_fold(out: Path, outcome: FoldOutcome, bundle: FoldBundle | None = None
             write_bundle(fold_dir / BUNDLE_DIR, bundle.metadata(outcome),
                          fold_dir / "best_model.pt")
     write_json(fold_dir / "summary.json", {
-        "best_round": outcome.best_round, "refused_histogram": outcome.refused,
+        "best_round": outcome.best_round,
+        "selection": selection_record(outcome.best_round, outcome.unvalidated),
+        "refused_histogram": outcome.refused,
         "rejected_updates": outcome.rejected,
         "reference_histogram": outcome.histogram, "bin_edges": outcome.bin_edges,
         "test": {s: {"auc": t.auc(), "n": t.examples, "loss": t.loss}

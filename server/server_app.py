@@ -26,6 +26,7 @@ from fedcmr.server.fl_outputs import (
     write_fold,
     write_rounds,
 )
+from fedcmr.server.selection import record as selection_record
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.study_runner import FoldOutcome, SiteFailure, StudyRunner
 from fedcmr.support import flower_patches
@@ -63,6 +64,8 @@ def main(grid: Grid, context: Context) -> None:
     metrics["strategy"] = {"name": settings.strategy, "vote_alpha": settings.vote_alpha}
     metrics["sites"] = coverage
     metrics["rejected_updates"] = [{"fold": o.fold, **r} for o in outcomes for r in o.rejected]
+    metrics["selection"] = [{"fold": o.fold, **selection_record(o.best_round, o.unvalidated)}
+                            for o in outcomes]
     if privacy := privacy_report(runner.run, outcomes, len(runner.sites)):
         metrics["privacy"] = privacy
         log.info("differential privacy: epsilon %s at delta %g over %d noisy rounds",

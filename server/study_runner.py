@@ -36,6 +36,7 @@ from fedcmr.server.audit_trail import model_hash
 from fedcmr.server.checkpoint import Checkpoint, FoldState, restore_rng, state_dict
 from fedcmr.server.handshake import HandshakeError, check_sites
 from fedcmr.server.roster import POLL, Roster, SiteFailure, SiteInfo
+from fedcmr.server.selection import FoldSelection
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.strategies import FoldTraining, make_strategy
 from fedcmr.server.update_checks import screen
@@ -65,6 +66,8 @@ class FoldOutcome:
     landmarks: list[float] | None = None
     #: Where the fold's initial weights came from (common/model.InitInfo.source).
     init_source: str = "random"
+    #: The rounds whose global model no site released validation frames for.
+    unvalidated: list[int] = field(default_factory=list)
 
     @classmethod
     def of(cls, state: FoldState) -> FoldOutcome:
@@ -75,7 +78,7 @@ class FoldOutcome:
                    histogram=state.histogram, bin_edges=state.bin_edges,
                    site_summaries=state.site_summaries,
                    landmarks=None if state.landmarks is None else list(state.landmarks),
-                   init_source=state.init_source)
+                   init_source=state.init_source, unvalidated=list(state.unvalidated))
 
 
 class StudyRunner:
@@ -194,48 +197,46 @@ class StudyRunner:
         state = self._start_fold(fold)
         strategy = make_strategy(self.settings.strategy, self.settings.vote_alpha, self.run,
                                  weights=state.strategy_weights)
-        stopper = EarlyStopping.restore(self.run.hyper.patience, state.stopper)
+        chosen = FoldSelection(EarlyStopping.restore(self.run.hyper.patience, state.stopper),
+                               ArrayRecord(state.best_arrays), state.best_round,
+                               list(state.unvalidated))
         arrays = ArrayRecord(state.arrays)
-        best_arrays, best_round = ArrayRecord(state.best_arrays), state.best_round
         outcome = FoldOutcome.of(state)
         max_rounds = self.run.hyper.max_epochs
-        stopped = stopper.should_stop
+        stopped = chosen.should_stop
         for rnd in range(state.round + 1, max_rounds + 1):
             if stopped:
                 break
             ok, trained = self._train_round(fold, rnd, arrays, strategy, state, outcome)
-            counts = self._released_val(fold, trained.values())
+            counts = self._released_val(fold, rnd, trained.values())
             val_auc, val_loss = self._pooled_val(counts)
             new_arrays, _ = strategy.aggregate_train(rnd, ok)
             weights = strategy.weights.get(rnd, {})
             self._log_round(outcome, rnd, trained, weights, val_auc, val_loss)
-            # The model these replies validated is the previous round's global model. Round
-            # 1's is the untrained initialisation: never a candidate (the centralised loop
-            # never scores its untrained model either), though its loss of ln 2 can beat
-            # overconfident trained models on a validation split of a few frames.
-            if rnd > 1 and (not counts or stopper.update(val_auc, val_loss, rnd - 1)):
-                best_arrays, best_round = arrays, rnd - 1
+            # these replies validated the previous round's global model (server/selection.py)
+            chosen.offer(rnd - 1, arrays, (val_auc, val_loss) if counts else None)
             new_arrays = new_arrays if new_arrays is not None else arrays
             outcome.audit.append(self._audit_row(fold, rnd, trained, weights, outcome,
                                                  arrays, new_arrays))
             arrays = new_arrays
-            stopped = stopper.should_stop
-            self._save(state, outcome, rnd, arrays, best_arrays, best_round, stopper, strategy)
+            stopped = chosen.should_stop
+            self._save(state, outcome, rnd, arrays, chosen, strategy)
             on_round(outcome)
             if stopped:
                 log.info("fold %d: early stop after round %d (best: round %d)", fold, rnd,
-                         best_round)
+                         chosen.best_round)
         if not stopped:
             final = self.roster.ask_all(Kind.VALIDATE, self.training_sites(fold), RecordDict(
                 {ARRAYS: arrays, CONFIG: Order(run=self.run, fold=fold,
                                                landmarks=state.landmarks).to_record()}),
                 f"fold {fold} final validation")
-            final_val = self._released_val(fold, [replies.ValidateReply.from_message(m)
-                                                  for m in final.values()])
-            if not final_val or stopper.update(*self._pooled_val(final_val), max_rounds):
-                best_arrays, best_round = arrays, max_rounds
-        outcome.best_round, outcome.best_arrays = best_round, best_arrays
-        self.test_round(fold, state.landmarks, best_arrays, outcome)
+            final_val = self._released_val(fold, max_rounds + 1, [
+                replies.ValidateReply.from_message(m) for m in final.values()])
+            chosen.offer(max_rounds, arrays, self._pooled_val(final_val) if final_val else None)
+        chosen.say(fold)
+        outcome.best_round, outcome.best_arrays = chosen.best_round, chosen.best_arrays
+        outcome.unvalidated = chosen.unvalidated
+        self.test_round(fold, state.landmarks, outcome.best_arrays, outcome)
         return outcome
 
     def save_finished(self, outcome: FoldOutcome) -> None:
@@ -247,6 +248,7 @@ class StudyRunner:
                 best_round=outcome.best_round, histogram=outcome.histogram,
                 bin_edges=outcome.bin_edges, refused=outcome.refused, rounds=outcome.rounds,
                 rejected=outcome.rejected, audit=outcome.audit, done=True,
+                unvalidated=outcome.unvalidated,
                 site_summaries=outcome.site_summaries,
                 landmarks=None if outcome.landmarks is None else tuple(outcome.landmarks),
                 test={s: c.model_dump() for s, c in outcome.test.items()}))
@@ -311,13 +313,12 @@ class StudyRunner:
                              for r in screened.rejected]
         return screened.messages, screened.replies
 
-    def _save(self, state, outcome, rnd, arrays, best_arrays, best_round, stopper,
-              strategy) -> None:
+    def _save(self, state, outcome, rnd, arrays, chosen: FoldSelection, strategy) -> None:
         if not self.checkpoint:
             return
-        state.round, state.best_round = rnd, best_round
-        state.arrays, state.best_arrays = state_dict(arrays), state_dict(best_arrays)
-        state.stopper = stopper.state()
+        state.round, state.best_round = rnd, chosen.best_round
+        state.arrays, state.best_arrays = state_dict(arrays), state_dict(chosen.best_arrays)
+        state.stopper, state.unvalidated = chosen.stopper.state(), list(chosen.unvalidated)
         state.strategy_weights = strategy.weights
         state.rounds, state.rejected, state.audit = outcome.rounds, outcome.rejected, \
             outcome.audit
@@ -348,21 +349,25 @@ class StudyRunner:
                 continue
             outcome.test[reply.site] = reply.test
 
-    def _released_val(self, fold: int, answers) -> list[ScoreCounts]:
-        """The validation counts the sites released; a site's policy may withhold its own
-        (said once per fold). With none at all, the latest model counts as the best."""
+    def _released_val(self, fold: int, rnd: int, answers) -> list[ScoreCounts]:
+        """The validation counts the sites released for the model round `rnd` sent (a
+        site's policy may withhold its own: said once per fold), leaving out counts of no
+        frames. None at all: said once per fold (server/selection.py has the rule)."""
         counts = []
         for reply in answers:
             if not reply.withheld:
-                counts.append(reply.val)
+                if reply.val.examples > 0:
+                    counts.append(reply.val)
             elif (fold, reply.site) not in self._withheld:
                 self._withheld.add((fold, reply.site))
                 log.warning("fold %d: site %s withholds its validation counts: %s", fold,
                             reply.site, reply.withheld)
-        if not counts and (fold, None) not in self._withheld:
+        if not counts and rnd > 1 and (fold, None) not in self._withheld:
             self._withheld.add((fold, None))
-            log.warning("fold %d: no site released validation counts; the latest model is "
-                        "kept as the best", fold)
+            log.warning("fold %d: no site released validation frames for the model of round "
+                        "%d (the sites that hold them are lost or withhold them): it is not "
+                        "scored, and an unscored model is kept only while no trained model "
+                        "of the fold has been scored", fold, rnd - 1)
         return counts
 
     @staticmethod

@@ -63,8 +63,12 @@ def check_run(run_dir: Path, alpha: float, predictions: bool = True) -> None:
             rows = list(csv.DictReader(handle))
         assert len(rows) == metrics["n"]["total"]["frames"]
         assert set(rows[0]) == {"subject", "centre", "phase", "fold", "label", "score"}
-    # the model that scored the test sets was trained (round 0 is the initialisation)
-    assert json.loads((run_dir / "fold_0" / "summary.json").read_text())["best_round"] >= 1
+    # the model that scored the test sets was trained (round 0 is the initialisation), and
+    # the rule that kept it is recorded where a reader looks (server/selection.py)
+    summary = json.loads((run_dir / "fold_0" / "summary.json").read_text())
+    assert summary["best_round"] >= 1
+    assert [{"fold": 0, **summary["selection"]}] == metrics["selection"]
+    assert summary["selection"]["best_round"] == summary["best_round"]
     with (run_dir / "rounds.csv").open() as handle:
         rounds = list(csv.DictReader(handle))
     for rnd in {r["round"] for r in rounds}:

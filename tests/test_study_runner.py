@@ -7,8 +7,10 @@ where the CNN's own start is what is tested."""
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from cache_factory import write_site_cache
@@ -167,6 +169,92 @@ def test_the_loop_stops_after_patience_rounds_without_a_new_best(grid, monkeypat
     assert outcome.best_round == 1
     assert Kind.VALIDATE not in grid.sent[sent_before:]
     assert next(scripted) == (0.9, 0.05)  # round 5 and its validation never ran
+
+
+class LosingGrid(InProcessGrid):
+    """`lost`'s node goes offline once `after` train exchanges have been answered (as after
+    missed heartbeats: the roster names the site lost and goes on without it)."""
+
+    def __init__(self, contexts: dict[int, Context], lost: int, after: int):
+        super().__init__(contexts)
+        self.lost, self.after = lost, after
+
+    def get_node_ids(self) -> list[int]:
+        gone = self.sent.count(Kind.TRAIN) >= self.after * len(self.contexts)
+        return [n for n in super().get_node_ids() if not (gone and n == self.lost)]
+
+
+@pytest.mark.parametrize("others", ["withhold", "hold no validation frames"])
+def test_a_fold_whose_validation_vanishes_keeps_a_trained_model_and_says_so(
+        tmp_path, monkeypatch, caplog, others):
+    """Alpha holds the fold's only released validation frames and is lost after round 1,
+    when only the untrained start has been validated. The others either withhold their
+    counts (their policy) or release counts of no frames (a split that gives them none):
+    either way no model after the start is scored. The fold keeps the latest trained model,
+    never the untrained start, says so, and records the rule (before, counts of no frames
+    made the pooled loss inf: early stop after round 3, the untrained model tested)."""
+    from fedcmr.client.site import work as site_work
+    from fedcmr.common.replies import ScoreCounts
+
+    if others == "hold no validation frames":
+        none = ScoreCounts.of(np.zeros(0, np.int64), np.zeros(0, np.float32), 0.0)
+
+        def without_frames(honest):
+            def step(site, order, state):
+                reply = honest(site, order, state)
+                return reply if site.name == "Alpha" else reply.model_copy(update={"val": none})
+
+            return step
+
+        for step in (site_work.train, site_work.validate):
+            monkeypatch.setattr(site_work, step.__name__, without_frames(step))
+        policy = SMALL_SITE_POLICY
+    else:
+        monkeypatch.delenv("FEDCMR_SITE_POLICY")  # the defaults: small sites withhold
+        policy = ""
+    sizes = {"Alpha": (20, 20), "Bravo": (14, 10), "Charlie": (14, 10)}
+    base = make_grid(tmp_path, sizes, policy=policy)
+    if others == "hold no validation frames":  # Alpha alone under the defaults releases
+        base.contexts[101].node_config["policy"] = ""
+    grid = LosingGrid(base.contexts, lost=101, after=1)
+    study = toy_runner(grid, epochs=4)
+    study.settings = study.settings.model_copy(update={"min_sites": 1})
+    with caplog.at_level("WARNING", logger="fedcmr.server"):
+        outcome = study.run_fold(0)
+    assert "site Alpha lost" in caplog.text
+    assert outcome.best_round == 4, outcome.best_round  # the latest trained model
+    assert outcome.unvalidated == [1, 2, 3, 4]
+    assert "no site released validation frames for the model of round 1" in caplog.text
+    assert "the model of round 4 is kept unscored: latest trained model" in caplog.text
+    assert sorted({r["round"] for r in outcome.rounds}) == [1, 2, 3, 4]  # no early stop
+    from fedcmr.server.fl_outputs import write_fold
+
+    write_fold(tmp_path / "run", outcome)  # the fold's summary.json records the rule
+    summary = json.loads((tmp_path / "run" / "fold_0" / "summary.json").read_text())
+    assert summary["selection"]["best_round"] == 4
+    assert summary["selection"]["unvalidated_rounds"] == [1, 2, 3, 4]
+    assert summary["selection"]["rule"].startswith("latest trained model: no site released")
+
+
+def test_an_unscored_model_never_replaces_a_scored_one(grid, monkeypatch):
+    """Validation released for the models of rounds 1 and 2, missing for round 3's (its
+    sites lost, say), then back: round 3's model is not kept for being the latest, and its
+    round does not count against the patience."""
+    # the fourth: what the pooled counts would say had they been released (the best of all)
+    scripted = iter([(0.5, 0.69), (0.6, 0.60), (0.7, 0.40), (0.99, 0.01), (0.7, 0.50),
+                     (0.7, 0.55)])
+    monkeypatch.setattr(StudyRunner, "_pooled_val", staticmethod(lambda counts: next(scripted)))
+    real = StudyRunner._released_val
+    calls = itertools.count(1)
+
+    def released(self, fold, rnd, answers):
+        counts = real(self, fold, rnd, answers)
+        return [] if next(calls) == 4 else counts  # the fourth validation: none released
+
+    monkeypatch.setattr(StudyRunner, "_released_val", released)
+    study = toy_runner(grid, epochs=5)
+    outcome = study.run_fold(0)
+    assert outcome.best_round == 2 and outcome.unvalidated == [3]
 
 
 def test_histogram_refusals_are_left_out_and_named(tmp_path, monkeypatch, caplog):
@@ -333,7 +421,6 @@ def test_on_the_default_policy_the_run_goes_on_without_withheld_counts(tmp_path,
     assert caplog.text.count("site SantPau withholds its validation counts: refused by the "
                              "site's policy (min_eval_subjects)") == 1
     assert sorted(outcome.test) == ["ACDC", "SantPau"] and outcome.best_round >= 1
-    import json
 
     log = [json.loads(line) for line in (tmp_path / "out-SantPau" / "audit.jsonl").open()]
     train = [entry for entry in log if entry["type"] == "train"]
