@@ -93,3 +93,8 @@ def auc_error_bound(neg: np.ndarray, pos: np.ndarray) -> float | None:
     if n_neg == 0 or n_pos == 0:
         return None
     return float(0.5 * (neg * pos).sum() / (n_neg * n_pos))
+
+
+def auc_text(value: float | None) -> str:
+    """An AUC as a log line shows it: three decimals, "n/a" where it is undefined."""
+    return "n/a" if value is None else f"{value:.3f}"

@@ -73,6 +73,10 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
                         "cores; deployment: one SuperNode process per hospital over gRPC/HTTP "
                         "as in production, about twice as slow per round on one machine "
                         "(docs/performance.md)")
+    p.add_argument("--beside", choices=("measures", "none"), default="measures",
+                   help="a second model federated on the same cohort and fold, shown beside "
+                        "the first in one table (measures: the clinical-measures model, "
+                        "seconds; none: the first model only)")
     add_strategy_options(p)
     p.add_argument("--workers", type=int, default=2,
                    help="processes for synthesis and preparation")

@@ -75,9 +75,9 @@ def cmd_centralized(args: argparse.Namespace) -> int:
 def federate(caches: list[Path], settings, out: Path, security=None,
              threads_per_site: int = 1, runtime: str = "deployment",
              quiet: bool = False, site_policy: Path | None = None,
-             site_per: str = "centre") -> int:
+             site_per: str = "centre", table: bool = True) -> int:
     """A local federation of the caches (one hospital per centre, or per cache), its AUC
-    table printed."""
+    table printed (unless `table` is False)."""
     from fedcmr.common.results import auc_table
     from fedcmr.lab.local_federation import run_local_federation
     from fedcmr.server.commands import exit_code
@@ -85,7 +85,8 @@ def federate(caches: list[Path], settings, out: Path, security=None,
     metrics = run_local_federation(caches, settings, out, security, threads_per_site,
                                    echo=(lambda _: None) if quiet else print, runtime=runtime,
                                    site_policy=site_policy, site_per=site_per)
-    print(auc_table(metrics))
+    if table:
+        print(auc_table(metrics))
     log.info("federated run in %s (%.0f s): metrics.json, predictions.csv, rounds.csv",
              out, metrics.get("elapsed_s", 0))
     return exit_code(metrics)
@@ -120,42 +121,60 @@ SYNTHETIC_SITE_POLICY = "deploy/synthetic-site-policy.toml"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """synth -> prepare (one cache per hospital) -> federate -> AUC table."""
+    """synth -> prepare (one cache per hospital) -> federate the model, and the measures
+    model beside it -> one AUC table with intervals."""
     from fedcmr.client.site.policy import SitePolicy, policy_default
     from fedcmr.common.app_bundle import app_dir
+    from fedcmr.lab.demo_table import interval_table
     from fedcmr.lab.study.cohort import synthetic_caches
     from fedcmr.server.checkpoint import check_resume
     from fedcmr.server.settings import FederationSettings
     from fedcmr.server.superlink import require_ray
 
+    models = [args.model] + ([args.beside] if args.beside not in ("none", args.model) else [])
+    runs = {model: args.out / ("federated" if i == 0 else f"federated-{model}")
+            for i, model in enumerate(models)}
     try:
         args.site_policy = args.site_policy or policy_default()
         SitePolicy.load(args.site_policy)
         if args.runtime == "simulation":  # say so now, not after preparing the data
             require_ray()
-        settings = FederationSettings.build(
-            args.strategy, args.vote_alpha,
-            RunConfig(folds=args.fold, model=args.model, profile=args.profile,
-                      epochs=args.epochs, min_subjects=args.min_subjects),
-            round_timeout=args.round_timeout, min_sites=args.min_sites,
-            rejoin_timeout=args.rejoin_timeout,
-            # a demo run again continues its earlier run (same settings) or says why not
-            resume=args.resume or (args.out / "federated/checkpoint/settings.json").exists())
-        check_resume((args.out / "federated").resolve(), settings)
+        settings = {}
+        for model, folder in runs.items():
+            settings[model] = FederationSettings.build(
+                args.strategy, args.vote_alpha,
+                RunConfig(folds=args.fold, model=model, profile=args.profile,
+                          epochs=args.epochs, min_subjects=args.min_subjects),
+                round_timeout=args.round_timeout, min_sites=args.min_sites,
+                rejoin_timeout=args.rejoin_timeout,
+                # a demo run again continues its earlier run (same settings) or says why not
+                resume=args.resume or (folder / "checkpoint/settings.json").exists())
+            check_resume(folder.resolve(), settings[model])
     except (RuntimeError, ValueError) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
-    log.info("1/2 a four-centre synthetic cohort, each hospital's data prepared")
+    steps = 1 + len(runs)
+    log.info("1/%d a four-centre synthetic cohort, each hospital's data prepared", steps)
     try:
         caches = synthetic_caches(args.out, args.scale, args.seed, args.workers,
                                   progress=not args.quiet)
     except ValueError as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
-    log.info("2/2 federating four hospitals (%s runtime, %s, %s model, profile %s, fold %s)",
-             args.runtime, args.strategy, args.model, args.profile, args.fold)
     policy = args.site_policy or app_dir() / SYNTHETIC_SITE_POLICY
     log.info("the synthetic hospitals' release policy (%s): %s", policy,
              "; ".join(SitePolicy.load(policy).lines()))
-    return federate(caches, settings, args.out / "federated",
-                    runtime=args.runtime, quiet=args.quiet, site_policy=policy)
+    code = EXIT_OK
+    for step, (model, folder) in enumerate(runs.items(), start=2):
+        log.info("%d/%d federating four hospitals: the %s model (%s runtime, %s, profile "
+                 "%s, fold %s)", step, steps, model, args.runtime, args.strategy,
+                 args.profile, args.fold)
+        code = federate(caches, settings[model], folder, runtime=args.runtime,
+                        quiet=args.quiet, site_policy=policy, table=False)
+        if code != EXIT_OK:
+            break
+    done = {model: folder for model, folder in runs.items()
+            if (folder / "predictions.csv").exists()}
+    if done:
+        print(interval_table(done))
+    return code

@@ -33,6 +33,7 @@ from fedcmr.common.learning.harmonise import Harmoniser
 from fedcmr.common.learning.split import split_frames
 from fedcmr.common.learning.training import restart_batchnorm_statistics, train_loader
 from fedcmr.common.measures import FEATURES, read_all_measures
+from fedcmr.common.metrics import auc_text
 from fedcmr.common.model import HEAD, build_model
 from fedcmr.common.results import (
     PREDICTIONS_CSV,
@@ -106,7 +107,7 @@ def run(caches: list[Path], config: RunConfig, out: Path) -> dict:
         record["folds"][fold] = {"pretrain_mse": mse, "auc": metrics["auc"]["total"],
                                  "wall_s": round(time.monotonic() - started, 1)}
         log.info("fold %d: regression MSE %.3f, test AUC %s", fold, mse,
-                 metrics["auc"]["total"])
+                 auc_text(metrics["auc"]["total"]))
     write_predictions(out / PREDICTIONS_CSV, rows)
     metrics = {**metrics_from_predictions(rows), "pretraining": record}
     write_json(out / "metrics.json", metrics)

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedcmr.common import __version__
 from fedcmr.common.atomic import write_json
+from fedcmr.common.metrics import auc_text
 from fedcmr.server.audit_trail import write_jsonl
 from fedcmr.server.checkpoint import Checkpoint
 from fedcmr.server.fl_outputs import (
@@ -78,7 +79,7 @@ def main(grid: Grid, context: Context) -> None:
         log.error("the figures cover %d of %d sites (%s); lost: %s", len(coverage["covered"]),
                   len(coverage["asked"]), ", ".join(coverage["covered"]),
                   "; ".join(f"{n} ({why})" for n, why in coverage["lost"].items()))
-    log.info("federated run finished: total AUC %s", metrics["auc"].get("total"))
+    log.info("federated run finished: total AUC %s", auc_text(metrics["auc"].get("total")))
     from fedcmr.server.farewell import announce_finished  # hospitals stop: server/farewell.py
     announce_finished(grid, names={n: s.name for n, s in runner.sites.items()})
 

@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 
 from fedcmr.common import replies
 from fedcmr.common.learning.early_stopping import EarlyStopping
-from fedcmr.common.metrics import auc_from_counts
+from fedcmr.common.metrics import auc_from_counts, auc_text
 from fedcmr.common.models import registry
 from fedcmr.common.models.base import FoldBegin, StartError
 from fedcmr.common.protocol import ARRAYS, CONFIG, Kind, Order
@@ -398,6 +398,5 @@ class StudyRunner:
                 "pooled_val_auc_received": pooled_auc})
         shown = ", ".join(f"{row['site']} {row['weight']:.3f}" for row in outcome.rounds
                           if row["round"] == rnd)
-        auc_text = "n/a" if pooled_auc is None else f"{pooled_auc:.3f}"
         log.info("fold %d round %d: received model pooled val AUC %s, loss %.4f; weights: %s",
-                 outcome.fold, rnd, auc_text, pooled_val, shown)
+                 outcome.fold, rnd, auc_text(pooled_auc), pooled_val, shown)

@@ -105,8 +105,9 @@ def _sheared_header(root: Path) -> None:
 
 
 CASES = {
-    # ITK reads NaN voxels of a NIfTI file as 0: a NaN-filled image is a blank one
-    "nan-image": (_nan_image, mnms_row("BAD001"), "BAD001_sa.nii.gz", "image is blank"),
+    # ITK reads NaN voxels of a NIfTI file as 0; a float file is read again to see them
+    "nan-image": (_nan_image, mnms_row("BAD001"), "BAD001_sa.nii.gz",
+                  "image holds NaN or Inf values"),
     "blank-image": (_blank_image, mnms_row("BAD001"), "BAD001_sa.nii.gz", "image is blank"),
     "truncated": (_truncated, mnms_row("BAD001"), "BAD001_sa.nii.gz", "truncated"),
     "not-nifti": (_not_nifti, mnms_row("BAD001"), "BAD001_sa.nii.gz", "cannot be read"),
@@ -144,6 +145,20 @@ def test_bad_subject_is_skipped_reported_and_the_rest_prepared(case, tmp_path, c
         subjects = {row["subject"] for row in csv.DictReader(handle)}
     assert subjects == {"GOOD01", "GOOD02"}
     assert tree_digest(root) == before, "the input tree was modified"
+
+
+def test_a_centre_left_with_one_class_after_skips_is_warned_with_the_fix(tmp_path, caplog):
+    """GOOD01 (HCM) prepares; BAD001, the centre's only NOR subject, has an empty mask and
+    is skipped: the centre's cache would hold HCM only, and prepare says so."""
+    root = tmp_path / "data"
+    _empty_mask(root)
+    write_mnms_subject(root, "GOOD01")
+    (root / "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv").write_text(
+        MNMS_HEADER + mnms_row("GOOD01") + mnms_row("BAD001", pathology="NOR"))
+    with caplog.at_level("WARNING"):
+        assert prepare(root, tmp_path / "cache") == EXIT_SKIPPED
+    (line,) = [r.getMessage() for r in caplog.records if "holds no" in r.getMessage()]
+    assert "holds no NOR subject after 1 skipped subject(s)" in line and "Fix:" in line
 
 
 def test_strict_turns_a_skip_into_failure(tmp_path):
@@ -213,9 +228,34 @@ def test_acdc_info_cfg_without_a_group_is_skipped_and_named(tmp_path):
     assert "no 'Group:' line" in skip["problem"] and "Group: NOR" in skip["fix"]
 
 
+def test_a_few_nan_voxels_on_disk_are_refused_though_itk_reads_them_as_zero(tmp_path):
+    """Four NaN voxels in one frame of a float 4D file: ITK reads them as 0 (the defence
+    off: they would train as dark voxels); the frame is refused, the others pass."""
+    import SimpleITK as sitk
+
+    from fedcmr.client.data.errors import DataError
+    from fedcmr.client.data.frame_io import check_signal
+    from fedcmr.common.frames import FrameSource
+
+    folder = write_mnms_subject(tmp_path, "BAD001")
+    image, _ = phantom(1, 2, 3)
+    frames = [image.astype(np.float32) + 1.0 for _ in range(4)]
+    frames[2][0, 0, :4] = np.nan
+    write_4d(folder / "BAD001_sa.nii.gz", frames)
+    path = folder / "BAD001_sa.nii.gz"
+    read = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert np.isfinite(read).all() and (read == 0).sum() >= 4  # what ITK alone makes of it
+    source = FrameSource(image=path, labels=folder / "BAD001_sa_gt.nii.gz", time_index=2)
+    with pytest.raises(DataError, match="BAD001_sa.nii.gz: image holds NaN or Inf values at "
+                                        "frame 2"):
+        check_signal(sitk.ReadImage(str(path))[:, :, :, 2], source)
+    for index in (0, 1, 3):
+        check_signal(sitk.ReadImage(str(path))[:, :, :, index],
+                     FrameSource(image=path, labels=source.labels, time_index=index))
+
+
 def test_non_finite_voxels_are_refused_naming_the_file():
-    """NIfTI files reach us through ITK, which reads NaN as 0; images from other readers
-    may still hold them."""
+    """Images from other readers may hold NaN or Inf in memory."""
     import SimpleITK as sitk
 
     from fedcmr.client.data.errors import DataError

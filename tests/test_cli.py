@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,21 @@ def test_demo_runs_the_readmes_main_job_end_to_end(tmp_path):
     metrics = json.loads((out / "federated" / "metrics.json").read_text())
     assert set(metrics["auc"]) == {"total", "Vall d'Hebron", "Sagrada Familia", "SantPau",
                                    "ACDC"}
-    assert "Vall d'Hebron" in done.stdout  # the AUC table
+    # one table: each model's AUC per centre with its interval, the measures model beside
+    table = done.stdout[done.stdout.index("centre "):].splitlines()
+    assert "cnn" in table[0] and "measures" in table[0], done.stdout[-3000:]
+    rows = {line.split("  ")[0].strip(): line for line in table[1:6]}
+    assert set(rows) == set(metrics["auc"]), table
+    assert "95% interval by bootstrap over subjects" in table[6]
+    beside = json.loads((out / "federated-measures" / "metrics.json").read_text())
+    assert json.loads((out / "federated-measures" / "config.json").read_text())[
+        "settings"]["run"]["model"] == "measures"
+    for name, line in rows.items():  # the printed AUCs are each run's own (exact) AUCs
+        for auc in (metrics["auc"][name], beside["auc"][name]):
+            if auc is not None:
+                assert any(abs(float(cell.split()[0]) - auc) <= 0.07
+                           for cell in re.findall(r"\d\.\d{3} \(\d\.\d\d-\d\.\d\d\)",
+                                                  line)), (name, auc, line)
     for cache in ("vall-d-hebron", "sagrada-familia", "santpau", "acdc"):
         assert (out / "cache" / cache / "manifest.csv").exists()
     # the options reached the run: one round (--epochs 1) of the smoke profile

@@ -241,9 +241,11 @@ def test_a_site_failure_names_the_site_and_the_message(tmp_path, server_identity
     reply = deliver(kind, broken)
     assert reply.has_error()
     assert reply.error.reason == (f"site Vall d'Hebron: {kind} failed: data error "
-                                  "(FileNotFoundError): the site cannot read its prepared "
-                                  "data; the details are in the site's own log")
-    assert "no-such-cache" in caplog.text  # the details, at the site only
+                                  "(CacheError): the site's prepared cache cannot be read or "
+                                  "is inconsistent; the details are in the site's own log")
+    # the details, at the site only: the file, and what to do
+    assert "no-such-cache/manifest.csv: the prepared cache's manifest is not there" in caplog.text
+    assert "Fix: restore " in caplog.text and "restart `fedcmr client`" in caplog.text
     (line,) = [json.loads(x) for x in (tmp_path / "out" / AUDIT_FILE).read_text().splitlines()]
     assert line["type"] == kind and line["error"] == reply.error.reason
     assert "run_id" in line["request"]

@@ -246,12 +246,32 @@ def check_same_geometry(image: sitk.Image, labels: sitk.Image, path) -> None:
                         "; ".join(problems), "export the label map on the image's grid")
 
 
+def non_finite_on_disk(path: Path, time_index: int | None) -> bool:
+    """Whether the NIfTI file's voxels (of frame `time_index` of a 4D file) hold NaN or
+    Inf. ITK's NIfTI reader turns NaN voxels into 0 without a word, so a float file is read
+    again with nibabel to see them (an integer file cannot hold them: no second read)."""
+    import nibabel as nib
+
+    try:
+        volume = nib.load(str(path))
+    except Exception:  # noqa: BLE001 - ITK read it; nibabel's opinion is only a second look
+        return False
+    if not np.issubdtype(volume.get_data_dtype(), np.floating):
+        return False
+    data = volume.dataobj
+    if time_index is not None and len(volume.shape) == 4:
+        data = data[..., time_index]
+    return not np.isfinite(np.asarray(data)).all()
+
+
 def check_signal(image: sitk.Image, source: FrameSource) -> None:
     """An image of NaN/Inf voxels, or one without any contrast, would train as a blank frame
     with a label: refuse it, naming the file."""
     values = sitk.GetArrayViewFromImage(image)
     where = "" if source.time_index is None else f" at frame {source.time_index}"
-    if not np.isfinite(values).all():
+    if not np.isfinite(values).all() or (
+            Path(source.image).exists() and non_finite_on_disk(Path(source.image),
+                                                                source.time_index)):
         raise DataError(source.image, f"image holds NaN or Inf values{where}",
                         "re-export the image: a conversion step wrote invalid voxels")
     if values.size and values.max() == values.min():

@@ -222,6 +222,18 @@ def _write_outputs(loaded: LoadResult, outcomes: list[SubjectOutcome], config: P
                          measured=sum(o.measured for o in outcomes if o.entries))
 
 
+def one_class_warning(centre: str, counts: dict[str, int], skipped: int) -> str | None:
+    """A line when a centre's cache holds one class only: it can still train (the others'
+    frames hold the other class) but cannot be validated or tested alone (no AUC)."""
+    missing = [label for label in ("NOR", "HCM") if not counts.get(label)]
+    if len(missing) != 1:
+        return None
+    after = f" after {skipped} skipped subject(s)" if skipped else ""
+    return (f"centre {centre} holds no {missing[0]} subject{after}: its own validation and "
+            "test give no AUC, and a fold's splits of it hold one class. Fix: prepare the "
+            f"centre's {missing[0]} subjects too (see skipped.csv for why any were skipped)")
+
+
 def prepare_loaded(loaded: LoadResult, config: PrepConfig, out: Path, workers: int,
                    progress: bool = True):
     """Prepare what a loader found into the cache `out`, saying what was done; returns the
@@ -238,6 +250,8 @@ def prepare_loaded(loaded: LoadResult, config: PrepConfig, out: Path, workers: i
              out / MEASURES_CSV, report.measured)
     for centre, counts in sorted(report.by_centre.items()):
         log.info("  %-16s NOR %3d  HCM %3d", centre, counts["NOR"], counts["HCM"])
+        if one_class := one_class_warning(centre, counts, len(report.skipped)):
+            log.warning("%s", one_class)
     if report.skipped:
         log.warning("%d subject(s) skipped; see %s", len(report.skipped), out / "skipped.csv")
     return report

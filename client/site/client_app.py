@@ -61,7 +61,14 @@ _frames: dict[tuple, list] = {}
 def _cache_key(node: NodeConfig) -> tuple:
     stamps = []
     for cache in node.data_path:
-        stat = (Path(cache) / "manifest.csv").stat()
+        manifest = Path(cache) / "manifest.csv"
+        try:
+            stat = manifest.stat()
+        except FileNotFoundError:
+            raise CacheError(manifest, "the prepared cache's manifest is not there (the "
+                             "cache moved or deleted while the site serves?)",
+                             f"restore {cache}, or prepare it again (`fedcmr prepare ... --out "
+                             f"{cache}`) and restart `fedcmr client`") from None
         stamps.append((str(cache), stat.st_size, stat.st_mtime_ns))
     return (tuple(stamps), node.centres)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedcmr.common.atomic import write_csv, write_json
+from fedcmr.common.metrics import auc_text
 from fedcmr.lab.study import layout
 from fedcmr.lab.study.cells import CellSpec, data_digest, expand
 from fedcmr.lab.study.claims import is_claimed, try_claim
@@ -172,7 +173,7 @@ class Study:
         (folder / "failed.json").unlink(missing_ok=True)
         total = result["rows"][0]
         log.info("cell %s: done in %.0f s, total AUC %s", cell.key, result["wall_s"],
-                 total["auc"])
+                 auc_text(total["auc"]))
         self.report_progress()
 
     # -- results -----------------------------------------------------------------------

@@ -1,0 +1,55 @@
+"""The demo's one table: each model's test AUC per centre and in total, with a 95% interval
+by bootstrap over subjects (stratified by label, as the study report's: lab/study/stats.py),
+from the predictions each federated run gathered. On the demo's small test split (a few
+subjects per centre) the intervals are wide, and the table says how wide."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from fedcmr.common.results import read_predictions
+from fedcmr.lab.study.stats import N_BOOT, bootstrap_auc_ci, mean_auc
+
+TOTAL = "total"
+
+
+def auc_with_interval(rows: list[dict], n_boot: int = N_BOOT, seed: int = 0
+                      ) -> tuple[float, float, float] | None:
+    """(AUC, low, high) of the rows' scores, the interval over subjects; None where the rows
+    hold one class only (no AUC)."""
+    labels = np.array([r["label"] for r in rows], dtype=int)
+    if len(set(labels.tolist())) < 2:
+        return None
+    scores = np.array([r["score"] for r in rows], dtype=float)
+    subjects = np.array([f"{r['centre']}/{r['subject']}" for r in rows])
+    low, high = bootstrap_auc_ci(labels, scores, subjects, n_boot=n_boot, seed=seed)
+    return mean_auc(labels, scores), low, high
+
+
+def interval_table(runs: Mapping[str, Path], n_boot: int = N_BOOT) -> str:
+    """One row per centre (and the total), one column per model (`runs`: name -> the run
+    folder holding predictions.csv)."""
+    predictions = {name: read_predictions(folder / "predictions.csv")
+                   for name, folder in runs.items()}
+    first = next(iter(predictions.values()))
+    centres = sorted({r["centre"] for r in first})
+    head = f"{'centre':<18} {'frames':>6} {'HCM':>4} {'NOR':>4}"
+    lines = [head + "".join(f"  {name:<22}" for name in runs)]
+    for centre in [*centres, TOTAL]:
+        picked = {name: [r for r in rows if centre in (TOTAL, r["centre"])]
+                  for name, rows in predictions.items()}
+        base = picked[next(iter(picked))]
+        hcm = sum(r["label"] for r in base)
+        cells = []
+        for rows in picked.values():
+            found = auc_with_interval(rows, n_boot)
+            cells.append("n/a (one class)" if found is None else
+                         f"{found[0]:.3f} ({found[1]:.2f}-{found[2]:.2f})")
+        lines.append(f"{centre:<18} {len(base):>6} {hcm:>4} {len(base) - hcm:>4}"
+                     + "".join(f"  {cell:<22}" for cell in cells))
+    lines.append(f"test AUC, 95% interval by bootstrap over subjects ({n_boot} resamples); "
+                 "few subjects per centre make the intervals wide")
+    return "\n".join(lines)
