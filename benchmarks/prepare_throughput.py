@@ -51,7 +51,8 @@ README_COMMAND = ("python3 -m venv .venv && .venv/bin/pip install -e '.[simulati
 #: `fedcmr demo` log lines that open each stage (the first stage opens at the start).
 DEMO_STAGES = (("startup", None), ("synthesis", "synthesising a four-centre cohort"),
                ("prepare", "preparing each hospital's data"),
-               ("federation", "2/2 federating four hospitals"))
+               ("federation", "federating four hospitals"),
+               ("measures beside", "model beside it"))
 NOTES = ("prepare runs SimpleITK filters on cpu_count // workers threads per worker process, "
          "so --workers 1 already uses every core inside N4 and resampling; frames/min/core "
          "follows the definition above, frames_per_cpu_min is the throughput per core actually "
@@ -297,6 +298,12 @@ def measure_demo(work: Path, max_load: float, max_wait_s: float) -> dict:
         found = json.loads(metrics.read_text())
         result["federation_elapsed_s"] = found.get("elapsed_s")
         result["auc"] = found.get("auc")
+    beside = out / "federated-measures" / "metrics.json"
+    if beside.exists():
+        result["auc_measures_beside"] = json.loads(beside.read_text()).get("auc")
+    table = (work / "demo.log").read_text(errors="replace")
+    if "centre " in table:  # the demo's closing table, as printed
+        result["table"] = table[table.rindex("centre "):].strip().splitlines()
     if run["returncode"] != 0:
         result["log_tail"] = (work / "demo.log").read_text(errors="replace")[-3000:]
     return result

@@ -166,9 +166,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
              "; ".join(SitePolicy.load(policy).lines()))
     code = EXIT_OK
     for step, (model, folder) in enumerate(runs.items(), start=2):
-        log.info("%d/%d federating four hospitals: the %s model (%s runtime, %s, profile "
-                 "%s, fold %s)", step, steps, model, args.runtime, args.strategy,
-                 args.profile, args.fold)
+        what = ("federating four hospitals: the %s model" if step == 2 else
+                "the %s model beside it, federated on the same cohort and fold")
+        log.info("%d/%d " + what + " (%s runtime, %s, profile %s, fold %s)", step, steps,
+                 model, args.runtime, args.strategy, args.profile, args.fold)
         code = federate(caches, settings[model], folder, runtime=args.runtime,
                         quiet=args.quiet, site_policy=policy, table=False)
         if code != EXIT_OK:
