@@ -301,9 +301,10 @@ def measure_demo(work: Path, max_load: float, max_wait_s: float) -> dict:
     beside = out / "federated-measures" / "metrics.json"
     if beside.exists():
         result["auc_measures_beside"] = json.loads(beside.read_text()).get("auc")
-    table = (work / "demo.log").read_text(errors="replace")
-    if "centre " in table:  # the demo's closing table, as printed
-        result["table"] = table[table.rindex("centre "):].strip().splitlines()
+    lines = (work / "demo.log").read_text(errors="replace").splitlines()
+    heads = [i for i, line in enumerate(lines) if line.startswith("centre ")]
+    if heads:  # the demo's closing table, as printed
+        result["table"] = lines[heads[-1]:]
     if run["returncode"] != 0:
         result["log_tail"] = (work / "demo.log").read_text(errors="replace")[-3000:]
     return result

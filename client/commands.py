@@ -183,7 +183,9 @@ def _serve(args: argparse.Namespace, prepared: tuple, lock: SiteLock) -> int:
     (out / FINISHED_MARKER).unlink(missing_ok=True)  # an earlier run's
     watch = SuperNodeWatch(args.site, args.superlink, args.max_wait_time,
                            tls=args.root_certificates is not None,
-                           auth_key=args.auth_key is not None, on_start=lock.note_supernode)
+                           auth_key=args.auth_key is not None, on_start=lock.note_supernode,
+                           log_file=out / "logs" / "supernode.log",
+                           echo_all=getattr(args, "verbose", False))
     clog.info("site %s release policy (%s): %s", args.site, args.policy or "the defaults",
               "; ".join(policy.lines()))
     clog.info("site %s remembers what it released in %s", args.site, ledger)
@@ -194,10 +196,10 @@ def _serve(args: argparse.Namespace, prepared: tuple, lock: SiteLock) -> int:
                      "plaintext and unauthenticated; anyone on the network can read and "
                      "change what passes. Fix: --root-certificates CA --auth-key KEY "
                      "(docs/security.md)", args.superlink)
-    clog.info("site %s serving %s to the coordinator at %s (%s)", args.site,
-              ", ".join(map(str, args.data)), args.superlink,
+    clog.info("site %s serving %s to the coordinator at %s (%s); Flower's own output in %s "
+              "(-v: here too)", args.site, ", ".join(map(str, args.data)), args.superlink,
               "serving until stopped" if args.serve_forever else
-              "stops when the coordinator's run is over")
+              "stops when the coordinator's run is over", out / "logs" / "supernode.log")
     # the SuperNode dies with this process, however it ends
     env = flower_env(**{APPROVED_ENV: ",".join(sorted(approved)), PARENT_ENV: str(os.getpid())})
     return watch.run(command, env, out / FINISHED_MARKER, args.serve_forever)

@@ -70,6 +70,10 @@ def test_an_unreachable_coordinator_is_one_line_naming_the_address(tmp_path):
     # its policy reads
     assert "INSECURE: no --root-certificates" in out and "Fix: --root-certificates" in out
     assert "release policy (" in out and "split seed pinned to 0" in out
+    # Flower's and uvicorn's banners go to the site's log file, not between fedcmr's lines
+    full = (tmp_path / "site" / "logs" / "supernode.log").read_text()
+    for banner in ("Starting Flower SuperNode", "Uvicorn running on"):
+        assert banner in full and banner not in out, banner
 
 
 def test_a_restarted_coordinator_is_rejoined_and_one_gone_for_good_is_one_line(tmp_path):

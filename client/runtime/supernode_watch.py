@@ -44,6 +44,25 @@ _GAVE_UP = re.compile(r"Giving up reconnection after ([0-9.]+) seconds")
 _FORGOTTEN = "does not recognize this SuperNode"
 #: At most this many registrations again without a message received in between.
 MAX_REJOINS = 3
+#: A log line's level as Flower ("INFO :      ...") and uvicorn ("INFO:     ...") print it.
+_LEVEL = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s*:")
+#: fedcmr's own log lines ("INFO fedcmr.client: ...").
+_OURS = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) fedcmr")
+#: Flower INFO lines an operator wants on the console; the others go to the log file only.
+SHOWN_INFO = ("SuperNode ID:",)
+
+
+def shown(text: str) -> bool:
+    """Whether a line of the SuperNode's output (ANSI colours removed) reaches the console
+    without -v: fedcmr's own lines, every warning and error, the node's id, and anything not
+    a log line (a traceback); not Flower's and uvicorn's start-up banners and INFO chatter."""
+    if _OURS.match(text):
+        return True
+    level = _LEVEL.match(text)
+    if level is None:
+        return True
+    return level.group(1) in ("WARNING", "ERROR", "CRITICAL") or any(
+        key in text for key in SHOWN_INFO)
 
 
 class SuperNodeWatch:
@@ -52,8 +71,12 @@ class SuperNodeWatch:
     and every descendant (flower-superexec, flwr-clientapp) stopped when the run is over."""
 
     def __init__(self, site: str, address: str, max_wait: float, tls: bool = False,
-                 auth_key: bool = False, on_start: Callable[[int], None] | None = None):
+                 auth_key: bool = False, on_start: Callable[[int], None] | None = None,
+                 log_file: Path | None = None, echo_all: bool = False):
         self.site, self.address, self.max_wait = site, address, max_wait
+        #: Every line of the SuperNode's output goes here; the console gets those `shown`
+        #: lets through, or all of them with `echo_all` (-v).
+        self.log_file, self.echo_all = log_file, echo_all
         #: Told each SuperNode's pid as it starts (the site's lock records it).
         self.on_start = on_start
         #: What the site brought: the CA (TLS) and its own key (node authentication).
@@ -75,10 +98,24 @@ class SuperNodeWatch:
 
     # -- output ---------------------------------------------------------------------
     def relay(self, stream) -> None:
+        log = None
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            log = self.log_file.open("a", encoding="utf-8")
+        try:
+            self._relay(stream, log)
+        finally:
+            if log is not None:
+                log.close()
+
+    def _relay(self, stream, log) -> None:
         expect_reason = False
         for raw in iter(stream.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\n")
             text = _ANSI.sub("", line).strip()
+            if log is not None:
+                log.write(text + "\n")
+                log.flush()
             if expect_reason and text:
                 self.reason, expect_reason = text, False
             if _FORGOTTEN in text:
@@ -102,8 +139,9 @@ class SuperNodeWatch:
             elif self.finished_sending and any(
                     s in text for s in ("Sent successfully", "Failed to send", "Ignoring reply")):
                 self.finished_sent = time.monotonic()
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            if self.echo_all or shown(text):
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
 
     def bound(self) -> str:
         if self.max_wait > 0:
