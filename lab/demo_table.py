@@ -16,17 +16,32 @@ from fedcmr.lab.study.stats import N_BOOT, bootstrap_auc_ci, mean_auc
 TOTAL = "total"
 
 
+#: Subjects each class needs for an interval: with one, every resample draws the same.
+MIN_SUBJECTS_PER_CLASS = 2
+
+
 def auc_with_interval(rows: list[dict], n_boot: int = N_BOOT, seed: int = 0
-                      ) -> tuple[float, float, float] | None:
-    """(AUC, low, high) of the rows' scores, the interval over subjects; None where the rows
-    hold one class only (no AUC)."""
+                      ) -> tuple[float, float | None, float | None] | None:
+    """(AUC, low, high) of the rows' scores, the interval over subjects (None, None where a
+    class has fewer than MIN_SUBJECTS_PER_CLASS subjects); None where the rows hold one
+    class only (no AUC)."""
     labels = np.array([r["label"] for r in rows], dtype=int)
     if len(set(labels.tolist())) < 2:
         return None
     scores = np.array([r["score"] for r in rows], dtype=float)
     subjects = np.array([f"{r['centre']}/{r['subject']}" for r in rows])
+    per_class = [len(set(subjects[labels == c].tolist())) for c in (0, 1)]
+    if min(per_class) < MIN_SUBJECTS_PER_CLASS:
+        return mean_auc(labels, scores), None, None
     low, high = bootstrap_auc_ci(labels, scores, subjects, n_boot=n_boot, seed=seed)
     return mean_auc(labels, scores), low, high
+
+
+def _cell(found: tuple[float, float | None, float | None] | None) -> str:
+    if found is None:
+        return "n/a (one class)"
+    auc, low, high = found
+    return f"{auc:.3f} (n/a)" if low is None else f"{auc:.3f} ({low:.2f}-{high:.2f})"
 
 
 def interval_table(runs: Mapping[str, Path], n_boot: int = N_BOOT) -> str:
@@ -43,13 +58,9 @@ def interval_table(runs: Mapping[str, Path], n_boot: int = N_BOOT) -> str:
                   for name, rows in predictions.items()}
         base = picked[next(iter(picked))]
         hcm = sum(r["label"] for r in base)
-        cells = []
-        for rows in picked.values():
-            found = auc_with_interval(rows, n_boot)
-            cells.append("n/a (one class)" if found is None else
-                         f"{found[0]:.3f} ({found[1]:.2f}-{found[2]:.2f})")
+        cells = [_cell(auc_with_interval(rows, n_boot)) for rows in picked.values()]
         lines.append(f"{centre:<18} {len(base):>6} {hcm:>4} {len(base) - hcm:>4}"
                      + "".join(f"  {cell:<22}" for cell in cells))
-    lines.append(f"test AUC, 95% interval by bootstrap over subjects ({n_boot} resamples); "
-                 "few subjects per centre make the intervals wide")
+    lines.append(f"test AUC, 95% interval by bootstrap over subjects ({n_boot} resamples; "
+                 "n/a: a class with one subject); few subjects per centre make them wide")
     return "\n".join(lines)

@@ -9,10 +9,12 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,7 @@ from process_tools import (
     wait_for,
 )
 
-from fedcmr.client.runtime.site_lock import LOCK_NAME
+from fedcmr.client.runtime.site_lock import LOCK_NAME, SHM_ROOT
 from fedcmr.client.site import client_app
 from fedcmr.client.site.audit import AUDIT_FILE, audit_mod
 from fedcmr.client.site.policy import STATE_ENV
@@ -49,14 +51,37 @@ def flower_processes(root: Path) -> list[str]:
     return [c for c in our_processes(root) if any(name in c for name in FLOWER)]
 
 
+def shm_folder(tmp_path: Path, listening: bool) -> tuple[Path, socket.socket | None]:
+    """A shared-memory folder as an earlier fedcmr's site worker left it: its socket file,
+    still served (`listening`) or not."""
+    folder = Path(tempfile.mkdtemp(prefix="fedcmr-worker-", dir=SHM_ROOT))
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(folder / "worker.sock"))
+    if listening:
+        server.listen()
+        return folder, server
+    server.close()
+    return folder, None
+
+
 def test_an_unreachable_coordinator_is_one_line_naming_the_address(tmp_path):
+    """Also: at its start the client removes the shared-memory folders an earlier fedcmr's
+    site worker left (nothing serves their socket), and keeps one still served."""
     cache = write_site_cache(tmp_path / "cache", "Alpha", 3, 3)
+    stale, _ = shm_folder(tmp_path, listening=False)
+    live, server = shm_folder(tmp_path, listening=True)
     proc = hospital("Alpha", cache, "127.0.0.1:1", tmp_path / "site", "--max-wait-time", "5")
     try:
         out, _ = proc.communicate(timeout=120)
+        kept = live.exists()
     finally:
         if proc.poll() is None:
             kill_tree(proc.pid)
+        server.close()
+        shutil.rmtree(live, ignore_errors=True)
+    assert not stale.exists() and kept, out
+    # (1 or more: this machine may hold other leftovers of earlier versions)
+    assert re.search(r"removed [1-9]\d* shared-memory folder\(s\) earlier fedcmr", out), out
     lines = [line for line in out.splitlines() if line.strip()]
     assert proc.returncode == 1, out[-3000:]  # it gave up (communicate's 120 s: no hang)
     assert "cannot reach the coordinator at 127.0.0.1:1 for " in lines[-1], out[-3000:]

@@ -16,7 +16,9 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -30,6 +32,34 @@ SUPERNODE_MARK = "flower-supernode"
 STALE_GRACE_S = 10.0
 
 log = logging.getLogger("fedcmr.client")
+
+
+#: Where fedcmr before 0.1's single path kept a site worker's channel (one folder per worker).
+SHM_ROOT = Path("/dev/shm")
+SHM_PATTERN = "fedcmr-worker-*"
+
+
+def remove_stale_shared_memory(root: Path = SHM_ROOT) -> list[Path]:
+    """Remove this user's shared-memory folders that earlier fedcmr versions' site workers
+    left behind (nothing listens on their socket any more); returns those removed."""
+    removed = []
+    for folder in sorted(root.glob(SHM_PATTERN)):
+        with contextlib.suppress(OSError):
+            if not folder.is_dir() or folder.stat().st_uid != os.getuid():
+                continue
+            sock = folder / "worker.sock"
+            if sock.exists():
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    probe.connect(str(sock))
+                    continue  # a live worker of an older version: not ours to remove
+                except OSError:
+                    pass
+                finally:
+                    probe.close()
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed
 
 
 class SiteBusy(RuntimeError):
@@ -110,6 +140,9 @@ class SiteLock:
                         "of this site left running", self.site, stale["pid"])
             stop_stale(stale["pid"])
         self._write({"client": _entry(os.getpid())})
+        if stale_folders := remove_stale_shared_memory():
+            log.info("removed %d shared-memory folder(s) earlier fedcmr versions left in %s",
+                     len(stale_folders), SHM_ROOT)
 
     def note_supernode(self, pid: int) -> None:
         """Record the SuperNode this client started (so that a later client finds it)."""
