@@ -122,6 +122,9 @@ def test_hospitals_as_separate_processes_leave_nothing_running(equal_vote_run):
     check_run(equal_vote_run, 0.0)
     golden.check("fl_deployment_cnn_equal_vote", equal_vote_run / "predictions.csv")
     assert our_processes(equal_vote_run) == []
+    # nothing of the run in shared memory (no site keeps a channel or a folder there)
+    began = (equal_vote_run / ".flwr" / "config.toml").stat().st_mtime  # at the start
+    assert [p for p in Path("/dev/shm").glob("fedcmr*") if p.stat().st_mtime >= began] == []
     # every message's ClientApp was forked from its site's SuperExec (superexec_main.py)
     for log in (equal_vote_run / "logs").glob("supernode-*.log"):
         text = log.read_text()
