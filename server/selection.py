@@ -25,6 +25,9 @@ from flwr.app import ArrayRecord
 from fedcmr.common.learning.early_stopping import EarlyStopping
 
 log = logging.getLogger("fedcmr.server")
+#: What happens to a model no site released validation frames for (said once per fold).
+UNSCORED = ("it is not scored, and an unscored model is kept only while no trained model of "
+            "the fold has been scored")
 
 
 @dataclass

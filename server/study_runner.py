@@ -36,7 +36,7 @@ from fedcmr.server.audit_trail import model_hash
 from fedcmr.server.checkpoint import Checkpoint, FoldState, restore_rng, state_dict
 from fedcmr.server.handshake import HandshakeError, check_sites
 from fedcmr.server.roster import POLL, Roster, SiteFailure, SiteInfo
-from fedcmr.server.selection import FoldSelection
+from fedcmr.server.selection import UNSCORED, FoldSelection
 from fedcmr.server.settings import FederationSettings
 from fedcmr.server.strategies import FoldTraining, make_strategy
 from fedcmr.server.update_checks import screen
@@ -356,8 +356,7 @@ class StudyRunner:
         counts = []
         for reply in answers:
             if not reply.withheld:
-                if reply.val.examples > 0:
-                    counts.append(reply.val)
+                counts += [reply.val] if reply.val.examples > 0 else []
             elif (fold, reply.site) not in self._withheld:
                 self._withheld.add((fold, reply.site))
                 log.warning("fold %d: site %s withholds its validation counts: %s", fold,
@@ -365,9 +364,8 @@ class StudyRunner:
         if not counts and rnd > 1 and (fold, None) not in self._withheld:
             self._withheld.add((fold, None))
             log.warning("fold %d: no site released validation frames for the model of round "
-                        "%d (the sites that hold them are lost or withhold them): it is not "
-                        "scored, and an unscored model is kept only while no trained model "
-                        "of the fold has been scored", fold, rnd - 1)
+                        "%d (the sites that hold them are lost or withhold them): %s", fold,
+                        rnd - 1, UNSCORED)
         return counts
 
     @staticmethod

@@ -40,18 +40,14 @@ one of those names moves.
   finished:failed". Here the SuperLink starts fedcmr's SuperExec (server/superexec_main.py),
   which keeps each process it starts and notes how it ended.
 - **Only approved app bundles run at a site** (`approve_bundles`; the rule is the site's:
-  client/site/app_approval.py). For a run it has not seen, the SuperNode loop's
-  `_pull_and_store_message(..., get_fab=..., trusted_entities=...)` fetches the bundle, and
-  when `trusted_entities` is non-empty and the bundle carries no "valid_license"
-  verification it stores a FAB_VERIFICATION_ERROR reply and returns before the bundle is
-  stored or any of its code runs. The patch checks each fetched bundle and, on refusal,
-  fills `trusted_entities` and strips the verifications, so that Flower's own refusal fires.
-- **ClientApps forked, not started** (`fork_clientapps`, `reset_after_fork`). The
-  SuperExec's subprocess executor starts every ClientApp with `subprocess.Popen`; fedcmr's
-  SuperExec (client/runtime/superexec_main.py) hands it a `subprocess` whose Popen forks.
-  In the child, the exit handlers the SuperExec registered (they close the SuperExec's own
-  connection) are dropped and telemetry's module lock, perhaps held by another thread at the
-  fork, is a new one.
+  client/site/app_approval.py). The SuperNode loop's `_pull_and_store_message` fetches a
+  new run's bundle with `get_fab` and, when `trusted_entities` is set and the bundle has no
+  "valid_license" verification, answers FAB_VERIFICATION_ERROR before any of its code runs;
+  on refusal the patch fills `trusted_entities` and strips the verifications.
+- **ClientApps forked, not started** (`fork_clientapps`, `reset_after_fork`): the
+  SuperExec's executor gets a `subprocess` whose Popen forks
+  (client/runtime/superexec_main.py); the child drops the SuperExec's exit handlers and
+  gets a new telemetry lock (another thread may have held it at the fork).
 - **Control and Runtime APIs only from the coordinator's own host**
   (`wrap_superlink_apps`). Flower's SuperLink serves every API on one port it builds with
   `flwr.superlink.main.create_app`; server/superlink_main.py wraps each app it builds.

@@ -34,7 +34,7 @@ STALE_GRACE_S = 10.0
 log = logging.getLogger("fedcmr.client")
 
 
-#: Where fedcmr before 0.1's single path kept a site worker's channel (one folder per worker).
+#: Where earlier fedcmr versions' site workers kept their channel (one folder per worker).
 SHM_ROOT = Path("/dev/shm")
 SHM_PATTERN = "fedcmr-worker-*"
 
