@@ -34,6 +34,27 @@ def descendants(roots: set[int]) -> set[int]:
     return found
 
 
+def terminate(pids: set[int], grace: float, group: int | None = None) -> None:
+    """SIGTERM the processes, every descendant of theirs (and the process group `group`),
+    then SIGKILL what is left of them after `grace` seconds; descendants are looked up again
+    while waiting (a child re-parented to init once its parent ended stays on the list)."""
+    import time
+
+    pids = set(pids) | descendants(set(pids))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if group is not None:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, sig)
+        for pid in pids:
+            signal_pid(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            pids = {p for p in pids | descendants(pids) if alive(p)}
+            if not pids:
+                return
+            time.sleep(0.1)
+
+
 def signal_pid(pid: int, sig: int) -> None:
     with suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)

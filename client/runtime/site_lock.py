@@ -17,12 +17,10 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
-import time
 from pathlib import Path
 
-from fedcmr.support.proc_tree import alive, descendants, start_time
+from fedcmr.support.proc_tree import alive, start_time, terminate
 
 #: The lock file, in the site's state folder.
 LOCK_NAME = "client.lock"
@@ -85,21 +83,6 @@ def _command(pid: int) -> str:
         return ""
 
 
-def stop_stale(pid: int) -> None:
-    """SIGTERM the process and its descendants, SIGKILL what is left after STALE_GRACE_S."""
-    pids = {pid} | descendants({pid})
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for each in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(each, sig)
-        deadline = time.monotonic() + STALE_GRACE_S
-        while time.monotonic() < deadline:
-            pids = {p for p in pids | descendants(pids) if alive(p)}
-            if not pids:
-                return
-            time.sleep(0.1)
-
-
 class SiteLock:
     """The site's lock in `state` (its state folder) for the life of this process."""
 
@@ -138,7 +121,7 @@ class SiteLock:
         if _running(stale) and SUPERNODE_MARK in _command(stale["pid"]):
             log.warning("site %s: stopping the SuperNode (pid %d) an earlier `fedcmr client` "
                         "of this site left running", self.site, stale["pid"])
-            stop_stale(stale["pid"])
+            terminate({stale["pid"]}, STALE_GRACE_S)
         self._write({"client": _entry(os.getpid())})
         if stale_folders := remove_stale_shared_memory():
             log.info("removed %d shared-memory folder(s) earlier fedcmr versions left in %s",

@@ -9,9 +9,7 @@ registers as a new node; the coordinator describes it and binds it to its site."
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
 import signal
 import subprocess
@@ -23,7 +21,7 @@ from pathlib import Path
 
 from fedcmr.client.runtime.supernode_main import LOOP_ENDED
 from fedcmr.support.cli_options import EXIT_FAILED, EXIT_OK
-from fedcmr.support.proc_tree import alive, descendants
+from fedcmr.support.proc_tree import terminate
 
 clog = logging.getLogger("fedcmr.client")
 #: Seconds between two "still no coordinator" lines while the SuperNode retries.
@@ -296,18 +294,5 @@ def stop_tree(proc: subprocess.Popen) -> None:
     """SIGTERM the process, its group and every descendant (flower-superexec starts
     flwr-clientapp in sessions of their own), then SIGKILL what is left after
     STOP_GRACE_S."""
-    pids = {proc.pid} | descendants({proc.pid})
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline:
-            proc.poll()
-            pids = {p for p in pids | descendants({proc.pid}) if alive(p)}
-            if not pids:
-                return
-            time.sleep(0.2)
+    terminate({proc.pid}, STOP_GRACE_S, group=proc.pid)
     proc.wait()
