@@ -162,6 +162,7 @@ class Coordinator(AbstractContextManager):
         # The log stream ends with the run; `flwr ls` (a whole CLI process) is asked only
         # then, or every STATUS_EVERY seconds should the stream have died early.
         status, last_check, reported = "unknown", time.monotonic(), set()
+        killed = None  # how the ServerApp ended, once a signal ended it
         while not status.startswith("finished"):
             time.sleep(1)
             self.processes.remember()
@@ -174,7 +175,7 @@ class Coordinator(AbstractContextManager):
                 echo(f"{name} exited; the run goes on without it (see "
                      f"{self.processes.logs / (name + '.log')})")
             reported |= dead
-            if self._serverapp_killed():  # Flower would say so only a minute later
+            if killed := self._serverapp_killed():  # Flower would say so a minute later
                 with contextlib.suppress(Exception):
                     self.cli.stop(run_id)
                 status = self.cli.status(run_id)
@@ -190,7 +191,7 @@ class Coordinator(AbstractContextManager):
         if status != "finished:completed":
             raise RuntimeError(run_failure(settings.out_dir, run_id, status,
                                            self.processes.logs / "run.log",
-                                           self._serverapp_killed()))
+                                           killed or self._serverapp_killed()))
         return run_id
 
     def _serverapp_killed(self) -> str | None:
