@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import os
@@ -249,19 +250,31 @@ def check_same_geometry(image: sitk.Image, labels: sitk.Image, path) -> None:
 def non_finite_on_disk(path: Path, time_index: int | None) -> bool:
     """Whether the NIfTI file's voxels (of frame `time_index` of a 4D file) hold NaN or
     Inf. ITK's NIfTI reader turns NaN voxels into 0 without a word, so a float file is read
-    again with nibabel to see them (an integer file cannot hold them: no second read)."""
+    again with nibabel to see them (an integer file cannot hold them: no second read), once
+    per file however many of its frames are checked."""
+    stat = path.stat()
+    bad = _non_finite_frames(str(path), stat.st_mtime_ns, stat.st_size)
+    if bad is None:
+        return False
+    return bool(bad[time_index] if time_index is not None and len(bad) > 1 else bad.any())
+
+
+@functools.lru_cache(maxsize=4)
+def _non_finite_frames(path: str, mtime_ns: int, size: int) -> np.ndarray | None:
+    """Per frame (the last axis of a 4D file; one entry for 3D) whether it holds NaN or Inf;
+    None for an integer file or one nibabel cannot read (ITK read it: this is a second look)."""
     import nibabel as nib
 
     try:
-        volume = nib.load(str(path))
-    except Exception:  # noqa: BLE001 - ITK read it; nibabel's opinion is only a second look
-        return False
+        volume = nib.load(path)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return None
     if not np.issubdtype(volume.get_data_dtype(), np.floating):
-        return False
-    data = volume.dataobj
-    if time_index is not None and len(volume.shape) == 4:
-        data = data[..., time_index]
-    return not np.isfinite(np.asarray(data)).all()
+        return None
+    data = np.asarray(volume.dataobj)
+    if data.ndim == 4:
+        return ~np.isfinite(data).all(axis=(0, 1, 2))
+    return np.array([not np.isfinite(data).all()])
 
 
 def check_signal(image: sitk.Image, source: FrameSource) -> None:
