@@ -16,6 +16,7 @@ from fedcmr.support.cli_options import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXI
 
 if TYPE_CHECKING:
     from fedcmr.client.runtime.site_lock import SiteLock
+    from fedcmr.client.site.policy import SitePolicy
 
 log = logging.getLogger("fedcmr.prepare")
 plog = logging.getLogger("fedcmr.predict")
@@ -151,14 +152,16 @@ def cmd_client(args: argparse.Namespace) -> int:
                       "this machine. Fix: leave --port out (a free one is picked) or name a "
                       "free one", args.site, args.port)
             return EXIT_BAD_INPUT
-        return _serve(args, (policy, own, state, ledger, centres, security), lock)
+        return _serve(args, lock, policy=policy, own=own, state=state, ledger=ledger,
+                      centres=centres, security=security)
     finally:
         lock.release()
 
 
-def _serve(args: argparse.Namespace, prepared: tuple, lock: SiteLock) -> int:
-    """`fedcmr client` once its inputs are checked and the site's lock is held: `prepared`
-    is (policy, own bundle digest, state folder, ledger, centres, security arguments)."""
+def _serve(args: argparse.Namespace, lock: SiteLock, *, policy: SitePolicy, own: str,
+           state: Path, ledger: Path, centres: tuple[str, ...], security: list[str]) -> int:
+    """`fedcmr client` once its inputs are checked and the site's lock is held (`own`: this
+    installation's app bundle digest)."""
     from fedcmr.client.runtime.supernode_main import SUPERNODE_MAIN
     from fedcmr.client.runtime.supernode_watch import SuperNodeWatch, clog
     from fedcmr.client.site.app_approval import APPROVED_ENV
@@ -168,7 +171,6 @@ def _serve(args: argparse.Namespace, prepared: tuple, lock: SiteLock) -> int:
     from fedcmr.support.ports import free_port
     from fedcmr.support.proc_tree import PARENT_ENV
 
-    policy, own, state, ledger, centres, security = prepared
     approved = {own, *(d.lower() for d in policy.approved_bundles)}
     out = args.out.resolve()
     node = NodeConfig(site=args.site, data_path=tuple(p.resolve() for p in args.data),

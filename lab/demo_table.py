@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fedcmr.common.metrics import auc
 from fedcmr.common.results import read_predictions
-from fedcmr.lab.study.stats import N_BOOT, bootstrap_auc_ci, mean_auc
+from fedcmr.lab.study.stats import N_BOOT, bootstrap_auc_ci
 
 TOTAL = "total"
 
@@ -26,22 +27,23 @@ def auc_with_interval(rows: list[dict], n_boot: int = N_BOOT, seed: int = 0
     class has fewer than MIN_SUBJECTS_PER_CLASS subjects); None where the rows hold one
     class only (no AUC)."""
     labels = np.array([r["label"] for r in rows], dtype=int)
-    if len(set(labels.tolist())) < 2:
-        return None
     scores = np.array([r["score"] for r in rows], dtype=float)
+    point = auc(labels, scores)
+    if point is None:
+        return None
     subjects = np.array([f"{r['centre']}/{r['subject']}" for r in rows])
     per_class = [len(set(subjects[labels == c].tolist())) for c in (0, 1)]
     if min(per_class) < MIN_SUBJECTS_PER_CLASS:
-        return mean_auc(labels, scores), None, None
+        return point, None, None
     low, high = bootstrap_auc_ci(labels, scores, subjects, n_boot=n_boot, seed=seed)
-    return mean_auc(labels, scores), low, high
+    return point, low, high
 
 
 def _cell(found: tuple[float, float | None, float | None] | None) -> str:
     if found is None:
         return "n/a (one class)"
-    auc, low, high = found
-    return f"{auc:.3f} (n/a)" if low is None else f"{auc:.3f} ({low:.2f}-{high:.2f})"
+    point, low, high = found
+    return f"{point:.3f} (n/a)" if low is None else f"{point:.3f} ({low:.2f}-{high:.2f})"
 
 
 def interval_table(runs: Mapping[str, Path], n_boot: int = N_BOOT) -> str:

@@ -93,7 +93,8 @@ def test_demo_runs_the_readmes_main_job_end_to_end(tmp_path):
     assert set(metrics["auc"]) == {"total", "Vall d'Hebron", "Sagrada Familia", "SantPau",
                                    "ACDC"}
     # one table: each model's AUC per centre with its interval, the measures model beside
-    table = done.stdout[done.stdout.index("centre "):].splitlines()
+    lines = done.stdout.splitlines()
+    table = lines[[i for i, line in enumerate(lines) if line.startswith("centre ")][-1]:]
     assert "cnn" in table[0] and "measures" in table[0], done.stdout[-3000:]
     rows = {line.split("  ")[0].strip(): line for line in table[1:6]}
     assert set(rows) == set(metrics["auc"]), table
