@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -37,7 +39,9 @@ SMALL_SITE_POLICY = Path(__file__).parent.parent / "deploy" / "synthetic-site-po
 os.environ["FEDCMR_SITE_POLICY"] = str(SMALL_SITE_POLICY)
 #: Every `fedcmr client` the tests start keeps its site state (the release ledger) under a
 #: folder of this session, never in the home folder of the machine that runs them.
+#: Removed when the session's process exits (800 of them had piled up in /tmp).
 os.environ["FEDCMR_SITE_STATE"] = tempfile.mkdtemp(prefix="fedcmr-site-state-")
+atexit.register(shutil.rmtree, os.environ["FEDCMR_SITE_STATE"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
