@@ -56,8 +56,37 @@ def compose_config(*files: str) -> dict:
     return _interpolate(config)
 
 
-def text(command) -> str:
-    return command if isinstance(command, str) else " ".join(command)
+def run_coordinator_script(env: dict, tmp: Path) -> subprocess.CompletedProcess:
+    """deploy/coordinator.sh as the container runs it, with `fedcmr` on PATH a program that
+    prints the arguments it was given, one per line, instead of serving."""
+    shim = tmp / "bin"
+    shim.mkdir(exist_ok=True)
+    (shim / "fedcmr").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    (shim / "fedcmr").chmod(0o755)
+    return subprocess.run(["sh", str(REPO / "deploy" / "coordinator.sh")], capture_output=True,
+                          text=True, env={"PATH": f"{shim}:/usr/bin:/bin", **env})
+
+
+def coordinator_args(environment: dict) -> list[str]:
+    """The `fedcmr server` arguments deploy/coordinator.sh builds from the compose
+    environment (None values, as PyYAML reads an empty one, are empty)."""
+    import tempfile
+
+    env = {k: "" if v is None else str(v) for k, v in environment.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        done = run_coordinator_script(env, Path(tmp))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_the_coordinator_script_passes_only_the_settings_given(tmp_path):
+    args = run_coordinator_script({"FEDCMR_EPOCHS": "2", "FEDCMR_STRATEGY": "",
+                                   "FEDCMR_RESUME": "1"}, tmp_path).stdout.splitlines()
+    assert args == ["server", "--sites", "4", "--port", "9092", "--out", "/runs/federated",
+                    "--epochs", "2", "--insecure", "--resume"]  # empty: fedcmr's default
+    refused = run_coordinator_script({"FEDCMR_RESUME": "maybe"}, tmp_path)
+    assert refused.returncode == 2 and "FEDCMR_RESUME=1 or unset it" in refused.stderr
+    assert refused.stdout == ""  # never started
 
 
 def test_each_hospital_mounts_only_its_own_data_on_an_internal_network():
@@ -73,12 +102,20 @@ def test_each_hospital_mounts_only_its_own_data_on_an_internal_network():
         assert mounts == [f"{data[0]}:/data:ro"]  # its data, read-only
         assert not any(other in s for s in sources for other in HOSPITALS if other != name)
         assert service["environment"]["SITE"] == name
-    assert "--sites 4" in text(config["services"]["coordinator"]["command"])
+    coordinator = config["services"]["coordinator"]
+    assert coordinator["command"] == ["sh", "/app/deploy/coordinator.sh"]
+    assert "--sites 4" in " ".join(coordinator_args(coordinator["environment"]))
+    # the hospitals start once the cohort is written, which stays up (healthy) until the
+    # coordinator is gone: `up --exit-code-from coordinator` stops all when any one exits
+    hospital = config["services"]["hospital-acdc"]
+    assert hospital["depends_on"]["cohort"]["condition"] == "service_healthy"
+    assert config["services"]["cohort"]["healthcheck"]["test"][-1] == "/tmp/fedcmr-cohort-written"
 
 
 def test_secure_and_gpu_variants_are_valid():
     secure = compose_config("docker-compose.yml", "docker-compose.secure.yml")
-    assert "--secure" in text(secure["services"]["coordinator"]["command"])
+    args = coordinator_args(secure["services"]["coordinator"]["environment"])
+    assert args[args.index("--secure") + 1] == "/certs" and "--insecure" not in args
     for name in HOSPITALS:
         service = secure["services"][f"hospital-{name}"]
         env = service["environment"]

@@ -1,6 +1,7 @@
-"""`docker-compose up` of the real compose file, the README's command as it is: the cohort
-written once, a coordinator and four hospital containers to a finished run, and the command
-returns by itself with every container exited 0. Needs a Docker engine: .ci/run starts one
+"""`docker-compose up --exit-code-from coordinator` of the real compose file, the README's
+command as it is: the cohort written once, a coordinator and four hospital containers; the
+coordinator killed mid-run makes the command fail soon after, and a rerun with
+FEDCMR_RESUME=1 resumes the run to its end. Needs a Docker engine: .ci/run starts one
 (deploy/docker_engine.sh); elsewhere the test is skipped with the reason. On CI ($CI set,
 as .ci/run runs) a missing engine, client, base image or registry is a failure, not a
 skip: the compose run is what CI is there to check."""
@@ -79,11 +80,29 @@ def container_exits(env: dict) -> dict[str, int]:
     return exits
 
 
-def test_compose_up_runs_four_hospitals_to_a_finished_run_and_returns(tmp_path):
+#: The README's command (docker-compose 1.29 here; `docker compose` takes the same flags).
+UP = ["up", "--exit-code-from", "coordinator"]
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float) -> None:
+    """Until `path` exists; fails with the process's output if it ends or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path} never appeared:\n{process.communicate()[0][-6000:]}")
+        time.sleep(1)
+
+
+def test_compose_up_fails_with_the_coordinator_and_a_rerun_resumes_it(tmp_path):
+    """The README's command on a fresh folder: the cohort written once, four hospitals and
+    a coordinator. The coordinator is killed (SIGKILL, as the kernel kills for memory) after
+    round 1 of 2: `up` returns non-zero soon after, with every container stopped. The same
+    command with FEDCMR_RESUME=1 continues after round 1 and returns 0 with the results."""
     engine_or_skip()
     env = {**os.environ, "FEDCMR_DATA": str(tmp_path / "data"),
            "FEDCMR_RUNS": str(tmp_path / "runs"), "FEDCMR_SCALE": "0.1",
-           "FEDCMR_PROFILE": "smoke", "FEDCMR_EPOCHS": "1", "FEDCMR_MIN_SUBJECTS": "2",
+           "FEDCMR_PROFILE": "smoke", "FEDCMR_EPOCHS": "2", "FEDCMR_MIN_SUBJECTS": "2",
            "FEDCMR_WORKERS": "2",
            # N4 is not what this test checks (test_prepare_cache, the demo test do), and
            # four hospitals running it on 2 cores was half of the run
@@ -95,25 +114,37 @@ def test_compose_up_runs_four_hospitals_to_a_finished_run_and_returns(tmp_path):
         # build that fails while the registry answers is our Dockerfile's fault
         cannot_run(f"the package registry is unreachable ({why}); build log:\n{log[-800:]}")
     assert build.returncode == 0, log
+    federated = tmp_path / "runs" / "federated"
     try:
-        # the README's command, as it is: it must return by itself once the run is over
-        started = time.monotonic()
-        up = compose(env, "up", timeout=UP_TIMEOUT)
-        took = time.monotonic() - started
-        output = up.stdout[-6000:] + up.stderr[-3000:]
-        assert up.returncode == 0, output
+        first = subprocess.Popen(["docker-compose", "-p", "fedcmrtest", *UP], cwd=REPO,
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+        wait_for(federated / "checkpoint" / "fold_0.pt", first, UP_TIMEOUT)  # round 1 saved
+        coordinator = compose(env, "ps", "-q", "coordinator", timeout=120).stdout.split()
+        subprocess.run(["docker", "kill", *coordinator], check=True, capture_output=True)
+        killed = time.monotonic()
+        failed_output = first.communicate(timeout=UP_TIMEOUT)[0]
+        stopped_after = time.monotonic() - killed
+        failed_exits = container_exits(env)
+        assert not (federated / "metrics.json").exists()
+
+        rerun = compose({**env, "FEDCMR_RESUME": "1"}, *UP, timeout=UP_TIMEOUT)
+        output = rerun.stdout[-6000:] + rerun.stderr[-3000:]
         exits = container_exits(env)
     finally:
         compose(env, "down", "--volumes", "--remove-orphans", timeout=300)
-    assert sorted(exits) == sorted(["cohort", "coordinator", *HOSPITALS]), (exits, output)
-    assert all(code == 0 for code in exits.values()), (exits, output)
-    assert took < UP_TIMEOUT
-    for hospital in HOSPITALS:  # each stopped because the coordinator said the run is over
-        assert any(hospital in line and "the coordinator's run is over; SuperNode stopped"
-                   in line for line in up.stdout.splitlines()), (hospital, output)
+    # the failure: `up` returned the killed coordinator's code, every container stopped
+    assert first.returncode == failed_exits["coordinator"] == 137, failed_output[-6000:]
+    assert stopped_after < 60, (stopped_after, failed_output[-6000:])
+    assert sorted(failed_exits) == sorted(["cohort", "coordinator", *HOSPITALS])
+    assert -1 not in failed_exits.values(), failed_exits
+    # the rerun: resumed after round 1, finished, 0
+    assert rerun.returncode == 0 == exits["coordinator"], output
+    assert "fold 0: resuming after round 1" in rerun.stdout, output
+    assert -1 not in exits.values(), exits
     assert sorted(p.name for p in (tmp_path / "data" / "sites").iterdir()) == sorted(
         h.removeprefix("hospital-") for h in HOSPITALS)
-    metrics = json.loads((tmp_path / "runs" / "federated" / "metrics.json").read_text())
+    metrics = json.loads((federated / "metrics.json").read_text())
     assert set(metrics["auc"]) == {"total", "Vall d'Hebron", "Sagrada Familia", "SantPau",
                                    "ACDC"}
     for hospital in HOSPITALS:
