@@ -132,10 +132,10 @@ def main() -> None:
     sys.argv = sys.argv[1:]
     import importlib
 
-    from fedcmr.support import flower_patches
     from fedcmr.support.proc_tree import die_with_parent, parent_from_env
 
-    die_with_parent(parent_from_env())  # its SuperNode's pid
+    die_with_parent(parent_from_env())  # its SuperNode's pid, before any slow import
+    from fedcmr.support import flower_patches
 
     # first, before any thread starts: the SuperNode's signal ends the wait for work
     flower_patches.superexec_wakes_on_signal()
