@@ -8,9 +8,9 @@ import argparse
 from pathlib import Path
 
 from fedcmr.common.run_config import RunConfig
+from fedcmr.lab.local_federation import RUNTIMES
 from fedcmr.lab.sites import SITE_PER
 from fedcmr.server.cli import add_strategy_options
-from fedcmr.server.superlink import RUNTIMES
 from fedcmr.support.cli_options import add_model_option, add_run_options, lazy
 
 
@@ -46,7 +46,9 @@ def add_federate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", choices=RUNTIMES, default="deployment",
                    help="deployment: one SuperNode process per hospital over gRPC/HTTP (as "
                         "in production); simulation: Flower's Ray runtime, far less overhead "
-                        "per round, for large studies (needs fedcmr[simulation])")
+                        "per round, for large studies (needs fedcmr[simulation]); in-process: "
+                        "Flower's simulation engine in this process, the hospitals in turn, "
+                        "nothing started (a study's cells)")
     p.add_argument("--site-per", choices=SITE_PER, default=SITE_PER[0],
                    help="centre: one hospital per centre of the caches, each reading only "
                         "its centre's frames (an M&Ms cache of three centres is three sites); "

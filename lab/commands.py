@@ -106,8 +106,8 @@ def cmd_federate(args: argparse.Namespace) -> int:
         check_resume(args.out.resolve(), settings)
         security = security_from_dir(args.secure, [s.name for s in sites]) \
             if args.secure else None
-        if security and args.runtime == "simulation":
-            raise ValueError("--secure protects SuperNode connections; the simulation "
+        if security and args.runtime != "deployment":
+            raise ValueError(f"--secure protects SuperNode connections; the {args.runtime} "
                              "runtime has none. Fix: drop --secure or use --runtime deployment")
     except (FileNotFoundError, ValueError) as err:
         log.error("%s", err)

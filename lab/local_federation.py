@@ -5,16 +5,23 @@ hospital, the run submitted with `flwr run`). Everything started is stopped agai
 `runtime="simulation"` runs the same app on Flower's simulation runtime instead: a SuperLink
 in simulation mode whose Ray actors stand in for the hospitals (no SuperNodes, no per-message
 process start), for large studies and sweeps on one machine or a Ray cluster.
+
+`runtime="in-process"` runs it with nothing started at all: Flower's simulation engine in
+this process, the hospitals' ClientApps in turn (support/inprocess_simulation.py): a study's
+cell on the one device its Ray task or process holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from fedcmr.client.runtime.supernode_main import SUPERNODE_MAIN
 from fedcmr.client.site.work import read_site_predictions
@@ -24,9 +31,25 @@ from fedcmr.common.results import PREDICTIONS_CSV, write_predictions
 from fedcmr.lab.sites import SitePer, SiteSpec, sites_from_caches
 from fedcmr.server.security import Security
 from fedcmr.server.settings import FederationSettings
-from fedcmr.server.superlink import Coordinator, Runtime
+from fedcmr.server.superlink import Coordinator
 from fedcmr.support.flower_env import tool
 from fedcmr.support.ports import free_port
+
+#: How a local federation runs (module docstring).
+Runtime = Literal["deployment", "simulation", "in-process"]
+RUNTIMES: tuple[Runtime, ...] = ("deployment", "simulation", "in-process")
+
+
+def site_dir(run_dir: Path, site: SiteSpec) -> Path:
+    """Where a hospital of a local federation writes (its node config's out_dir)."""
+    return run_dir / "sites" / Security.node_name(site.name)
+
+
+def node_config(run_dir: Path, site: SiteSpec, threads: int,
+                site_policy: Path | None) -> NodeConfig:
+    return NodeConfig(site=site.name, data_path=tuple(site.caches), centres=site.centres,
+                      out_dir=site_dir(run_dir, site), threads=threads,
+                      policy=site_policy.resolve() if site_policy else None)
 
 
 @dataclass
@@ -50,14 +73,8 @@ class LocalFederation(Coordinator):
                 "--port", str(free_port()), "--node-config", self.node_config(site).to_text(),
                 *self._node_security(site)])
 
-    def site_dir(self, site: SiteSpec) -> Path:
-        return self.run_dir / "sites" / Security.node_name(site.name)
-
     def node_config(self, site: SiteSpec) -> NodeConfig:
-        return NodeConfig(site=site.name, data_path=tuple(site.caches),
-                          centres=site.centres, out_dir=self.site_dir(site),
-                          threads=self.threads_per_site,
-                          policy=self.site_policy.resolve() if self.site_policy else None)
+        return node_config(self.run_dir, site, self.threads_per_site, self.site_policy)
 
     @property
     def node_table(self) -> Path:
@@ -103,14 +120,90 @@ def run_local_federation(caches: list[Path], settings: FederationSettings, run_d
         sites = [s for s in sites if s.name in only]
     settings = settings.model_copy(update={"out_dir": run_dir, "sites": len(sites)})
     started = time.monotonic()
-    with LocalFederation(run_dir, security, runtime=runtime, sites=sites,
-                         threads_per_site=threads_per_site, site_policy=site_policy) as fed:
-        echo(f"SuperLink ({runtime}) on 127.0.0.1:{fed.port}; {len(sites)} hospitals: "
-             + ", ".join(s.name for s in sites))
-        fed.run_to_completion(settings, echo, timeout)
-    rows = [r for site in sites for r in read_site_predictions(fed.site_dir(site))]
+    if runtime == "in-process":
+        if security is not None:
+            raise ValueError("the in-process runtime has no network to secure. Fix: drop "
+                             "--secure, or use --runtime deployment")
+        run_in_process(sites, settings, run_dir, echo, threads_per_site, site_policy)
+    else:
+        with LocalFederation(run_dir, security, runtime=runtime, sites=sites,
+                             threads_per_site=threads_per_site, site_policy=site_policy) as fed:
+            echo(f"SuperLink ({runtime}) on 127.0.0.1:{fed.port}; {len(sites)} hospitals: "
+                 + ", ".join(s.name for s in sites))
+            fed.run_to_completion(settings, echo, timeout)
+    rows = [r for site in sites for r in read_site_predictions(site_dir(run_dir, site))]
     write_predictions(run_dir / PREDICTIONS_CSV, rows)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["elapsed_s"] = round(time.monotonic() - started, 1)
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+#: The loggers whose lines go to an in-process run's log file only, not to the console.
+RUN_LOGGERS = ("fedcmr.server", "fedcmr.client", "fedcmr.common", "flwr")
+
+
+def run_in_process(sites: list[SiteSpec], settings: FederationSettings, run_dir: Path, echo,
+                   threads: int, site_policy: Path | None) -> None:
+    """The federation on Flower's simulation engine in this process; the ServerApp's and
+    the sites' log lines in run_dir/logs/run.log. Raises with the reason when the run does
+    not complete (status.json, as the coordinator does)."""
+    import torch
+
+    from fedcmr.client.site.client_app import app as client_app
+    from fedcmr.common.app_bundle import app_dir
+    from fedcmr.server.server_app import app as server_app
+    from fedcmr.server.superlink import run_failure
+    from fedcmr.support.inprocess_simulation import run_in_process as run_engine
+
+    table = run_dir / "simulated_nodes.json"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_simulated_nodes(table, [node_config(run_dir, s, threads, site_policy) for s in sites])
+    settings = settings.model_copy(update={"sim_sites": str(table)})
+    log_file = run_dir / "logs" / "run.log"
+    echo(f"in-process federation ({len(sites)} hospitals: "
+         + ", ".join(s.name for s in sites) + f"); log: {log_file}")
+    before = torch.get_num_threads()  # each site sets its node's threads in this process
+    with _logs_to(log_file, echo):
+        try:
+            run_engine(server_app, client_app, settings.to_flat(), len(sites), app_dir())
+        except Exception as err:
+            raise RuntimeError(run_failure(run_dir, "in-process", f"failed ({err})",
+                                           log_file)) from err
+        finally:
+            torch.set_num_threads(before)
+    status = json.loads((run_dir / "status.json").read_text())["status"]
+    if status not in ("completed", "partial"):
+        raise RuntimeError(run_failure(run_dir, "in-process", status, log_file))
+
+
+class _Echo(logging.Handler):
+    def __init__(self, echo) -> None:
+        super().__init__(logging.INFO)
+        self.echo = echo
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.echo(self.format(record))
+
+
+@contextlib.contextmanager
+def _logs_to(path: Path, echo) -> Iterator[None]:
+    """RUN_LOGGERS' lines to `path`; the coordinator's also to `echo` (its progress, as the
+    other runtimes relay the ServerApp's log)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    relay = _Echo(echo)
+    relay.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in RUN_LOGGERS]
+    saved = [(lg.handlers, lg.propagate, lg.level) for lg in loggers]
+    for lg in loggers:  # Flower's logger has a console handler of its own: set aside too
+        lg.handlers = [handler, relay] if lg.name == "fedcmr.server" else [handler]
+        lg.propagate = False
+        lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, (handlers, propagate, level) in zip(loggers, saved, strict=True):
+            lg.handlers, lg.propagate, lg.level = handlers, propagate, level
+        handler.close()

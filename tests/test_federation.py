@@ -170,6 +170,27 @@ def test_simulation_runtime_gives_the_deployment_results(caches, equal_vote_run,
         assert float(value) == pytest.approx(float(deployed[key]), abs=1e-5), key
 
 
+def test_in_process_runtime_gives_the_deployment_results(caches, equal_vote_run, tmp_path):
+    """The same app on Flower's simulation engine inside this process (a study's cells):
+    the same predictions as three SuperNode processes, the same checks, with no process and
+    no Ray started."""
+    import torch
+
+    ray_before, threads = ray_processes(), torch.get_num_threads()
+    run_dir = tmp_path / "in-process"
+    run_local_federation(caches, settings("equal-vote", 0.0), run_dir, echo=lambda _: None,
+                         runtime="in-process")
+    assert torch.get_num_threads() == threads  # each site set one thread; restored after
+    check_run(run_dir, 0.0)
+    assert "run over: told 3 site(s)" in (run_dir / "logs" / "run.log").read_text()
+    assert not (run_dir / "logs" / "pids.json").exists()  # nothing was started
+    assert ray_processes() <= ray_before
+    in_process, deployed = scores(run_dir), scores(equal_vote_run)
+    assert in_process.keys() == deployed.keys()
+    for key, value in in_process.items():
+        assert float(value) == pytest.approx(float(deployed[key]), abs=1e-5), key
+
+
 def scores(run: Path) -> dict[tuple[str, str], str]:
     with (run / "predictions.csv").open() as handle:
         return {(r["subject"], r["phase"]): r["score"] for r in csv.DictReader(handle)}

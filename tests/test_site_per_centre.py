@@ -17,7 +17,7 @@ from fedcmr.common.cache_format import CacheError, read_manifest, write_manifest
 from fedcmr.common.node_config import SIM_SITES, write_simulated_nodes
 from fedcmr.common.protocol import Order
 from fedcmr.common.run_config import RunConfig
-from fedcmr.lab.local_federation import LocalFederation, sites_from_caches
+from fedcmr.lab.local_federation import LocalFederation, site_dir, sites_from_caches
 
 #: Three centres in one cache, as M&Ms, and a fourth in its own, as ACDC.
 MNMS = {"Vall d'Hebron": (7, 6), "Sagrada Familia": (5, 6), "Sant Pau": (6, 8)}
@@ -115,7 +115,7 @@ def test_simulated_nodes_open_only_their_centre(caches, tmp_path):
                           state=RecordDict(), run_config={SIM_SITES: str(fed.node_table)})
         site = client_app.open_site(context)
         assert (site.name, site.centres) == (spec.name, list(spec.centres))
-        assert site.out_dir == fed.site_dir(spec)
+        assert site.out_dir == site_dir(fed.run_dir, spec)
         opened.append(site)
     assert len({s.out_dir for s in opened}) == 4
     assert sum(len(s.frames) for s in opened) == len(read_manifest(caches["mnms"])) + len(

@@ -52,10 +52,12 @@ log = logging.getLogger("fedcmr.client")
 #: The audit gate outermost: it sees every reply before it leaves.
 app = ClientApp(mods=[audit_mod, timing_mod])
 
-#: The frames this process read last, by what they were read from (the caches, their
-#: manifests' size and time, the centres): a process that serves several messages (the
-#: simulation runtime's) reads its site's cache once.
+#: The frames this process read, by what they were read from (the caches, their manifests'
+#: size and time, the centres): a process that serves several messages (the simulation
+#: runtime's) reads each site's cache once; one that serves several sites in turn (the
+#: in-process runtime's) keeps the last FRAMES_KEPT of them.
 _frames: dict[tuple, list] = {}
+FRAMES_KEPT = 8
 
 
 def _cache_key(node: NodeConfig) -> tuple:
@@ -85,7 +87,8 @@ def open_site(context: Context) -> Site:
         torch.set_num_threads(node.threads)
     key = _cache_key(node)
     if key not in _frames:
-        _frames.clear()
+        while len(_frames) >= FRAMES_KEPT:
+            del _frames[next(iter(_frames))]  # the oldest read
         _frames[key] = load_site_frames(node.data_path, node.centres)
     return Site(name=node.site, frames=_frames[key], out_dir=node.out_dir,
                 caches=tuple(Path(c) for c in node.data_path),
