@@ -30,9 +30,14 @@ to it, each the difference of times read by two processes:
 beside them. Without a SuperNode trace (exec mode) the older three-part split is used:
 to_site, clientapp_start (process start to import), back.
 
-Simulation has no processes per message: only its total and compute are split. Prints a
-table; writes benchmarks/results/round_overhead.json. Run it alone: on 2 cores anything
-else running changes every figure.
+Simulation has no processes per message: only its total and compute are split. The
+in-process runtime (a study's cells) serves the sites in turn, so a message's own time
+includes its turn: there each exchange (the messages pushed together) is one row, its time
+from the push to the last reply, `beyond_compute` that less the sites' compute summed.
+`outside_exchanges_s`, per mode, is the run's time outside any exchange: starting and
+stopping it, the server's work between rounds and writing the results (a cell's fixed cost).
+Prints a table; writes benchmarks/results/round_overhead.json. Run it alone: on 2 cores
+anything else running changes every figure.
 """
 
 from __future__ import annotations
@@ -59,7 +64,10 @@ MODES = {
     "exec": {"FEDCMR_CLIENTAPP_START": "exec"},
     "fork": {"FEDCMR_CLIENTAPP_START": "fork"},
     "simulation": {},
+    "in-process": {},
 }
+#: Messages pushed within this many seconds of each other belong to one exchange.
+SAME_EXCHANGE_S = 0.5
 #: The parts without a SuperNode trace (exec mode: Flower's own SuperExec).
 UNTRACED_PARTS = ("to_site", "back")
 PARTS = ("to_supernode", "supernode_download", "clientapp_start", "in_clientapp", "compute",
@@ -150,6 +158,45 @@ def summarise(folder: Path, simulated: bool) -> dict:
     return out
 
 
+def exchanges_in_turn(folder: Path) -> tuple[dict, float]:
+    """The in-process runtime: per message type, each exchange's time (first push to last
+    reply) and compute (its sites' handlers, summed: they run in turn); and the sum of every
+    exchange's time."""
+    servers, sites = read_rows(folder, "server"), read_rows(folder, "site")
+    rows = sorted((r["pushed"], r["replied"], r["type"], mid) for mid, r in servers.items()
+                  if r["replied"] is not None)
+    groups: list[list] = []
+    for row in rows:
+        if groups and row[0] - groups[-1][0][0] < SAME_EXCHANGE_S and row[2] == groups[-1][0][2]:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    by_type: dict[str, list[dict]] = {}
+    for group in groups:
+        total = max(r[1] for r in group) - group[0][0]
+        compute = sum(sites[r[3]]["handler_s"] for r in group if r[3] in sites)
+        by_type.setdefault(group[0][2], []).append({"total": total, "compute": compute})
+    out = {kind: {"exchanges": len(found), "sites": len(groups[0]) if groups else 0,
+                  "mean_s": {k: round(statistics.fmean(r[k] for r in found), 3)
+                             for k in ("total", "compute")}}
+           for kind, found in sorted(by_type.items())}
+    for kind in out.values():
+        kind["mean_s"]["beyond_compute"] = round(kind["mean_s"]["total"]
+                                                 - kind["mean_s"]["compute"], 3)
+    return out, sum(max(r[1] for r in g) - g[0][0] for g in groups)
+
+
+def exchanges_time(folder: Path) -> float:
+    """Seconds during which some exchange was under way (their union)."""
+    spans = sorted((r["pushed"], r["replied"]) for r in read_rows(folder, "server").values()
+                   if r["replied"] is not None)
+    busy, end = 0.0, float("-inf")
+    for start, stop in spans:
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return busy
+
+
 def run_mode(mode: str, caches: list[Path], root: Path, rounds: int,
              encoding: str = "fp32") -> dict:
     from fedcmr.lab.local_federation import run_local_federation
@@ -160,7 +207,7 @@ def run_mode(mode: str, caches: list[Path], root: Path, rounds: int,
     run = RunConfig(profile="smoke", folds=(0,), min_subjects=3, epochs=rounds,
                     pretrained="none", update_encoding=encoding)
     settings = FederationSettings(strategy="fedavg", round_timeout=900, run=run)
-    runtime = "simulation" if mode == "simulation" else "deployment"
+    runtime = mode if mode in ("simulation", "in-process") else "deployment"
     started = time.monotonic()
     try:
         metrics = run_local_federation(caches, settings, root / mode, echo=lambda _: None,
@@ -172,16 +219,22 @@ def run_mode(mode: str, caches: list[Path], root: Path, rounds: int,
             else:
                 os.environ[key] = value
     elapsed = time.monotonic() - started
+    if mode == "in-process":
+        exchanges, busy = exchanges_in_turn(timings)
+    else:
+        exchanges, busy = summarise(timings, mode == "simulation"), exchanges_time(timings)
     return {"elapsed_s": round(elapsed, 1), "auc_total": metrics["auc"]["total"],
-            "exchanges": summarise(timings, mode == "simulation")}
+            "outside_exchanges_s": round(elapsed - busy, 1), "exchanges": exchanges}
 
 
 def table(results: dict) -> str:
-    lines = [f"{'mode':<11} {'run s':>7} {'train exch s':>12} {'compute':>8} {'beyond':>7}  "
+    lines = [f"{'mode':<11} {'run s':>7} {'outside':>7} {'train exch s':>12} {'compute':>8} "
+             f"{'beyond':>7}  "
              + " ".join(f"{p:>13}" for p in PARTS if p != "compute")]
     for mode, res in results["modes"].items():
         train = res["exchanges"].get("train", {}).get("mean_s", {})
-        lines.append(f"{mode:<11} {res['elapsed_s']:>7.1f} {train.get('total', 0):>12.2f} "
+        lines.append(f"{mode:<11} {res['elapsed_s']:>7.1f} "
+                     f"{res.get('outside_exchanges_s', 0):>7.1f} {train.get('total', 0):>12.2f} "
                      f"{train.get('compute', 0):>8.2f} {train.get('beyond_compute', 0):>7.2f}  "
                      + " ".join(f"{train[p]:>13.2f}" if p in train else f"{'-':>13}"
                                 for p in PARTS if p != "compute"))

@@ -3,15 +3,19 @@ real splits of Table 1's cohort, times the measured cost per frame.
 
     python benchmarks/study_cost.py [--config studies/paper.toml] [--epochs 30]
         [--train-step benchmarks/results/train_step.json] [--mfu 0.25,0.4]
-        [--round-overhead 3.5] [--run-overhead 40]
+        [--overheads benchmarks/results/round_overhead_study.json] [--runtime in-process]
+        [--round-overhead S] [--run-overhead S] [--gpus 1,2,4,8]
 
 Per-frame seconds come from benchmarks/train_step_benchmark.py's measurement at the paper's
 input (3 x 10 x 150 x 150) on this machine. A GPU's time is estimated from the step's FLOPs
 (about 293 GFLOP per training frame, a third of that per scored frame) at a model FLOP
 utilisation (MFU) band of an H200's 790 dense bf16 TFLOP/s, since no GPU could be had when
-this was written; each federated round (and each cell's start) adds the simulation runtime's
-overhead measured on the small study (docs/study.md).
-Prints the figures and writes benchmarks/results/study_cost_<study name>.json.
+this was written. Each federated exchange and each FL cell add the runtime's overhead beyond
+compute as benchmarks/round_overhead.py measured it (`--overheads`, the mode `--runtime`:
+its train exchange's `beyond_compute` and its `outside_exchanges_s`), unless given with
+--round-overhead / --run-overhead. Cells are independent, so N GPUs (one cell each, `fedcmr
+study --ray`) take the total over N. Prints the figures and writes
+benchmarks/results/study_cost_<study name>.json.
 """
 
 from __future__ import annotations
@@ -65,13 +69,24 @@ def main() -> None:
     parser.add_argument("--train-step", type=Path,
                         default=ROOT / "benchmarks" / "results" / "train_step.json")
     parser.add_argument("--mfu", default="0.25,0.4", help="GPU model FLOP utilisation band")
-    parser.add_argument("--round-overhead", type=float, default=3.5,
-                        help="seconds per federated exchange beyond compute (simulation "
-                             "runtime, measured on the small study: docs/study.md)")
-    parser.add_argument("--run-overhead", type=float, default=40.0,
-                        help="seconds per federated cell to start and stop the SuperLink, "
-                             "the run and Ray (measured likewise)")
+    parser.add_argument("--overheads", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "round_overhead_study.json")
+    parser.add_argument("--runtime", default="in-process",
+                        help="the --overheads mode to read (in-process, simulation, fork)")
+    parser.add_argument("--round-overhead", type=float, default=None,
+                        help="seconds per federated exchange beyond compute (default: read "
+                             "from --overheads)")
+    parser.add_argument("--run-overhead", type=float, default=None,
+                        help="seconds per federated cell outside its exchanges (default: "
+                             "read from --overheads)")
+    parser.add_argument("--gpus", default="1,2,4,8", help="GPU counts to give the time for")
     args = parser.parse_args()
+    measured_overheads = json.loads(args.overheads.read_text())["modes"][args.runtime]
+    if args.round_overhead is None:
+        args.round_overhead = measured_overheads["exchanges"]["train"]["mean_s"][
+            "beyond_compute"]
+    if args.run_overhead is None:
+        args.run_overhead = measured_overheads["outside_exchanges_s"]
     config = StudyConfig.load(args.config)
     centres = sorted(TABLE1_COUNTS)
     cells = expand(config, {c: (c,) for c in centres}, "cost")
@@ -89,8 +104,11 @@ def main() -> None:
     gpu = {}
     for mfu in (float(m) for m in args.mfu.split(",")):
         compute = flops / (H200_TFLOPS * 1e12 * mfu)
+        total = compute + overhead_s
         gpu[f"mfu_{mfu:g}"] = {"compute_h": round(compute / 3600, 2),
-                               "with_overhead_h": round((compute + overhead_s) / 3600, 2)}
+                               "with_overhead_h": round(total / 3600, 2),
+                               "on_n_gpus_h": {n: round(total / n / 3600, 2) for n in
+                                               (int(g) for g in args.gpus.split(","))}}
     result = {"config": str(args.config), "cells": len(cells),
               "federated_cells": fl_cells, "epochs_per_fold": args.epochs,
               **{k: int(v) for k, v in totals.items()}, "pflop": round(flops / 1e15, 1),
@@ -98,6 +116,7 @@ def main() -> None:
                       "train_s_per_frame": paper["train_s_per_sample"],
                       "score_s_per_frame": paper["score_s_per_sample"],
                       "compute_days": round(cpu_s / 86400, 1)},
+              "runtime": args.runtime, "overheads_from": str(args.overheads),
               "round_overhead_s": args.round_overhead, "run_overhead_s": args.run_overhead,
               "overhead_h": round(overhead_s / 3600, 2), "h200": gpu}
     print(json.dumps(result, indent=2))

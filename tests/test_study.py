@@ -3,7 +3,8 @@
 One uninterrupted study, worked on by two processes at once, is the reference; a second
 study is killed with SIGKILL in the middle of its federated cell (after its first round), run
 again, continues that cell from its checkpoint and must give the same results.csv, with
-nothing the killed process started left running."""
+nothing the killed process started left running. A third runs on a Ray cluster of two
+nodes, loses the node running its federated cell, and must give the same results.csv too."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import pytest
 from cache_factory import write_cohort
+from process_tools import our_processes
 
 from fedcmr.lab.study import layout
-from fedcmr.support.proc_tree import start_time
 
 pytestmark = pytest.mark.slow
 
@@ -65,11 +66,12 @@ def running(pid: int) -> bool:
         return False
 
 
-def attempts(out: Path) -> dict[str, list[int]]:
+def attempts(out: Path, key: str = "pid") -> dict[str, list]:
+    """cell -> each attempt's `key` (pid; node: the Ray node it ran on)."""
     found = {}
     for cell in sorted((out / layout.CELLS).iterdir()):
         lines = (cell / "attempts.jsonl").read_text().splitlines()
-        found[cell.name] = [json.loads(line)["pid"] for line in lines]
+        found[cell.name] = [json.loads(line).get(key) for line in lines]
     return found
 
 
@@ -118,12 +120,12 @@ def test_a_study_killed_mid_cell_resumes_to_the_same_results(setup, reference):
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert not (fl_cell / layout.RESULT_JSON).exists()
-    left = [(pid, start) for pid, start in json.loads(
-        (fl_cell / "run/logs/pids.json").read_text()) if start_time(pid) == start]
-    assert left, "SIGKILL of the study should leave its federation's processes orphaned"
+    # the in-process runtime started nothing: the federation died with the study (the
+    # simulation and deployment runtimes' orphans: test_resilience.py's relaunch test)
+    assert not (fl_cell / "run/logs/pids.json").exists()
+    assert our_processes(fl_cell) == []
     resumed = study(config, out, caches)
     assert resumed.wait(timeout=900) == 0
-    assert not [pid for pid, start in left if start_time(pid) == start]
     assert rows(out) == rows(reference)
     assert "resuming after round" in (fl_cell / "cell.log").read_text()
     tried = attempts(out)
@@ -182,3 +184,42 @@ def test_workers_share_the_cells_and_die_with_their_study(setup, reference):
                  "framework=cds").wait(timeout=600) == 0
     cds = [r for r in rows(reference) if r["framework"] == "cds"]
     assert [r for r in rows(out) if r["framework"] == "cds"] == cds
+
+
+def test_a_study_on_a_ray_cluster_loses_a_node_and_gives_the_same_results(setup, reference):
+    """`fedcmr study --ray ADDRESS` on a local Ray cluster: a head that runs no cell and two
+    one-CPU nodes. The cells run on both nodes; the node running the federated cell is
+    removed (its raylet and worker processes killed) once the cell has checkpointed round 1;
+    Ray retries the cell on the other node, which continues it from the checkpoint, and
+    results.csv equals the reference's (one process, no Ray)."""
+    from ray.cluster_utils import Cluster
+
+    config, caches, root = setup
+    out = root / "ray"
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "temp_dir": str(root / "ray-tmp")})
+    try:
+        nodes = {node.node_id: node for node in (cluster.add_node(num_cpus=1)
+                                                for _ in range(2))}
+        cluster.wait_for_nodes()
+        driver = study(config, out, caches, "--ray", cluster.address)
+        checkpoint, deadline = None, time.monotonic() + 600
+        while checkpoint is None and time.monotonic() < deadline:
+            assert driver.poll() is None, "the study ended before its node could be removed"
+            found = list((out / layout.CELLS).glob("fedavg*/run/checkpoint/fold_0.pt"))
+            checkpoint = found[0] if found else None
+            time.sleep(0.05)
+        assert checkpoint is not None, "the federated cell never checkpointed a round"
+        fl_cell = checkpoint.parents[2]
+        victim = attempts(out, "node")[fl_cell.name][-1]
+        cluster.remove_node(nodes[victim])
+        assert driver.wait(timeout=900) == 0
+    finally:
+        cluster.shutdown()
+    assert rows(out) == rows(reference)
+    ran_on = attempts(out, "node")
+    assert set(nodes) == {node for tried in ran_on.values() for node in tried}, ran_on
+    survivor = (set(nodes) - {victim}).pop()
+    assert ran_on[fl_cell.name] == [victim, survivor]  # retried on the other node
+    assert "resuming after round" in (fl_cell / "cell.log").read_text()
+    assert all(len(tried) == 1 for name, tried in ran_on.items() if name != fl_cell.name)

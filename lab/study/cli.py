@@ -24,9 +24,14 @@ def add_study(sub: argparse._SubParsersAction) -> None:
                         "synthetic cohort the config names)")
     p.add_argument("--profile", choices=["smoke", "quick", "paper"], default=None,
                    help="compute profile (default: the config's)")
-    p.add_argument("--runtime", choices=["simulation", "deployment"], default=None,
-                   help="FL cells on Flower's simulation runtime or one SuperNode process "
-                        "per site (default: the config's)")
+    p.add_argument("--runtime", choices=["in-process", "simulation", "deployment"],
+                   default=None, help="FL cells on Flower's simulation engine in the cell's "
+                                      "process, on its simulation runtime (Ray per cell), or "
+                                      "one SuperNode process per site (default: the config's)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the cells as Ray tasks on this Ray cluster (auto, HOST:PORT, or "
+                        "local; one GPU per cell where it has GPUs; default: the config's "
+                        "`ray`, empty: this machine's processes); docs/study.md")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
                    help="run only the cells with these settings (repeatable), e.g. "
                         "framework=cds, seed=0,1, protocol=lco")
@@ -52,12 +57,16 @@ def cmd_study(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(threads))
     try:
         config = StudyConfig.load(args.config)
-        update = {k: v for k, v in (("profile", args.profile), ("runtime", args.runtime))
-                  if v is not None}
+        update = {k: v for k, v in (("profile", args.profile), ("runtime", args.runtime),
+                                    ("ray", args.ray)) if v is not None}
         config = config.model_copy(update=update)
         only = parse_only(args.only)
         if args.workers < 1:
             raise ValueError("--workers must be at least 1")
+        if config.ray and args.workers > 1:
+            raise ValueError("--workers runs cells in this machine's processes; on Ray the "
+                             "cluster's CPUs and GPUs decide. Fix: drop one of --workers "
+                             "and --ray")
         args.out.mkdir(parents=True, exist_ok=True)
         data = study_data(config, args.out.resolve(), args.cache, progress=not args.quiet)
         study = Study.open(config, args.out.resolve(), data, only)
@@ -68,7 +77,11 @@ def cmd_study(args: argparse.Namespace) -> int:
              len(study.cells), config.profile, len(data.sites), ", ".join(data.sites),
              args.out)
     workers = []
-    if not args.report_only:
+    if not args.report_only and config.ray:
+        from fedcmr.lab.study.ray_cells import work_on_ray
+
+        work_on_ray(study, config.ray, config.cpus_per_cell)
+    elif not args.report_only:
         if args.workers > 1 and not args.worker:
             threads = max(1, (os.cpu_count() or 1) // args.workers)
             import torch

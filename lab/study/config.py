@@ -38,7 +38,10 @@ from fedcmr.server.strategy_names import VOTE_STRATEGIES
 RUN = RunConfig()
 
 Framework = Literal["cds", *VOTE_STRATEGIES]
-Runtime = Literal["simulation", "deployment"]
+#: How FL cells run (lab/local_federation.py): Flower's simulation engine in the cell's own
+#: process (in-process: nothing started per cell), its simulation runtime (a SuperLink and a
+#: Ray instance per cell) or one SuperNode process per site (deployment).
+Runtime = Literal["in-process", "simulation", "deployment"]
 #: "each": one cell per fold of the protocol; "all": one cell holding every fold.
 FoldChoice = Literal["each", "all"]
 
@@ -116,8 +119,15 @@ class StudyConfig(BaseModel):
     epochs: int = Field(0, ge=0)
     pretrained: str = RUN.pretrained
     split_seed: int = RUN.split_seed
-    #: FL cells: Flower's simulation runtime (Ray) or one SuperNode process per site.
-    runtime: Runtime = "simulation"
+    #: FL cells: see Runtime above.
+    runtime: Runtime = "in-process"
+    #: Run the cells as Ray tasks on this Ray cluster ("auto": the one `ray start` began on
+    #: this machine; "HOST:6379"; "local": a Ray instance of this study's own); empty: in
+    #: this machine's processes (`--workers`). `fedcmr study --ray` overrides it.
+    ray: str = ""
+    #: On Ray: the CPUs each cell holds (its torch threads); a cell also holds one GPU
+    #: where the cluster has any.
+    cpus_per_cell: int = Field(1, ge=1)
     #: The hospitals' release policy for FL cells (relative to the config file, or to the
     #: fedcmr source folder); empty: client/site/policy.py's defaults.
     site_policy: str = ""

@@ -1,7 +1,8 @@
 """Running one cell through the real code paths: CDS through the centralised trainer, FL
-through the Flower app on a local federation (simulation runtime unless asked otherwise),
-with identical splits (both derive them from the same RunConfig). The cell's rows come from
-its per-frame predictions with one AUC estimator for every framework."""
+through the Flower app on a local federation (Flower's simulation engine in this process
+unless asked otherwise), with identical splits (both derive them from the same RunConfig).
+The cell's rows come from its per-frame predictions with one AUC estimator for every
+framework."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class StudyData:
     #: The hospitals, in the order they run: name -> the centres it holds.
     sites: dict[str, tuple[str, ...]]
     digest: str
-    runtime: str = "simulation"
+    runtime: str = "in-process"
     site_policy: Path | None = None
     bootstrap: int = 1000
 
@@ -100,6 +101,8 @@ def _centralised(spec: CellSpec, data: StudyData, run_dir: Path) -> None:
 
 
 def _federated(spec: CellSpec, data: StudyData, run_dir: Path, echo) -> None:
+    import torch
+
     from fedcmr.lab.local_federation import run_local_federation
     from fedcmr.server.checkpoint import Checkpoint
     from fedcmr.server.settings import FederationSettings
@@ -111,9 +114,12 @@ def _federated(spec: CellSpec, data: StudyData, run_dir: Path, echo) -> None:
     if resumed:
         echo(f"resuming the run in {run_dir} from its checkpoint")
     settings = settings.model_copy(update={"resume": resumed})
+    # in-process, the sites train in turn in this process: each with all of its threads
+    threads = torch.get_num_threads() if data.runtime == "in-process" else 1
     metrics = run_local_federation(list(data.caches), settings, run_dir, echo=echo,
                                    runtime=data.runtime, site_policy=data.site_policy,
-                                   site_per=data.site_per, only=spec.sites)
+                                   site_per=data.site_per, only=spec.sites,
+                                   threads_per_site=threads)
     lost = (metrics.get("sites") or {}).get("lost")
     if lost:
         raise RuntimeError("the run's figures miss site(s) " + "; ".join(

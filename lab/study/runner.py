@@ -157,22 +157,21 @@ class Study:
                 time.sleep(WAIT_POLL)  # the rest run elsewhere
 
     def _run(self, cell: CellSpec) -> None:
-        folder = layout.cell_dir(self.out, cell.key)
         log.info("cell %s: running (%s)", cell.key, "federated, " + self.data.runtime
                  if cell.federated else "centralised")
-        with (folder / "attempts.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"pid": os.getpid(), "at": time.time()}) + "\n")
-        try:
-            result = run_cell(cell, self.data, folder)
-        except Exception as err:  # one failed cell must not stop the study
-            self.failed[cell.key] = str(err)
-            write_json(folder / "failed.json", {"key": cell.key, "error": str(err)})
+        outcome = run_claimed(cell, self.data, self.out)
+        self.note(cell, outcome)
+
+    def note(self, cell: CellSpec, outcome: dict) -> None:
+        """Log a cell's outcome (run_claimed's); a failed cell is not tried again here."""
+        folder = layout.cell_dir(self.out, cell.key)
+        if outcome["status"] == "failed":
+            self.failed[cell.key] = outcome["error"]
             log.error("cell %s failed: %s (log: %s); the study goes on, and a rerun "
-                      "retries it", cell.key, err, folder / "cell.log")
+                      "retries it", cell.key, outcome["error"], folder / "cell.log")
             return
-        (folder / "failed.json").unlink(missing_ok=True)
-        total = result["rows"][0]
-        log.info("cell %s: done in %.0f s, total AUC %s", cell.key, result["wall_s"],
+        total = outcome["result"]["rows"][0]
+        log.info("cell %s: done in %.0f s, total AUC %s", cell.key, outcome["result"]["wall_s"],
                  auc_text(total["auc"]))
         self.report_progress()
 
@@ -188,6 +187,22 @@ class Study:
         target = self.out / layout.RESULTS_CSV
         write_csv(target, layout.RESULT_COLUMNS, rows)
         return target
+
+
+def run_claimed(cell: CellSpec, data: StudyData, out: Path, **where) -> dict:
+    """Run a cell this process has claimed: the attempt recorded first (pid, time and
+    `where`, e.g. the Ray node), failed.json left on failure. Returns {"status": "done",
+    "result": result.json's content} or {"status": "failed", "error": why}."""
+    folder = layout.cell_dir(out, cell.key)
+    with (folder / "attempts.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"pid": os.getpid(), "at": time.time(), **where}) + "\n")
+    try:
+        result = run_cell(cell, data, folder)
+    except Exception as err:  # one failed cell must not stop the study
+        write_json(folder / "failed.json", {"key": cell.key, "error": str(err)})
+        return {"status": "failed", "error": str(err)}
+    (folder / "failed.json").unlink(missing_ok=True)
+    return {"status": "done", "result": result}
 
 
 def start_workers(n: int, argv: Sequence[str], threads: int) -> list[subprocess.Popen]:
