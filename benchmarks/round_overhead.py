@@ -4,6 +4,7 @@ deployment runtime as Flower runs it (a fresh ClientApp process per message), wi
 fedcmr's forked ClientApps, and on the simulation runtime.
 
     python benchmarks/round_overhead.py [--modes exec,fork,simulation] [--rounds 3]
+                                        [--fit-rounds 6]
                                         [--update-encoding fp32|fp16-delta]
                                         [--caches DIR ...] [--out FILE]
 
@@ -35,7 +36,14 @@ in-process runtime (a study's cells) serves the sites in turn, so a message's ow
 includes its turn: there each exchange (the messages pushed together) is one row, its time
 from the push to the last reply, `beyond_compute` that less the sites' compute summed.
 `outside_exchanges_s`, per mode, is the run's time outside any exchange: starting and
-stopping it, the server's work between rounds and writing the results (a cell's fixed cost).
+stopping it, the server's work between rounds (screening and aggregating the replies, the
+checkpoint) and writing the results: a cell's fixed cost. In-process, the apps are imported
+before the clock starts, as in a study's process after its first cell.
+
+--fit-rounds N runs the in-process mode again with N rounds and fits the run's time beyond
+its sites' compute (elapsed less every handler's time; the sites run in turn) as a fixed
+cost per cell plus a cost per round (its train exchange and the server's screening,
+aggregation and checkpoint): `in_process_fit`, what benchmarks/study_cost.py charges.
 Prints a table; writes benchmarks/results/round_overhead.json. Run it alone: on 2 cores
 anything else running changes every figure.
 """
@@ -197,6 +205,25 @@ def exchanges_time(folder: Path) -> float:
     return busy
 
 
+def beyond_compute(result: dict) -> tuple[float, int]:
+    """An in-process run's seconds beyond its sites' compute, and its exchanges."""
+    kinds = result["exchanges"].values()
+    compute = sum(k["mean_s"]["compute"] * k["exchanges"] for k in kinds)
+    return result["elapsed_s"] - compute, sum(k["exchanges"] for k in kinds)
+
+
+def fit(short: dict, long: dict, rounds: tuple[int, int]) -> dict:
+    """Fixed cost per run and cost per round from two in-process runs of `rounds` rounds (a
+    line through their time beyond compute against their rounds): a round is a train
+    exchange plus the server's screening, aggregation and checkpoint."""
+    (o1, n1), (o2, n2) = beyond_compute(short), beyond_compute(long)
+    per_round = (o2 - o1) / (rounds[1] - rounds[0])
+    return {"runs": [{"rounds": rounds[0], "exchanges": n1, "beyond_compute_s": round(o1, 2)},
+                     {"rounds": rounds[1], "exchanges": n2, "beyond_compute_s": round(o2, 2)}],
+            "per_round_s": round(per_round, 3),
+            "fixed_per_run_s": round(o1 - per_round * rounds[0], 2)}
+
+
 def run_mode(mode: str, caches: list[Path], root: Path, rounds: int,
              encoding: str = "fp32") -> dict:
     from fedcmr.lab.local_federation import run_local_federation
@@ -208,6 +235,10 @@ def run_mode(mode: str, caches: list[Path], root: Path, rounds: int,
                     pretrained="none", update_encoding=encoding)
     settings = FederationSettings(strategy="fedavg", round_timeout=900, run=run)
     runtime = mode if mode in ("simulation", "in-process") else "deployment"
+    if mode == "in-process":  # what a study's process has imported after its first cell
+        import fedcmr.client.site.client_app  # noqa: F401
+        import fedcmr.server.server_app  # noqa: F401
+        import fedcmr.support.inprocess_simulation  # noqa: F401
     started = time.monotonic()
     try:
         metrics = run_local_federation(caches, settings, root / mode, echo=lambda _: None,
@@ -247,6 +278,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modes", default="exec,fork,simulation")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--fit-rounds", type=int, default=0)
     parser.add_argument("--caches", nargs="*", type=Path)
     parser.add_argument("--update-encoding", default="fp32", choices=("fp32", "fp16-delta"))
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -268,6 +300,13 @@ def main() -> None:
             results["modes"][mode] = run_mode(mode, caches, root, args.rounds,
                                               args.update_encoding)
             print(json.dumps(results["modes"][mode]["exchanges"].get("train", {})), flush=True)
+        if args.fit_rounds and "in-process" in results["modes"]:
+            print(f"-- in-process, {args.fit_rounds} rounds ...", flush=True)
+            longer = run_mode("in-process", caches, root / "fit", args.fit_rounds,
+                              args.update_encoding)
+            results["in_process_fit"] = fit(results["modes"]["in-process"], longer,
+                                            (args.rounds, args.fit_rounds))
+            print(json.dumps(results["in_process_fit"]), flush=True)
     sim = results["modes"].get("simulation")
     if sim:
         results["ratio_to_simulation"] = {m: round(r["elapsed_s"] / sim["elapsed_s"], 2)

@@ -11,10 +11,12 @@ input (3 x 10 x 150 x 150) on this machine. A GPU's time is estimated from the s
 (about 293 GFLOP per training frame, a third of that per scored frame) at a model FLOP
 utilisation (MFU) band of an H200's 790 dense bf16 TFLOP/s, since no GPU could be had when
 this was written. Each federated exchange and each FL cell add the runtime's overhead beyond
-compute as benchmarks/round_overhead.py measured it (`--overheads`, the mode `--runtime`:
-its train exchange's `beyond_compute` and its `outside_exchanges_s`), unless given with
---round-overhead / --run-overhead. Cells are independent, so N GPUs (one cell each, `fedcmr
-study --ray`) take the total over N. Prints the figures and writes
+compute as benchmarks/round_overhead.py measured it (`--overheads`; in-process: its
+`in_process_fit`, a fixed cost per cell and a cost per round fitted from two runs, charged
+per exchange, so a little high for the 3 exchanges per fold that are not rounds; another
+`--runtime`: its train exchange's `beyond_compute` and its `outside_exchanges_s`), unless
+given with --round-overhead / --run-overhead. Cells are independent, so N GPUs (one cell
+each, `fedcmr study --ray`) take the total over N. Prints the figures and writes
 benchmarks/results/study_cost_<study name>.json.
 """
 
@@ -81,12 +83,15 @@ def main() -> None:
                              "read from --overheads)")
     parser.add_argument("--gpus", default="1,2,4,8", help="GPU counts to give the time for")
     args = parser.parse_args()
-    measured_overheads = json.loads(args.overheads.read_text())["modes"][args.runtime]
+    overheads = json.loads(args.overheads.read_text())
+    measured_overheads = overheads["modes"][args.runtime]
+    fitted = overheads.get("in_process_fit") if args.runtime == "in-process" else None
     if args.round_overhead is None:
-        args.round_overhead = measured_overheads["exchanges"]["train"]["mean_s"][
-            "beyond_compute"]
+        args.round_overhead = fitted["per_round_s"] if fitted else \
+            measured_overheads["exchanges"]["train"]["mean_s"]["beyond_compute"]
     if args.run_overhead is None:
-        args.run_overhead = measured_overheads["outside_exchanges_s"]
+        args.run_overhead = fitted["fixed_per_run_s"] if fitted else \
+            measured_overheads["outside_exchanges_s"]
     config = StudyConfig.load(args.config)
     centres = sorted(TABLE1_COUNTS)
     cells = expand(config, {c: (c,) for c in centres}, "cost")

@@ -150,6 +150,8 @@ def run_in_process(sites: list[SiteSpec], settings: FederationSettings, run_dir:
     not complete (status.json, as the coordinator does)."""
     import torch
 
+    # Flower's link state imports alembic, whose plug-in lines would reach the console
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from fedcmr.client.site.client_app import app as client_app
     from fedcmr.common.app_bundle import app_dir
     from fedcmr.server.server_app import app as server_app

@@ -80,7 +80,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     if not args.report_only and config.ray:
         from fedcmr.lab.study.ray_cells import work_on_ray
 
-        work_on_ray(study, config.ray, config.cpus_per_cell)
+        try:
+            work_on_ray(study, config.ray, config.cpus_per_cell)
+        except ValueError as err:
+            log.error("%s", err)
+            return EXIT_BAD_INPUT
     elif not args.report_only:
         if args.workers > 1 and not args.worker:
             threads = max(1, (os.cpu_count() or 1) // args.workers)

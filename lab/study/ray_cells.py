@@ -60,8 +60,13 @@ def work_on_ray(study, address: str, cpus_per_cell: int) -> None:
     cluster at `address`; returns when each is done or failed."""
     import ray
 
-    ray.init(address=None if address == "local" else address, include_dashboard=False,
-             log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        ray.init(address=None if address == "local" else address, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ValueError(f"--ray {address}: no Ray cluster answers there ({err}). Fix: start "
+                         "one (`ray start --head` on its head node) or give its address "
+                         "(HOST:6379); `--ray local` starts one for this study") from None
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         log.info("Ray cluster %s: %d node(s), %g CPUs, %g GPUs; each cell holds %d CPU(s)%s",
