@@ -202,8 +202,11 @@ def _serve(args: argparse.Namespace, lock: SiteLock, *, policy: SitePolicy, own:
               "(-v: here too)", args.site, ", ".join(map(str, args.data)), args.superlink,
               "serving until stopped" if args.serve_forever else
               "stops when the coordinator's run is over", out / "logs" / "supernode.log")
-    # the SuperNode dies with this process, however it ends
-    env = flower_env(**{APPROVED_ENV: ",".join(sorted(approved)), PARENT_ENV: str(os.getpid())})
+    # the SuperNode dies with this process, however it ends; it installs the app bundles it
+    # runs in a Flower home of this site's own (unless FLWR_HOME says where), so that two
+    # sites on one machine never install into one folder at once
+    env = flower_env(**{APPROVED_ENV: ",".join(sorted(approved)), PARENT_ENV: str(os.getpid()),
+                        "FLWR_HOME": os.environ.get("FLWR_HOME") or str(state / "flwr")})
     return watch.run(command, env, out / FINISHED_MARKER, args.serve_forever)
 
 

@@ -19,12 +19,28 @@ from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
 from fedcmr.support import flower_patches
 
 
+def flowers_own_kwdefaults(functions) -> list[dict]:
+    """The keyword defaults of these inflatable_utils functions as Flower's source has them,
+    from a fresh copy of the module (this process may have applied the patches already: an
+    in-process federation imports the ServerApp, which applies them)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "flwr.supercore.inflatable._fresh_inflatable_utils", inflatable_utils.__file__)
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    return [dict(getattr(fresh, f.__name__).__kwdefaults__) for f in functions]
+
+
 @pytest.fixture
 def flower_defaults():
-    """Flower's own pull schedule, put back after the test."""
+    """Flower's own pull schedule during the test; what was there before, after it."""
     functions = (inflatable_utils.pull_objects,
                  inflatable_utils.pull_and_inflate_object_from_tree)
     saved = [dict(f.__kwdefaults__) for f in functions]
+    for function, own in zip(functions, flowers_own_kwdefaults(functions), strict=True):
+        function.__kwdefaults__.clear()
+        function.__kwdefaults__.update(own)
     yield
     for function, defaults in zip(functions, saved, strict=True):
         function.__kwdefaults__.clear()
