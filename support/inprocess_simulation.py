@@ -9,7 +9,7 @@ run, size an actor pool to the whole cluster, and `ray.shutdown()` at the end; a
 and `flwr run` add a process start, HTTP hops and a Ray start per cell (about 40 s, and
 3.5 s per message exchange: issue #31). Here nothing starts and a message is a function
 call: the same ServerApp and ClientApp objects, the same Message API and grid, messages
-through Flower's in-memory link state. Sites run one after another (`workers=1`): they share
+through Flower's in-memory link state. Sites run one after another (one worker): they share
 the process's global RNG and its device, so that a cell is reproducible bit for bit.
 
 Every name used from Flower is checked against the installed version
@@ -53,8 +53,7 @@ class InProcessBackend(Backend):
     """Runs a message through the ClientApp in this process (what Flower's ClientAppActor
     does in a Ray actor)."""
 
-    def __init__(self, workers: int = 1) -> None:
-        self.workers = workers
+    def __init__(self) -> None:
         self.app_fn: Callable[[], ClientApp] | None = None
 
     def build(self, app_fn: Callable[[], ClientApp]) -> None:
@@ -62,7 +61,7 @@ class InProcessBackend(Backend):
 
     @property
     def num_workers(self) -> int:
-        return self.workers
+        return 1  # sites in turn: they share this process's RNG and device
 
     def is_worker_idle(self) -> bool:
         return True
@@ -82,7 +81,7 @@ class InProcessBackend(Backend):
 
 
 def run_in_process(server_app: ServerApp, client_app: ClientApp, run_config: Mapping,
-                   num_nodes: int, app_dir: Path, run_id: int = 1, workers: int = 1) -> Context:
+                   num_nodes: int, app_dir: Path, run_id: int = 1) -> Context:
     """Run the ServerApp against `num_nodes` simulated nodes whose ClientApp runs here;
     returns the ServerApp's final context. Node i has partition id i (its node config).
     Every context's run config is `app_dir`'s pyproject.toml [tool.flwr.app.config] with
@@ -114,7 +113,7 @@ def run_in_process(server_app: ServerApp, client_app: ClientApp, run_config: Map
                               contexts)
     try:
         # returns once the ServerApp thread has set `stop` (its end, or its exception)
-        vce_api.run_api(lambda: client_app, lambda: InProcessBackend(workers),
+        vce_api.run_api(lambda: client_app, lambda: InProcessBackend(),
                         nodes, state_factory, stores, stop, VceMetrics())
     finally:
         stop.set()
